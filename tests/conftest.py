@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny tokenizer built from a config (never downloaded) and the MARC data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MARC = SHARED_DATA / "marc"
+
+CORPUS = [
+    "Great product, works as described and arrived on time.",
+    "Terrible. It broke after one day and the seller never answered.",
+    "It is okay for the price, nothing special.",
+    "I love it! My daughter uses it every day.",
+    "The battery lasts a long time but the screen scratches easily.",
+    "1 2 3 4 5 stars rating review",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test writes to the user's real cache; no test reaches the hub."""
+    if "TRIMTAB_HOME" not in os.environ:
+        monkeypatch.setenv("TRIMTAB_HOME", str(tmp_path_factory.getbasetemp() / "trimtab-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer of ~300 tokens, trained here on a few sentences.
+
+    Like SmolLM2's, it splits the label " 5" into a space and a digit, so multi-token label
+    checks have something to find.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(CORPUS * 5, trainer)
+    folder = tmp_path_factory.mktemp("tiny-tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(
+        folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def marc() -> Path:
+    """The MARC data beside the project (../shared/data/marc); skip cleanly if absent."""
+    if not MARC.exists():
+        pytest.skip(f"MARC data not found at {MARC}")
+    return MARC

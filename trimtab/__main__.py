@@ -1,0 +1,5 @@
+"""``python -m trimtab`` runs the CLI."""
+
+from trimtab.cli import main
+
+raise SystemExit(main())

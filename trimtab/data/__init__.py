@@ -1,0 +1,5 @@
+"""Data stage: read, map, check, split and write fine-tuning files (``trimtab prepare``)."""
+
+from trimtab.data.prepare import PrepareOptions, PrepareResult, prepare
+
+__all__ = ["PrepareOptions", "PrepareResult", "prepare"]

@@ -1,0 +1,521 @@
+"""Quality checks on a dataset, each with an optional fix, run in order like OpenAI's prepare_data.
+
+A check looks at the current examples and returns a :class:`CheckResult`: a status, counts, example
+locations (``file:line``) and, when something can be done about it, a :class:`Fix`. The caller
+decides whether to apply each fix (flags, a question in a terminal, or the recommended default)
+before the next check runs, so later checks see the data as fixed so far.
+
+Checks that need the base model's tokenizer live in :mod:`trimtab.data.tokens`; checks that need
+the split (leakage) in :mod:`trimtab.data.splits`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trimtab.data.examples import Example, Mode
+
+Status = Literal["ok", "info", "warning", "error"]
+Task = Literal["classification", "conditional-generation", "open-ended-generation",
+               "language-modeling"]
+OutputFormat = Literal["prompt-completion", "chat", "text"]
+
+MAX_LOCATIONS = 5  # example locations shown per check
+SEPARATOR_CANDIDATES = ("\n\n###\n\n", "\n\n-->\n\n", "\n\n===\n\n", "\n\n@@@\n\n")
+STOP_CANDIDATES = ("\n", " END", " ###END")
+MIN_PER_CLASS = 100  # OpenAI's advice: at least ~100 examples per class
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_PUNCT = re.compile(r"[^\w\s]+")
+
+
+@dataclass
+class Fix:
+    """Something a check offers to do; ``apply`` changes the state in place."""
+
+    id: str
+    description: str
+    recommended: bool
+    apply: Callable[[State], None]
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check, as shown in the terminal report and saved in report.json."""
+
+    id: str
+    title: str
+    status: Status
+    message: str
+    count: int = 0
+    locations: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    fix: Fix | None = None
+    applied: bool | None = None
+    decided_by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "title": self.title, "status": self.status,
+                               "count": self.count, "message": self.message,
+                               "examples": self.locations}
+        if self.details:
+            out["details"] = self.details
+        if self.fix is not None:
+            out["fix"] = {"id": self.fix.id, "description": self.fix.description,
+                          "recommended": self.fix.recommended, "applied": self.applied,
+                          "decided_by": self.decided_by}
+        return out
+
+
+@dataclass
+class State:
+    """The dataset as it moves through the checks."""
+
+    examples: list[Example]
+    mode: Mode
+    format: OutputFormat
+    task: Task | None = None
+    separator: str | None = None  # appended to prompts (prompt-completion format)
+    stop: str | None = None  # appended to completions (generation tasks)
+    leading_space: bool = False  # completions start with whitespace
+    requested_separator: str | None = None
+    requested_stop: str | None = None
+    unused_fields: list[str] = field(default_factory=list)
+    splits: dict[str, list[Example]] | None = None  # set once the data is split
+    _norm: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def prompt_of(self, ex: Example) -> str:
+        if self.mode == "text":
+            return ex.text
+        if self.mode == "chat":
+            return json.dumps(_context(ex.messages or []), ensure_ascii=False, sort_keys=True)
+        return ex.prompt
+
+    def completion_of(self, ex: Example) -> str:
+        if self.mode == "text":
+            return ""
+        if self.mode == "chat":
+            return _last_assistant(ex.messages or [])
+        return ex.completion
+
+    def label_of(self, ex: Example) -> str:
+        return self.completion_of(ex).strip()
+
+    def normalized(self, text: str) -> str:
+        """Lower case, no punctuation, single spaces: the key for near-duplicates."""
+        norm = self._norm.get(text)
+        if norm is None:
+            norm = " ".join(_PUNCT.sub(" ", text.lower()).split())
+            self._norm[text] = norm
+        return norm
+
+    def labels(self) -> Counter[str]:
+        return Counter(self.label_of(ex) for ex in self.examples)
+
+
+def _context(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    return messages[:last] if last >= 0 else messages
+
+
+def _last_assistant(messages: list[dict[str, Any]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "assistant":
+            return m.get("content") or ""
+    return ""
+
+
+def _locations(examples: list[Example]) -> list[str]:
+    return [ex.where for ex in examples[:MAX_LOCATIONS]]
+
+
+def _drop(bad: list[Example]) -> Callable[[State], None]:
+    ids = {id(ex) for ex in bad}
+    return lambda s: setattr(s, "examples", [ex for ex in s.examples if id(ex) not in ids])
+
+
+def _texts(state: State, ex: Example) -> list[str]:
+    """Every free-text field of an example, for character-level checks."""
+    if state.mode == "chat":
+        return [m["content"] for m in ex.messages or []]
+    if state.mode == "text":
+        return [ex.text]
+    return [ex.prompt, ex.completion]
+
+
+def check_quantity(state: State) -> CheckResult:
+    n = len(state.examples)
+    if n < 100:
+        return CheckResult("quantity", "Number of examples", "warning",
+                           f"{n} examples: fine-tuning needs at least a few hundred; "
+                           "quality grows roughly linearly with each doubling of the data", n)
+    advice = ("enough to start; each doubling of the data tends to raise quality linearly"
+              if n < 1000 else "a healthy amount of data")
+    return CheckResult("quantity", "Number of examples", "ok", f"{n:,} examples: {advice}", n)
+
+
+def check_extra_fields(state: State) -> CheckResult:
+    extra = state.unused_fields
+    if not extra:
+        return CheckResult("extra-fields", "Extra fields", "ok", "no unused fields")
+    return CheckResult("extra-fields", "Extra fields", "info",
+                       "not used by the mapping and not written: " + ", ".join(extra),
+                       len(extra), details={"fields": extra})
+
+
+def check_invalid_utf8(state: State) -> CheckResult:
+    bad = [ex for ex in state.examples if ex.bad_utf8]
+    if not bad:
+        return CheckResult("invalid-utf8", "Invalid UTF-8", "ok", "all text is valid UTF-8")
+    return CheckResult("invalid-utf8", "Invalid UTF-8", "warning",
+                       f"{len(bad)} examples contain bytes that are not valid UTF-8 "
+                       "(decoded as U+FFFD)", len(bad), _locations(bad),
+                       fix=Fix("drop-invalid-utf8", f"Remove the {len(bad)} examples with "
+                               "invalid UTF-8", True, _drop(bad)))
+
+
+def check_control_characters(state: State) -> CheckResult:
+    bad = [ex for ex in state.examples
+           if any(_CONTROL.search(t) for t in _texts(state, ex))]
+    if not bad:
+        return CheckResult("control-characters", "Control characters", "ok",
+                           "no control characters")
+
+    def strip(s: State) -> None:
+        ids = {id(ex) for ex in bad}
+        for ex in s.examples:
+            if id(ex) in ids:
+                ex.prompt = _CONTROL.sub("", ex.prompt)
+                ex.completion = _CONTROL.sub("", ex.completion)
+                ex.text = _CONTROL.sub("", ex.text)
+                for m in ex.messages or []:
+                    m["content"] = _CONTROL.sub("", m["content"])
+
+    return CheckResult("control-characters", "Control characters", "warning",
+                       f"{len(bad)} examples contain control characters (other than tab and "
+                       "newline)", len(bad), _locations(bad),
+                       fix=Fix("strip-control-characters",
+                               f"Strip control characters from {len(bad)} examples", True, strip))
+
+
+def check_empty_fields(state: State) -> CheckResult:
+    if state.mode == "supervised":
+        empty_completion = [ex for ex in state.examples if not ex.completion.strip()]
+        all_prompts_empty = all(not ex.prompt.strip() for ex in state.examples)
+        empty_prompt = [] if all_prompts_empty else [
+            ex for ex in state.examples if not ex.prompt.strip()]
+        bad = empty_completion + [ex for ex in empty_prompt if ex.completion.strip()]
+        details = {"empty_completions": len(empty_completion), "empty_prompts": len(empty_prompt)}
+        what = (f"{len(empty_completion)} empty or whitespace-only completions, "
+                f"{len(empty_prompt)} empty prompts")
+    elif state.mode == "chat":
+        bad = [ex for ex in state.examples
+               if any(not m["content"].strip() for m in ex.messages or [])]
+        details = {"empty_messages": len(bad)}
+        what = f"{len(bad)} conversations with an empty message"
+    else:
+        bad = [ex for ex in state.examples if not ex.text.strip()]
+        details = {"empty_texts": len(bad)}
+        what = f"{len(bad)} empty or whitespace-only texts"
+    if not bad:
+        return CheckResult("empty-fields", "Empty fields", "ok", "no empty fields", 0,
+                           details=details)
+    return CheckResult("empty-fields", "Empty fields", "warning", what, len(bad), _locations(bad),
+                       details, Fix("drop-empty", f"Remove the {len(bad)} examples with empty "
+                                    "fields", True, _drop(bad)))
+
+
+def infer_task(state: State) -> Task:
+    """OpenAI's rule, made explicit: few distinct completions means classification."""
+    if state.mode == "text":
+        return "language-modeling"
+    if all(not state.prompt_of(ex).strip() for ex in state.examples):
+        return "open-ended-generation"
+    n = len(state.examples)
+    distinct = len(state.labels())
+    if distinct <= 50 and distinct * 3 <= n:
+        return "classification"
+    return "conditional-generation"
+
+
+def check_task_type(state: State, requested: Task | None) -> CheckResult:
+    inferred = infer_task(state)
+    state.task = requested or inferred
+    labels = state.labels()
+    details: dict[str, Any] = {"inferred": inferred, "task": state.task}
+    message = f"{state.task}"
+    if state.task == "classification":
+        message += f" with {len(labels)} label{'s' if len(labels) != 1 else ''}: " + ", ".join(
+            repr(k) for k in sorted(labels)[:10]) + (" ..." if len(labels) > 10 else "")
+        details["labels"] = sorted(labels)
+    if requested and requested != inferred:
+        message += f" (as requested; the data looks like {inferred})"
+    return CheckResult("task-type", "Task type", "info", message, details=details)
+
+
+def _held_out_first(examples: list[Example]) -> list[Example]:
+    """Examples of preset held-out files first: a repeat is then always found in train, and
+    dropping it there keeps an official validation or test set whole."""
+    return [ex for ex in examples if ex.split] + [ex for ex in examples if not ex.split]
+
+
+def check_duplicates(state: State) -> CheckResult:
+    seen: set[tuple[str, str]] = set()
+    dups: list[Example] = []
+    for ex in _held_out_first(state.examples):
+        key = (state.prompt_of(ex), state.completion_of(ex))
+        if key in seen and not ex.split:
+            dups.append(ex)
+        else:
+            seen.add(key)
+    if not dups:
+        return CheckResult("duplicates", "Duplicates", "ok", "no duplicate examples")
+    return CheckResult("duplicates", "Duplicates", "warning",
+                       f"{len(dups)} examples repeat an earlier one exactly", len(dups),
+                       _locations(dups), fix=Fix("drop-duplicates", f"Remove {len(dups)} "
+                                                 "duplicates, keeping the first", True,
+                                                 _drop(dups)))
+
+
+def check_near_duplicates(state: State) -> CheckResult:
+    seen: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    near: list[Example] = []
+    for ex in _held_out_first(state.examples):
+        exact = (state.prompt_of(ex), state.completion_of(ex))
+        key = (state.normalized(exact[0]), state.normalized(exact[1]))
+        variants = seen.setdefault(key, set())
+        # An exact repeat belongs to the duplicates check (and may have been kept on purpose).
+        if variants and exact not in variants and not ex.split:
+            near.append(ex)
+        variants.add(exact)
+    if not near:
+        return CheckResult("near-duplicates", "Near-duplicates", "ok",
+                           "no near-duplicates after normalising case, spaces and punctuation")
+    return CheckResult("near-duplicates", "Near-duplicates", "warning",
+                       f"{len(near)} examples differ from an earlier one only in case, spaces or "
+                       "punctuation", len(near), _locations(near),
+                       fix=Fix("drop-near-duplicates", f"Remove {len(near)} near-duplicates, "
+                               "keeping the first", True, _drop(near)))
+
+
+def check_contradictions(state: State) -> CheckResult:
+    if state.task in ("open-ended-generation", "language-modeling"):
+        return CheckResult("contradictions", "Contradictions", "ok",
+                           "not applicable: no prompts to contradict")
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for ex in state.examples:
+        groups[state.normalized(state.prompt_of(ex))].append(ex)
+    conflicting = [g for g in groups.values()
+                   if len({state.normalized(state.completion_of(ex)) for ex in g}) > 1]
+    if not conflicting:
+        return CheckResult("contradictions", "Contradictions", "ok",
+                           "no prompt appears with different completions")
+    bad = [ex for g in conflicting for ex in g if not ex.split]  # held-out files stay whole
+    return CheckResult("contradictions", "Contradictions", "warning",
+                       f"{len(conflicting)} prompts appear with different completions "
+                       f"({len(bad)} examples)", len(bad), _locations(bad),
+                       {"prompts": len(conflicting)},
+                       Fix("drop-contradictions", f"Remove all {len(bad)} contradicting "
+                           "examples", False, _drop(bad)))
+
+
+def check_uppercase(state: State) -> CheckResult:
+    shouting = [ex for ex in state.examples
+                if any(len(t) >= 8 and t.isupper() for t in _texts(state, ex))]
+    # The dataset-wide share is estimated on an even sample: counting every character of a
+    # large file in Python would dominate the run time, and the advice only needs the ratio.
+    step = max(1, len(state.examples) // 20_000)
+    upper = lower = 0
+    for ex in state.examples[::step]:
+        for t in _texts(state, ex):
+            for c in t:
+                if c.isupper():
+                    upper += 1
+                elif c.islower():
+                    lower += 1
+    share = upper / max(1, upper + lower)
+    details = {"uppercase_share": round(share, 4), "all_caps_examples": len(shouting)}
+    if share <= 1 / 3:
+        status: Status = "info" if shouting else "ok"
+        return CheckResult("uppercase", "Upper-case text", status,
+                           f"{share:.1%} of letters are upper case; {len(shouting)} examples "
+                           "are all capitals", len(shouting), _locations(shouting), details)
+
+    def lowercase(s: State) -> None:
+        for ex in s.examples:
+            ex.prompt, ex.completion, ex.text = ex.prompt.lower(), ex.completion.lower(), \
+                ex.text.lower()
+            for m in ex.messages or []:
+                m["content"] = m["content"].lower()
+
+    return CheckResult("uppercase", "Upper-case text", "warning",
+                       f"{share:.1%} of letters are upper case: upper-case text tends to train "
+                       "worse than normal mixed case", len(shouting), _locations(shouting),
+                       details, Fix("lowercase", "Lower-case all text", False, lowercase))
+
+
+def check_prompt_prefix(state: State) -> CheckResult | None:
+    if state.mode != "supervised" or len(state.examples) < 2:
+        return None
+    prefix = os.path.commonprefix([ex.prompt for ex in state.examples])
+    if not prefix.strip():
+        return CheckResult("prompt-prefix", "Common prompt prefix", "ok",
+                           "prompts share no common prefix")
+
+    def remove(s: State) -> None:
+        for ex in s.examples:
+            ex.prompt = ex.prompt[len(prefix):]
+
+    return CheckResult("prompt-prefix", "Common prompt prefix", "info",
+                       f"every prompt starts with {prefix!r}: fine-tuning needs no instructions or "
+                       "examples in the prompt, only the input", len(state.examples),
+                       details={"prefix": prefix},
+                       fix=Fix("remove-prompt-prefix", f"Remove the prefix {prefix!r} from "
+                               "every prompt", False, remove))
+
+
+def choose_separator(state: State) -> str:
+    texts = [t for ex in state.examples for t in (ex.prompt, ex.completion)]
+    candidates = list(SEPARATOR_CANDIDATES) + [f"\n\n###{i}###\n\n" for i in range(1, 100)]
+    for candidate in candidates:
+        if not any(candidate in t for t in texts):
+            return candidate
+    raise RuntimeError("no separator candidate is free of the data")  # needs 100 in the data
+
+
+def check_prompt_suffix(state: State) -> CheckResult | None:
+    """Every prompt must end with a separator that occurs nowhere else in the data."""
+    if state.format != "prompt-completion" or state.task == "open-ended-generation":
+        return None
+    prompts = [ex.prompt for ex in state.examples]
+    requested = state.requested_separator
+    common = os.path.commonprefix([p[::-1] for p in prompts])[::-1] if len(prompts) > 1 else ""
+    if requested is not None and requested and all(p.endswith(requested) for p in prompts):
+        state.separator = requested
+        return CheckResult("prompt-suffix", "Prompt separator", "ok",
+                           f"every prompt already ends with the separator {requested!r}")
+    if requested is None and len(common.strip()) >= 3 and all(
+            common not in p[:-len(common)] for p in prompts):
+        state.separator = common
+        return CheckResult("prompt-suffix", "Prompt separator", "ok",
+                           f"every prompt already ends with the separator {common!r}")
+    if requested is not None:
+        inside = [ex for ex in state.examples
+                  if requested in ex.prompt or requested in ex.completion]
+        if inside:
+            return CheckResult("prompt-suffix", "Prompt separator", "error",
+                               f"the separator {requested!r} occurs inside {len(inside)} examples, "
+                               "so the model could not tell where a prompt ends; choose another "
+                               "or leave --separator unset", len(inside), _locations(inside))
+        separator = requested
+    else:
+        separator = choose_separator(state)
+
+    def append(s: State) -> None:
+        s.separator = separator
+        for ex in s.examples:
+            ex.prompt += separator
+
+    note = "" if separator == SEPARATOR_CANDIDATES[0] or requested else \
+        f" ({SEPARATOR_CANDIDATES[0]!r} occurs in the data)"
+    return CheckResult("prompt-suffix", "Prompt separator", "info",
+                       f"prompts need a fixed separator so the model knows where the completion "
+                       f"starts; {separator!r} occurs nowhere in the data{note}",
+                       len(prompts), details={"separator": separator},
+                       fix=Fix("add-separator", f"Append {separator!r} to every prompt", True,
+                               append))
+
+
+def check_completion_prefix(state: State) -> CheckResult | None:
+    if state.mode != "supervised" or len(state.examples) < 2:
+        return None
+    completions = [ex.completion for ex in state.examples]
+    prefix = os.path.commonprefix(completions)
+    # A prefix that is a whole completion is an answer (one label), not boilerplate.
+    if not prefix.strip() or any(len(c.strip()) <= len(prefix.strip()) for c in completions):
+        return CheckResult("completion-prefix", "Common completion prefix", "ok",
+                           "completions share no common prefix")
+    lead = prefix[:len(prefix) - len(prefix.lstrip())]
+
+    def remove(s: State) -> None:
+        for ex in s.examples:
+            ex.completion = lead + ex.completion[len(prefix):]
+
+    return CheckResult("completion-prefix", "Common completion prefix", "info",
+                       f"every completion starts with {prefix!r}: the completion should hold "
+                       "only the output", len(state.examples), details={"prefix": prefix},
+                       fix=Fix("remove-completion-prefix", f"Remove {prefix.strip()!r} from "
+                               "the start of every completion", False, remove))
+
+
+def check_completion_suffix(state: State) -> CheckResult | None:
+    """Generation needs a stop sequence at the end of every completion; classification does not."""
+    if state.format != "prompt-completion":
+        return None
+    completions = [ex.completion for ex in state.examples]
+    if state.task == "classification" and state.requested_stop is None:
+        return CheckResult("completion-suffix", "Stop sequence", "ok",
+                           "classification: the answer is the label, no stop sequence needed")
+    requested = state.requested_stop
+    common = os.path.commonprefix([c[::-1] for c in completions])[::-1] if len(
+        completions) > 1 else ""
+    if requested and all(c.endswith(requested) for c in completions):
+        state.stop = requested
+        return CheckResult("completion-suffix", "Stop sequence", "ok",
+                           f"every completion already ends with the stop sequence {requested!r}")
+    if requested is None and common.strip():
+        state.stop = common
+        return CheckResult("completion-suffix", "Stop sequence", "ok",
+                           f"every completion already ends with {common!r}, used as the stop "
+                           "sequence")
+    if requested:
+        inside = [ex for ex in state.examples if requested in ex.completion]
+        if inside:
+            return CheckResult("completion-suffix", "Stop sequence", "error",
+                               f"the stop sequence {requested!r} occurs inside {len(inside)} "
+                               "completions, so generation would stop early", len(inside),
+                               _locations(inside))
+        stop = requested
+    else:
+        stop = next((c for c in STOP_CANDIDATES if not any(c in t for t in completions)),
+                    " ###END")
+
+    def append(s: State) -> None:
+        s.stop = stop
+        for ex in s.examples:
+            ex.completion += stop
+
+    return CheckResult("completion-suffix", "Stop sequence", "info",
+                       f"completions need a stop sequence so generation knows when to end; "
+                       f"{stop!r} occurs in no completion", len(completions),
+                       details={"stop": stop},
+                       fix=Fix("add-stop", f"Append {stop!r} to every completion", True, append))
+
+
+def check_leading_space(state: State) -> CheckResult | None:
+    if state.format != "prompt-completion":
+        return None
+    missing = [ex for ex in state.examples if ex.completion and not ex.completion[0].isspace()]
+    if not missing:
+        state.leading_space = True
+        return CheckResult("leading-space", "Leading space", "ok",
+                           "every completion starts with a space")
+
+    def add(s: State) -> None:
+        s.leading_space = True
+        for ex in s.examples:
+            if ex.completion and not ex.completion[0].isspace():
+                ex.completion = " " + ex.completion
+
+    return CheckResult("leading-space", "Leading space", "info",
+                       f"{len(missing):,} completions do not start with a space; tokenizers "
+                       "usually attach the space to the next word, so a leading space matches "
+                       "how text continues", len(missing), _locations(missing),
+                       fix=Fix("add-leading-space", "Start every completion with a space", True,
+                               add))

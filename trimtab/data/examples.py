@@ -1,0 +1,225 @@
+"""Turn raw records into training examples: prompt/completion pairs, chat messages or raw text.
+
+The mapping from a file's columns to an example is explicit (templates and field names) or, when
+none is given, inferred from the fields the records carry (``prompt``/``completion``, ``messages``
+or ``text``). Every missing field or unknown template column is reported with its file and line.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trimtab.data.readers import MAX_PROBLEMS, Record
+from trimtab.errors import DataError, Problem
+
+Mode = Literal["supervised", "chat", "text"]
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(slots=True)
+class Example:
+    """One training example and where it came from.
+
+    ``prompt``/``completion`` are set in supervised mode, ``messages`` in chat mode and ``text``
+    in text mode. ``split`` is preset when the example came from a file given as a fixed split.
+    """
+
+    file: str
+    line: int
+    prompt: str = ""
+    completion: str = ""
+    messages: list[dict[str, Any]] | None = None
+    text: str = ""
+    bad_utf8: bool = False
+    split: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """How records become examples. ``None`` fields are inferred from the data."""
+
+    prompt_template: str | None = None
+    completion_field: str | None = None
+    completion_template: str | None = None
+    text_field: str | None = None
+
+    @property
+    def explicit(self) -> bool:
+        return any(v is not None for v in (self.prompt_template, self.completion_field,
+                                            self.completion_template, self.text_field))
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a ``{column}`` template refers to, in order of first use."""
+    names: list[str] = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None:
+            if not name or any(c in name for c in ".[]"):
+                raise ValueError(f"template {template!r} has an empty or invalid field "
+                                 f"'{{{name}}}'; name a column, e.g. {{review_body}}")
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def infer_mode(mapping: Mapping, records: list[Record]) -> Mode:
+    """Pick the mode from the mapping, or from the fields of the first record."""
+    if mapping.text_field is not None:
+        return "text"
+    if mapping.explicit:
+        return "supervised"
+    first = records[0]
+    keys = first.fields.keys()
+    if "messages" in keys:
+        return "chat"
+    if "prompt" in keys and "completion" in keys:
+        return "supervised"
+    if "text" in keys:
+        return "text"
+    columns = ", ".join(repr(k) for k in keys) or "(none)"
+    raise DataError(Problem(
+        f"cannot tell how to build examples from the columns {columns}: give "
+        "--prompt-template and --completion-field (or --completion-template) for labelled data, "
+        "or --text-field for raw text; files with prompt/completion, messages or text fields need "
+        "no mapping", file=first.file, line=first.line))
+
+
+def build_examples(records: list[Record], mapping: Mapping, mode: Mode,
+                   split: str | None = None) -> tuple[list[Example], list[str]]:
+    """Map records to examples; return them with the record fields the mapping left unused."""
+    problems: list[Problem] = []
+    more = 0
+
+    def problem(p: Problem) -> None:
+        nonlocal more
+        if len(problems) < MAX_PROBLEMS:
+            problems.append(p)
+        else:
+            more += 1
+
+    examples: list[Example] = []
+    used: set[str]
+    if mode == "chat":
+        used = {"messages"}
+        for r in records:
+            messages = _validate_messages(r, problem)
+            if messages is not None:
+                examples.append(Example(r.file, r.line, messages=messages, bad_utf8=r.bad_utf8,
+                                        split=split))
+    elif mode == "text":
+        name = mapping.text_field or "text"
+        used = {name}
+        _check_columns(records, [name], "--text-field")
+        for r in records:
+            value = _text_value(r, name, problem)
+            if value is not None:
+                examples.append(Example(r.file, r.line, text=value, bad_utf8=r.bad_utf8,
+                                        split=split))
+    else:
+        prompt_template = mapping.prompt_template or "{prompt}"
+        if mapping.completion_template is not None:
+            completion_template = mapping.completion_template
+        else:
+            completion_template = "{" + (mapping.completion_field or "completion") + "}"
+        prompt_fields = template_fields(prompt_template)
+        completion_fields = template_fields(completion_template)
+        _check_columns(records, prompt_fields, "--prompt-template")
+        completion_option = ("--completion-template" if mapping.completion_template is not None
+                             else "--completion-field")
+        _check_columns(records, completion_fields, completion_option)
+        used = set(prompt_fields) | set(completion_fields)
+        for r in records:
+            prompt = _render(r, prompt_template, prompt_fields, problem)
+            completion = _render(r, completion_template, completion_fields, problem)
+            if prompt is not None and completion is not None:
+                examples.append(Example(r.file, r.line, prompt=prompt, completion=completion,
+                                        bad_utf8=r.bad_utf8, split=split))
+    if problems:
+        raise DataError(problems, more=more)
+    unused = sorted({k for r in records for k in r.fields} - used)
+    return examples, unused
+
+
+def _check_columns(records: list[Record], names: list[str], option: str) -> None:
+    """A template column absent from every record is a typo, not a missing value: say so once."""
+    present: set[str] = set()
+    for r in records:
+        present.update(r.fields)
+    for name in names:
+        if name not in present:
+            first = records[0]
+            raise DataError(Problem(
+                f"unknown column '{name}' in {option}; the file has: "
+                + ", ".join(sorted(present)), file=first.file, line=first.line, field=name))
+
+
+def _text_value(r: Record, name: str, problem) -> str | None:
+    if name not in r.fields:
+        problem(Problem("missing", file=r.file, line=r.line, field=name))
+        return None
+    value = r.fields[name]
+    if value is None:
+        problem(Problem("is null; expected text", file=r.file, line=r.line, field=name))
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    problem(Problem(f"expected text, got {type(value).__name__}", file=r.file, line=r.line,
+                    field=name))
+    return None
+
+
+def _render(r: Record, template: str, names: list[str], problem) -> str | None:
+    values: dict[str, str] = {}
+    for name in names:
+        value = _text_value(r, name, problem)
+        if value is None:
+            return None
+        values[name] = value
+    if len(names) == 1 and template == "{" + names[0] + "}":
+        return values[names[0]]  # the common case: one bare column, no formatting
+    try:
+        return template.format_map(values)
+    except (ValueError, IndexError) as e:
+        problem(Problem(f"cannot fill template {template!r}: {e}", file=r.file, line=r.line))
+        return None
+
+
+def _validate_messages(r: Record, problem) -> list[dict[str, Any]] | None:
+    messages = r.fields.get("messages")
+    where = {"file": r.file, "line": r.line}
+    if not isinstance(messages, list) or not messages:
+        problem(Problem("expected a non-empty list of messages", field="messages", **where))
+        return None
+    ok = True
+    for i, m in enumerate(messages):
+        at = f"messages[{i}]"
+        if not isinstance(m, dict):
+            problem(Problem("expected an object with role and content", field=at, **where))
+            ok = False
+            continue
+        role = m.get("role")
+        if role not in CHAT_ROLES:
+            problem(Problem(f"role must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
+                            field=f"{at}.role", **where))
+            ok = False
+        if not isinstance(m.get("content"), str):
+            problem(Problem("content must be a string", field=f"{at}.content", **where))
+            ok = False
+    if ok and not any(m["role"] == "assistant" for m in messages):
+        problem(Problem("needs at least one assistant message to learn from", field="messages",
+                        **where))
+        ok = False
+    return messages if ok else None

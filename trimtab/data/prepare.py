@@ -1,0 +1,330 @@
+"""``trimtab prepare``: from raw labelled data to checked, split fine-tuning files.
+
+The stage reads every input, maps records to examples, runs the checks in order (each fix decided
+by a flag, a question in a terminal, or its recommended default), counts tokens with the base
+model's tokenizer, splits, and writes ``train.jsonl``, ``valid.jsonl``, ``test.jsonl`` and
+``report.json`` atomically. The report holds the exact command that reproduces the run, decisions
+included; the same inputs, options and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shlex
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trimtab import __version__
+from trimtab.data import checks as c
+from trimtab.data import splits as sp
+from trimtab.data import tokens as tk
+from trimtab.data.examples import Example, Mapping, build_examples, infer_mode, template_fields
+from trimtab.data.readers import detect_format, read_records
+from trimtab.data.writers import check_output_dir, jsonl, to_record, write_atomically
+from trimtab.errors import ConfigError, DataError, Problem, TrimtabError
+
+FIX_IDS = ("drop-invalid-utf8", "strip-control-characters", "drop-empty", "drop-duplicates",
+           "drop-near-duplicates", "drop-contradictions", "lowercase", "remove-prompt-prefix",
+           "add-separator", "remove-completion-prefix", "add-stop", "add-leading-space",
+           "drop-long", "drop-leaking")
+
+Ask = Callable[[c.CheckResult], bool]
+
+
+class PrepareOptions(BaseModel):
+    """Every option of ``trimtab prepare``; the CLI flags map one to one onto these fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Path] = Field(min_length=1)
+    out: Path
+    valid_inputs: list[Path] = []
+    test_inputs: list[Path] = []
+    prompt_template: str | None = None
+    completion_field: str | None = None
+    completion_template: str | None = None
+    text_field: str | None = None
+    format: Literal["auto", "prompt-completion", "chat", "text"] = "auto"
+    system: str | None = None
+    task: Literal["auto", "classification", "conditional-generation", "open-ended-generation",
+                  "language-modeling"] = "auto"
+    separator: str | None = None
+    stop: str | None = None
+    model: str = "smollm2-135m"
+    max_length: int = Field(512, gt=0)
+    valid_size: float = Field(0.1, ge=0)
+    test_size: float | None = Field(None, ge=0)
+    seed: int = 42
+    stratify: bool = True
+    balance: Literal["none", "down", "up"] = "none"
+    sample: int | None = Field(None, gt=0)
+    yes: bool = False
+    fix: list[str] = []
+    skip_fix: list[str] = []
+    force: bool = False
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> PrepareOptions:
+        """Build and validate, reporting every problem at once as a ConfigError."""
+        try:
+            options = cls.model_validate(values)
+        except ValidationError as e:
+            raise ConfigError([f"{'.'.join(str(p) for p in err['loc']) or 'options'}: "
+                               f"{err['msg']}" for err in e.errors()]) from None
+        problems = options.problems()
+        if problems:
+            raise ConfigError(problems)
+        return options
+
+    @property
+    def resolved_test_size(self) -> float:
+        return self.test_size if self.test_size is not None else (0 if self.test_inputs else 0.1)
+
+    def problems(self) -> list[str]:
+        """Every inconsistency between options (types are already checked by pydantic)."""
+        out: list[str] = []
+        if self.completion_field is not None and self.completion_template is not None:
+            out.append("give --completion-field or --completion-template, not both")
+        if self.text_field is not None and any(v is not None for v in (
+                self.prompt_template, self.completion_field, self.completion_template)):
+            out.append("--text-field (raw text) cannot be combined with prompt/completion options")
+        for name in ("prompt_template", "completion_template"):
+            template = getattr(self, name)
+            if template is not None:
+                try:
+                    if not template_fields(template):
+                        out.append(f"--{name.replace('_', '-')} {template!r} names no column; "
+                                   "use {column} placeholders")
+                except ValueError as e:
+                    out.append(f"--{name.replace('_', '-')}: {e}")
+        for name, size in (("valid-size", self.valid_size), ("test-size", self.test_size)):
+            if size is not None and size >= 1 and not float(size).is_integer():
+                out.append(f"--{name} {size}: use a fraction below 1 or a whole number of examples")
+        sizes = [s for s in (self.valid_size, self.resolved_test_size) if s < 1]
+        if sum(sizes) >= 1:
+            out.append("--valid-size and --test-size fractions leave nothing for training")
+        for flag, ids in (("--fix", self.fix), ("--skip-fix", self.skip_fix)):
+            unknown = [i for i in ids if i not in FIX_IDS]
+            if unknown:
+                out.append(f"{flag}: unknown fix {', '.join(unknown)}; known: {', '.join(FIX_IDS)}")
+        both = sorted(set(self.fix) & set(self.skip_fix))
+        if both:
+            out.append(f"{', '.join(both)} given to both --fix and --skip-fix")
+        if self.system is not None and self.format != "chat":
+            out.append("--system only applies to --format chat")
+        if self.separator == "":
+            out.append("--separator must not be empty")
+        for path in self.inputs + self.valid_inputs + self.test_inputs:
+            try:
+                detect_format(path)
+            except DataError as e:
+                out.append(str(e))
+        return out
+
+
+@dataclass
+class PrepareResult:
+    """What a prepare run did: the report as written, and where."""
+
+    report: dict[str, Any]
+    checks: list[c.CheckResult]
+    out: Path
+
+
+def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
+    """Run the whole stage; ``ask`` (a terminal question) decides fixes no flag decides."""
+    check_output_dir(options.out, options.force)
+    tokenizer_name = None if options.model == "none" else options.model
+    if tokenizer_name:
+        from trimtab.models import resolve_model
+        resolve_model(tokenizer_name)  # an unknown name fails before the data is read
+
+    mapping = Mapping(options.prompt_template, options.completion_field,
+                      options.completion_template, options.text_field)
+    examples, inputs, unused, mode = _read_all(options, mapping)
+    fmt = _output_format(options, mode)
+    state = c.State(examples, mode, fmt, requested_separator=options.separator,
+                    requested_stop=options.stop, unused_fields=unused)
+    results: list[c.CheckResult] = []
+
+    def run(result: c.CheckResult | None) -> None:
+        if result is None:
+            return
+        if result.status == "error":
+            raise DataError([Problem(result.message)] + [
+                Problem("here", file=w.rsplit(":", 1)[0], line=int(w.rsplit(":", 1)[1]))
+                for w in result.locations])
+        if result.fix is not None:
+            result.applied, result.decided_by = _decide(result, options, ask)
+            if result.applied:
+                result.fix.apply(state)
+        results.append(result)
+
+    task = None if options.task == "auto" else options.task
+    for check in (c.check_quantity, c.check_extra_fields, c.check_invalid_utf8,
+                  c.check_control_characters, c.check_empty_fields):
+        run(check(state))
+    if not state.examples:
+        raise DataError(Problem("no examples left after the fixes; nothing to write"))
+    run(c.check_task_type(state, task))
+    for check in (c.check_duplicates, c.check_near_duplicates, c.check_contradictions,
+                  c.check_uppercase, c.check_prompt_prefix, c.check_prompt_suffix,
+                  c.check_completion_prefix, c.check_completion_suffix, c.check_leading_space):
+        run(check(state))
+
+    tokenizer = _load_tokenizer(tokenizer_name)
+    lengths = tk.example_lengths(state, tokenizer) if tokenizer is not None else None
+    run(tk.check_token_lengths(state, tokenizer, options.model, options.max_length, lengths))
+    run(tk.check_long_examples(state, options.max_length, lengths))
+    run(tk.check_multi_token_labels(state, tokenizer, options.model))
+    run(sp.check_class_balance(state))
+    if not state.examples:
+        raise DataError(Problem("no examples left after the fixes; nothing to write"))
+
+    state.splits = sp.split_examples(state, options.valid_size, options.resolved_test_size,
+                                     options.seed, options.stratify)
+    run(sp.check_leakage(state))
+    balance = sp.balance_train(state, options.balance, options.seed)
+    run(sp.check_class_quantity(state))
+
+    files = {f"{name}.jsonl": jsonl([to_record(ex, mode, fmt, options.system)
+                                     for ex in state.splits[name]]) for name in sp.SPLITS}
+    report = _report(options, state, inputs, len(examples), results, balance)
+    files["report.json"] = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    write_atomically(options.out, files, options.force)
+    return PrepareResult(report, results, options.out)
+
+
+def _read_all(options: PrepareOptions, mapping: Mapping
+              ) -> tuple[list[Example], list[dict[str, Any]], list[str], Any]:
+    examples: list[Example] = []
+    inputs: list[dict[str, Any]] = []
+    unused: set[str] = set()
+    mode = None
+    sources = ([(p, None) for p in options.inputs] + [(p, "valid") for p in options.valid_inputs]
+               + [(p, "test") for p in options.test_inputs])
+    for path, split in sources:
+        records = read_records(path)
+        file_mode = infer_mode(mapping, records)
+        if mode is None:
+            mode = file_mode
+        elif file_mode != mode:
+            raise DataError(Problem(f"holds {file_mode} data but earlier inputs hold {mode} data",
+                                    file=str(path)))
+        got, extra = build_examples(records, mapping, file_mode, split)
+        examples.extend(got)
+        unused.update(extra)
+        inputs.append({"path": str(path), "split": split or "auto", "format":
+                       detect_format(path)[0], "records": len(records),
+                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    if options.sample:
+        main = [ex for ex in examples if ex.split is None]
+        if options.sample < len(main):
+            keep = {id(ex) for ex in random.Random(options.seed).sample(main, options.sample)}
+            examples = [ex for ex in examples if ex.split is not None or id(ex) in keep]
+    return examples, inputs, sorted(unused), mode
+
+
+def _output_format(options: PrepareOptions, mode: str) -> c.OutputFormat:
+    if options.format == "auto":
+        return {"supervised": "prompt-completion", "chat": "chat", "text": "text"}[mode]
+    allowed = {"supervised": ("prompt-completion", "chat", "text"), "chat": ("chat",),
+               "text": ("text",)}[mode]
+    if options.format not in allowed:
+        raise ConfigError([f"--format {options.format} cannot be made from {mode} data; "
+                           f"possible: {', '.join(allowed)}"])
+    return options.format
+
+
+def _load_tokenizer(name: str | None) -> Any:
+    if name is None:
+        return None
+    from trimtab.models import load_tokenizer
+    return load_tokenizer(name)
+
+
+def _decide(result: c.CheckResult, options: PrepareOptions, ask: Ask | None) -> tuple[bool, str]:
+    assert result.fix is not None
+    if result.fix.id in options.skip_fix:
+        return False, "--skip-fix"
+    if result.fix.id in options.fix:
+        return True, "--fix"
+    if options.yes:
+        return result.fix.recommended, "--yes"
+    if ask is not None:
+        return ask(result), "asked"
+    return result.fix.recommended, "default"
+
+
+def reproduce_command(options: PrepareOptions, results: list[c.CheckResult]) -> str:
+    """The command line that redoes this run without questions, every decision spelt out.
+
+    ``--force`` is left out: it changes what may be overwritten, not what is written.
+    """
+    defaults = PrepareOptions(inputs=options.inputs, out=options.out)
+    args = ["trimtab", "prepare", *map(str, options.inputs), "--out", str(options.out)]
+    for name in PrepareOptions.model_fields:
+        if name in ("inputs", "out", "yes", "fix", "skip_fix", "force"):
+            continue
+        value = getattr(options, name)
+        if value == getattr(defaults, name):
+            continue
+        flag = "--" + name.replace("_", "-").replace("-inputs", "-input")
+        if isinstance(value, list):
+            for item in value:
+                args += [flag, str(item)]
+        elif isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, float):
+            args += [flag, f"{value:g}"]
+        else:
+            args += [flag, _escape(str(value))]
+    offered = [r for r in results if r.fix is not None]
+    applied = [r.fix.id for r in offered if r.applied]  # type: ignore[union-attr]
+    skipped = [r.fix.id for r in offered if not r.applied]  # type: ignore[union-attr]
+    if applied:
+        args += ["--fix", ",".join(applied)]
+    if skipped:
+        args += ["--skip-fix", ",".join(skipped)]
+    return shlex.join(args)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace(
+        "\r", "\\r")
+
+
+def _report(options: PrepareOptions, state: c.State, inputs: list[dict[str, Any]], read: int,
+            results: list[c.CheckResult], balance: dict[str, Any] | None) -> dict[str, Any]:
+    assert state.splits is not None
+    splits: dict[str, Any] = {}
+    for name, items in state.splits.items():
+        entry: dict[str, Any] = {"examples": len(items)}
+        if state.task == "classification":
+            entry["labels"] = dict(sorted(Counter(state.label_of(ex) for ex in items).items()))
+        splits[name] = entry
+    return {
+        "trimtab_version": __version__,
+        "command": reproduce_command(options, results),
+        # --force only says what may be overwritten: the same data with or without it.
+        "options": options.model_dump(mode="json", exclude={"force"}),
+        "inputs": inputs,
+        "mode": state.mode,
+        "format": state.format,
+        "task": state.task,
+        "separator": state.separator,
+        "stop": state.stop,
+        "leading_space": state.leading_space,
+        "counts": {"read": read, "kept": len(state.examples),
+                   **{name: len(items) for name, items in state.splits.items()}},
+        "balance": balance,
+        "splits": splits,
+        "checks": [r.to_json() for r in results],
+    }

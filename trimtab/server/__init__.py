@@ -1,0 +1,3 @@
+"""An OpenAI-compatible HTTP server for fine-tuned models.
+
+Not built yet: this package marks its place in the pipeline."""
