@@ -58,8 +58,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--model", default="smollm2-135m",
                    help="base model whose tokenizer counts tokens ('none' to skip)")
     k.add_argument("--max-length", type=int, default=512)
-    k.add_argument("--valid-size", type=float, default=0.1,
-                   help="fraction (<1) or number of examples")
+    k.add_argument("--valid-size", type=float, default=None,
+                   help="fraction (<1) or number (default 0.1, or 0 with --valid-input)")
     k.add_argument("--test-size", type=float, default=None,
                    help="fraction (<1) or number (default 0.1, or 0 with --test-input)")
     k.add_argument("--seed", type=int, default=42)

@@ -1,5 +1,5 @@
 """Data stage: read, map, check, split and write fine-tuning files (``trimtab prepare``)."""
 
-from trimtab.data.prepare import PrepareOptions, PrepareResult, prepare
+from trimtab.data.preparation import PrepareOptions, PrepareResult, prepare
 
 __all__ = ["PrepareOptions", "PrepareResult", "prepare"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trimtab.data.examples import Example, Mode
+from trimtab.errors import DataError, Problem
 
 Status = Literal["ok", "info", "warning", "error"]
 Task = Literal["classification", "conditional-generation", "open-ended-generation",
@@ -28,7 +29,9 @@ OutputFormat = Literal["prompt-completion", "chat", "text"]
 
 MAX_LOCATIONS = 5  # example locations shown per check
 SEPARATOR_CANDIDATES = ("\n\n###\n\n", "\n\n-->\n\n", "\n\n===\n\n", "\n\n@@@\n\n")
+SEPARATOR_NUMBERED = "\n\n###{}###\n\n"
 STOP_CANDIDATES = ("\n", " END", " ###END")
+STOP_NUMBERED = " ###END{}"
 MIN_PER_CLASS = 100  # OpenAI's advice: at least ~100 examples per class
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -86,6 +89,7 @@ class State:
     leading_space: bool = False  # completions start with whitespace
     requested_separator: str | None = None
     requested_stop: str | None = None
+    system: str | None = None  # system message when supervised data is written as chat
     unused_fields: list[str] = field(default_factory=list)
     splits: dict[str, list[Example]] | None = None  # set once the data is split
     _norm: dict[str, str] = field(default_factory=dict, repr=False)
@@ -360,10 +364,64 @@ def check_uppercase(state: State) -> CheckResult:
                        details, Fix("lowercase", "Lower-case all text", False, lowercase))
 
 
+def _word_prefix(texts: list[str]) -> str:
+    """The common prefix, cut back to a word boundary so that no word is split."""
+    prefix = os.path.commonprefix(texts)
+    if any(len(t) > len(prefix) and t[len(prefix)].isalnum() for t in texts):
+        while prefix and prefix[-1].isalnum():
+            prefix = prefix[:-1]
+    return prefix
+
+
+def _free_of(marker: str, texts: list[str]) -> bool:
+    return not any(marker in t for t in texts)
+
+
+def _existing_suffix(texts: list[str], others: list[str], candidates: tuple[str, ...]
+                     ) -> str | None:
+    """A suffix every text already ends with and that occurs nowhere else: a separator or stop
+    written by an earlier prepare. Known candidates first; else the common suffix from its first
+    whitespace on, so a shared last character (``?``, ``o``) is not taken for part of it."""
+    def fits(suffix: str) -> bool:
+        return all(t.endswith(suffix) for t in texts) and _free_of(
+            suffix, [t[:-len(suffix)] for t in texts]) and _free_of(suffix, others)
+
+    for candidate in candidates:
+        if fits(candidate):
+            return candidate
+    if len(texts) < 2:
+        return None
+    common = os.path.commonprefix([t[::-1] for t in texts])[::-1]
+    start = next((i for i, ch in enumerate(common) if ch.isspace()), None)
+    if start is None:
+        return None
+    suffix = common[start:]
+    # Whitespace alone is a separator only when it is distinctive (a newline), not a space.
+    if not suffix.strip() and "\n" not in suffix:
+        return None
+    return suffix if fits(suffix) else None
+
+
+def _free_marker(candidates: tuple[str, ...], texts: list[str], numbered: str) -> str:
+    """The first candidate that occurs in none of the texts, then numbered variants."""
+    for candidate in list(candidates) + [numbered.format(i) for i in range(1, 1000)]:
+        if _free_of(candidate, texts):
+            return candidate
+    raise DataError(Problem("every candidate separator or stop occurs in the data; "
+                            "pass one with --separator or --stop"))
+
+
+def choose_separator(state: State) -> str:
+    """A prompt separator that occurs in no prompt or completion."""
+    return _free_marker(SEPARATOR_CANDIDATES, [t for ex in state.examples
+                                               for t in (ex.prompt, ex.completion)],
+                        SEPARATOR_NUMBERED)
+
+
 def check_prompt_prefix(state: State) -> CheckResult | None:
     if state.mode != "supervised" or len(state.examples) < 2:
         return None
-    prefix = os.path.commonprefix([ex.prompt for ex in state.examples])
+    prefix = _word_prefix([ex.prompt for ex in state.examples])
     if not prefix.strip():
         return CheckResult("prompt-prefix", "Common prompt prefix", "ok",
                            "prompts share no common prefix")
@@ -380,63 +438,58 @@ def check_prompt_prefix(state: State) -> CheckResult | None:
                                "every prompt", False, remove))
 
 
-def choose_separator(state: State) -> str:
-    texts = [t for ex in state.examples for t in (ex.prompt, ex.completion)]
-    candidates = list(SEPARATOR_CANDIDATES) + [f"\n\n###{i}###\n\n" for i in range(1, 100)]
-    for candidate in candidates:
-        if not any(candidate in t for t in texts):
-            return candidate
-    raise RuntimeError("no separator candidate is free of the data")  # needs 100 in the data
+def _suffix_check(state: State, *, id: str, title: str, field_name: str, others: list[str],
+                  requested: str | None, candidates: tuple[str, ...], numbered: str,
+                  why: str, fix_id: str, target: str) -> CheckResult:
+    """Shared logic of the separator (prompts) and stop sequence (completions) checks."""
+    texts = [getattr(ex, field_name) for ex in state.examples]
+    existing = _existing_suffix(texts, others, (requested,) if requested else candidates)
+    if existing is not None:
+        setattr(state, target, existing)
+        return CheckResult(id, title, "ok", f"every {field_name} already ends with "
+                           f"{existing!r}, which occurs nowhere else", details={target: existing})
+    if requested:
+        inside = [ex for ex, t, o in zip(state.examples, texts, others or [""] * len(texts))
+                  if requested in t or requested in o]
+        if inside:
+            return CheckResult(id, title, "error",
+                               f"{requested!r} occurs inside {len(inside)} examples, so {why}; "
+                               "choose another or leave it unset", len(inside),
+                               _locations(inside))
+        marker = requested
+    else:
+        marker = _free_marker(candidates, texts + others, numbered)
+    note = "" if requested or marker == candidates[0] else \
+        f" ({candidates[0]!r} occurs in the data)"
+
+    def append(s: State) -> None:
+        setattr(s, target, marker)
+        for ex in s.examples:
+            setattr(ex, field_name, getattr(ex, field_name) + marker)
+
+    return CheckResult(id, title, "info", f"every {field_name} needs the same ending, else "
+                       f"{why}; {marker!r} occurs nowhere in the data{note}", len(texts),
+                       details={target: marker},
+                       fix=Fix(fix_id, f"Append {marker!r} to every {field_name}", True, append))
 
 
 def check_prompt_suffix(state: State) -> CheckResult | None:
     """Every prompt must end with a separator that occurs nowhere else in the data."""
     if state.format != "prompt-completion" or state.task == "open-ended-generation":
         return None
-    prompts = [ex.prompt for ex in state.examples]
-    requested = state.requested_separator
-    common = os.path.commonprefix([p[::-1] for p in prompts])[::-1] if len(prompts) > 1 else ""
-    if requested is not None and requested and all(p.endswith(requested) for p in prompts):
-        state.separator = requested
-        return CheckResult("prompt-suffix", "Prompt separator", "ok",
-                           f"every prompt already ends with the separator {requested!r}")
-    if requested is None and len(common.strip()) >= 3 and all(
-            common not in p[:-len(common)] for p in prompts):
-        state.separator = common
-        return CheckResult("prompt-suffix", "Prompt separator", "ok",
-                           f"every prompt already ends with the separator {common!r}")
-    if requested is not None:
-        inside = [ex for ex in state.examples
-                  if requested in ex.prompt or requested in ex.completion]
-        if inside:
-            return CheckResult("prompt-suffix", "Prompt separator", "error",
-                               f"the separator {requested!r} occurs inside {len(inside)} examples, "
-                               "so the model could not tell where a prompt ends; choose another "
-                               "or leave --separator unset", len(inside), _locations(inside))
-        separator = requested
-    else:
-        separator = choose_separator(state)
-
-    def append(s: State) -> None:
-        s.separator = separator
-        for ex in s.examples:
-            ex.prompt += separator
-
-    note = "" if separator == SEPARATOR_CANDIDATES[0] or requested else \
-        f" ({SEPARATOR_CANDIDATES[0]!r} occurs in the data)"
-    return CheckResult("prompt-suffix", "Prompt separator", "info",
-                       f"prompts need a fixed separator so the model knows where the completion "
-                       f"starts; {separator!r} occurs nowhere in the data{note}",
-                       len(prompts), details={"separator": separator},
-                       fix=Fix("add-separator", f"Append {separator!r} to every prompt", True,
-                               append))
+    return _suffix_check(
+        state, id="prompt-suffix", title="Prompt separator", field_name="prompt",
+        others=[ex.completion for ex in state.examples], requested=state.requested_separator,
+        candidates=SEPARATOR_CANDIDATES, numbered=SEPARATOR_NUMBERED,
+        why="the model cannot tell where a prompt ends", fix_id="add-separator",
+        target="separator")
 
 
 def check_completion_prefix(state: State) -> CheckResult | None:
     if state.mode != "supervised" or len(state.examples) < 2:
         return None
     completions = [ex.completion for ex in state.examples]
-    prefix = os.path.commonprefix(completions)
+    prefix = _word_prefix(completions)
     # A prefix that is a whole completion is an answer (one label), not boilerplate.
     if not prefix.strip() or any(len(c.strip()) <= len(prefix.strip()) for c in completions):
         return CheckResult("completion-prefix", "Common completion prefix", "ok",
@@ -458,44 +511,14 @@ def check_completion_suffix(state: State) -> CheckResult | None:
     """Generation needs a stop sequence at the end of every completion; classification does not."""
     if state.format != "prompt-completion":
         return None
-    completions = [ex.completion for ex in state.examples]
     if state.task == "classification" and state.requested_stop is None:
         return CheckResult("completion-suffix", "Stop sequence", "ok",
                            "classification: the answer is the label, no stop sequence needed")
-    requested = state.requested_stop
-    common = os.path.commonprefix([c[::-1] for c in completions])[::-1] if len(
-        completions) > 1 else ""
-    if requested and all(c.endswith(requested) for c in completions):
-        state.stop = requested
-        return CheckResult("completion-suffix", "Stop sequence", "ok",
-                           f"every completion already ends with the stop sequence {requested!r}")
-    if requested is None and common.strip():
-        state.stop = common
-        return CheckResult("completion-suffix", "Stop sequence", "ok",
-                           f"every completion already ends with {common!r}, used as the stop "
-                           "sequence")
-    if requested:
-        inside = [ex for ex in state.examples if requested in ex.completion]
-        if inside:
-            return CheckResult("completion-suffix", "Stop sequence", "error",
-                               f"the stop sequence {requested!r} occurs inside {len(inside)} "
-                               "completions, so generation would stop early", len(inside),
-                               _locations(inside))
-        stop = requested
-    else:
-        stop = next((c for c in STOP_CANDIDATES if not any(c in t for t in completions)),
-                    " ###END")
-
-    def append(s: State) -> None:
-        s.stop = stop
-        for ex in s.examples:
-            ex.completion += stop
-
-    return CheckResult("completion-suffix", "Stop sequence", "info",
-                       f"completions need a stop sequence so generation knows when to end; "
-                       f"{stop!r} occurs in no completion", len(completions),
-                       details={"stop": stop},
-                       fix=Fix("add-stop", f"Append {stop!r} to every completion", True, append))
+    return _suffix_check(
+        state, id="completion-suffix", title="Stop sequence", field_name="completion",
+        others=[], requested=state.requested_stop, candidates=STOP_CANDIDATES,
+        numbered=STOP_NUMBERED, why="generation cannot tell when to stop", fix_id="add-stop",
+        target="stop")
 
 
 def check_leading_space(state: State) -> CheckResult | None:

@@ -175,7 +175,11 @@ def _text_value(r: Record, name: str, problem) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
+        if value != value:  # NaN: how pandas and parquet files spell a missing value
+            problem(Problem("is empty (NaN); expected text", file=r.file, line=r.line,
+                            field=name))
+            return None
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
     problem(Problem(f"expected text, got {type(value).__name__}", file=r.file, line=r.line,
                     field=name))
     return None
@@ -192,7 +196,7 @@ def _render(r: Record, template: str, names: list[str], problem) -> str | None:
         return values[names[0]]  # the common case: one bare column, no formatting
     try:
         return template.format_map(values)
-    except (ValueError, IndexError) as e:
+    except (ValueError, IndexError, KeyError) as e:
         problem(Problem(f"cannot fill template {template!r}: {e}", file=r.file, line=r.line))
         return None
 

@@ -18,7 +18,6 @@ import gzip
 import io
 import json
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +78,9 @@ def read_records(path: str | Path) -> list[Record]:
             records = _read_delimited(lines, bad, name, "," if fmt == "csv" else "\t")
         elif fmt == "json" and _first_char(lines) == "[":
             records = _read_json_array(lines, bad, name)
+        elif fmt == "json" and len(lines) > 1 and _is_one_object(lines):
+            raise DataError(Problem("holds a single JSON object; expected an array of objects "
+                                    "or one object per line (JSON Lines)", file=name, line=1))
         else:
             records = _read_json_lines(lines, bad, name)
     if not records:
@@ -115,12 +117,12 @@ def _decode_lines(data: bytes, name: str) -> tuple[list[str], set[int]]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:  # fast path: the whole file is valid UTF-8
-        return data.decode("utf-8").splitlines(keepends=True), set()
+        return _split_lines(data.decode("utf-8")), set()
     except UnicodeDecodeError:
         pass
     lines: list[str] = []
     bad: set[int] = set()
-    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+    for number, raw in enumerate(_split_lines(data), start=1):
         try:
             lines.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -133,12 +135,30 @@ def _decode_lines(data: bytes, name: str) -> tuple[list[str], set[int]]:
     return lines, bad
 
 
+def _split_lines(text):
+    """Split after each ``\n`` only, keeping it: str.splitlines would also break on U+2028,
+    form feeds and other characters that JSON and CSV carry inside a line."""
+    newline = "\n" if isinstance(text, str) else b"\n"
+    parts = text.split(newline)
+    lines = [part + newline for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
 def _first_char(lines: list[str]) -> str:
     for line in lines:
         stripped = line.strip()
         if stripped:
             return stripped[0]
     return ""
+
+
+def _is_one_object(lines: list[str]) -> bool:
+    try:
+        return isinstance(json.loads("".join(lines)), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 class _Problems:
@@ -210,7 +230,8 @@ def _read_json_array(lines: list[str], bad: set[int], name: str) -> list[Record]
             raise DataError(Problem(f"invalid JSON: {e.msg}", file=name, line=e.lineno)) from e
         number = line_of(pos)
         if isinstance(value, dict):
-            records.append(Record(name, number, value, number in bad))
+            is_bad = bool(bad) and any(n in bad for n in range(number, line_of(end - 1) + 1))
+            records.append(Record(name, number, value, is_bad))
         else:
             problems.add(Problem(f"expected a JSON object in the array, got {_json_type(value)}",
                                  file=name, line=number))
@@ -292,27 +313,35 @@ def _read_parquet(data: bytes, name: str) -> list[Record]:
 
 def _read_xlsx(data: bytes, name: str) -> list[Record]:
     """Read the first sheet; row 1 is the header and line numbers are the sheet's row numbers."""
-    import zipfile
-
     import openpyxl
 
     try:
         workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
-        raise DataError(Problem(f"not a valid .xlsx workbook: {e}", file=name)) from e
-    rows: Iterator[tuple[Any, ...]] = workbook.worksheets[0].iter_rows(values_only=True)
-    header_row = next(rows, None)
-    if header_row is None or not any(v is not None for v in header_row):
+        rows: list[tuple[Any, ...]] = list(workbook.worksheets[0].iter_rows(values_only=True))
+        workbook.close()
+    except Exception as e:  # openpyxl surfaces zip, XML and key errors for a damaged file
+        raise DataError(Problem(f"not a valid .xlsx workbook: {type(e).__name__}: {e}",
+                                file=name)) from e
+    if not rows or not any(v is not None for v in rows[0]):
         raise DataError(Problem("the first row must be a header naming the columns",
                                 file=name, line=1))
-    header = [str(v).strip() if v is not None else "" for v in header_row]
+    header = [str(v).strip() if v is not None else "" for v in rows[0]]
+    problems = _Problems()
+    seen: set[str] = set()
+    for column, h in enumerate(header, start=1):
+        if h in seen:
+            problems.add(Problem(f"column '{h}' appears twice in the header", file=name, line=1))
+        elif not h and any(len(r) >= column and r[column - 1] is not None for r in rows[1:]):
+            problems.add(Problem(f"column {column} holds data but has no name in the header",
+                                 file=name, line=1))
+        seen.add(h)
+    problems.raise_if_any()
     records: list[Record] = []
-    for number, row in enumerate(rows, start=2):
+    for number, row in enumerate(rows[1:], start=2):
         if all(v is None for v in row):
             continue
         fields = {h: v for h, v in zip(header, row) if h}
         records.append(Record(name, number, fields))
-    workbook.close()
     return records
 
 

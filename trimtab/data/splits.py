@@ -78,36 +78,43 @@ def split_examples(state: State, valid_size: float, test_size: float, seed: int,
 
 
 def check_leakage(state: State) -> CheckResult:
-    """Held-out examples whose prompt also appears (normalised) in train, or in both held-outs."""
+    """Prompts (normalised) found in more than one split.
+
+    The fix removes a leaking example from train, or from a held-out split the tool made, never
+    from a file given as a split: an official test set stays whole.
+    """
     assert state.splits is not None
-    key = lambda ex: state.normalized(state.prompt_of(ex))  # noqa: E731
-    if state.task in ("open-ended-generation",):
+    if state.task == "open-ended-generation":
         return CheckResult("leakage", "Leakage across splits", "ok",
                            "not applicable: prompts are empty")
-    train_keys = {key(ex) for ex in state.splits["train"]}
-    valid_keys = {key(ex) for ex in state.splits["valid"]}
-    held_out_keys = valid_keys | {key(ex) for ex in state.splits["test"]}
-    leaking_train = [ex for ex in state.splits["train"] if key(ex) in held_out_keys]
-    valid_test = [ex for ex in state.splits["test"] if key(ex) in valid_keys]
-    details = {"train_vs_held_out": len(leaking_train), "valid_vs_test": len(valid_test)}
-    if not leaking_train and not valid_test:
+    key = lambda ex: state.normalized(state.prompt_of(ex))  # noqa: E731
+    keys = {name: {key(ex) for ex in items} for name, items in state.splits.items()}
+    preset_valid = {key(ex) for ex in state.splits["valid"] if ex.split}
+    removable = [ex for ex in state.splits["train"] if key(ex) in keys["valid"] | keys["test"]]
+    removable += [ex for ex in state.splits["valid"] if not ex.split and key(ex) in keys["test"]]
+    removable += [ex for ex in state.splits["test"] if not ex.split and key(ex) in preset_valid]
+    stuck = [ex for ex in state.splits["test"] if ex.split and key(ex) in preset_valid]
+    details = {"removable": len(removable), "between_given_files": len(stuck)}
+    if not removable and not stuck:
         return CheckResult("leakage", "Leakage across splits", "ok",
                            "no prompt appears in more than one split", details=details)
 
     def remove(s: State) -> None:
         assert s.splits is not None
-        drop = {id(ex) for ex in leaking_train}
-        s.splits["train"] = [ex for ex in s.splits["train"] if id(ex) not in drop]
+        drop = {id(ex) for ex in removable}
+        s.splits = {name: [ex for ex in items if id(ex) not in drop]
+                    for name, items in s.splits.items()}
 
-    message = (f"{len(leaking_train)} training examples share their prompt with a validation or "
-               "test example, which inflates held-out scores")
-    if valid_test:
-        message += f"; {len(valid_test)} test prompts also appear in validation"
+    message = (f"{len(removable)} examples share their prompt with an example of a later split "
+               "(train < valid < test), which inflates held-out scores")
+    if stuck:
+        message += f"; {len(stuck)} prompts of the given test file are also in the given " \
+                   "validation file"
+    fix = Fix("drop-leaking", f"Remove the {len(removable)} leaking examples from train or from "
+              "the held-out splits made here (given files stay whole)", True,
+              remove) if removable else None
     return CheckResult("leakage", "Leakage across splits", "warning", message,
-                       len(leaking_train) + len(valid_test), _locations(leaking_train + valid_test),
-                       details, Fix("drop-leaking", f"Remove the {len(leaking_train)} leaking "
-                                    "examples from train (held-out sets stay intact)", True,
-                                    remove))
+                       len(removable) + len(stuck), _locations(removable + stuck), details, fix)
 
 
 def check_class_balance(state: State) -> CheckResult | None:
@@ -135,6 +142,8 @@ def balance_train(state: State, how: Balance, seed: int) -> dict[str, dict[str, 
     by_label: dict[str, list[Example]] = defaultdict(list)
     for ex in state.splits["train"]:
         by_label[state.label_of(ex)].append(ex)
+    if not by_label:
+        return None
     before = {k: len(v) for k, v in sorted(by_label.items())}
     target = (min if how == "down" else max)(before.values())
     train: list[Example] = []
@@ -152,7 +161,8 @@ def balance_train(state: State, how: Balance, seed: int) -> dict[str, dict[str, 
 def check_class_quantity(state: State) -> CheckResult | None:
     if state.task != "classification" or state.splits is None:
         return None
-    counts = Counter(state.label_of(ex) for ex in state.splits["train"])
+    counts = Counter({label: 0 for label in state.labels()})  # a class absent from train too
+    counts.update(state.label_of(ex) for ex in state.splits["train"])
     short = {k: v for k, v in sorted(counts.items()) if v < MIN_PER_CLASS}
     details = {"train_counts": dict(sorted(counts.items())), "recommended_min": MIN_PER_CLASS}
     if not short:

@@ -39,7 +39,7 @@ def _stats(values: list[int]) -> dict[str, int]:
 def example_lengths(state: State, tokenizer: Any) -> tuple[list[int], list[int]]:
     """Per example: (prompt tokens, completion tokens); special tokens go into the prompt count."""
     specials = tokenizer.num_special_tokens_to_add(pair=False)
-    if state.mode == "supervised" and state.format == "prompt-completion":
+    if state.mode == "supervised" and state.format in ("prompt-completion", "text"):
         prompts = count_tokens(tokenizer, [ex.prompt for ex in state.examples])
         completions = count_tokens(tokenizer, [ex.completion for ex in state.examples])
     elif state.mode == "text":
@@ -54,7 +54,8 @@ def example_lengths(state: State, tokenizer: Any) -> tuple[list[int], list[int]]
 
 def _chat_text(tokenizer: Any, state: State, ex, context: bool) -> str:
     if state.mode == "supervised":  # written as chat: a user turn around the prompt
-        messages = [{"role": "user", "content": ex.prompt}]
+        messages = [{"role": "system", "content": state.system}] if state.system else []
+        messages.append({"role": "user", "content": ex.prompt})
     else:
         messages = [m for m in ex.messages or []]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")

@@ -59,7 +59,7 @@ class PrepareOptions(BaseModel):
     stop: str | None = None
     model: str = "smollm2-135m"
     max_length: int = Field(512, gt=0)
-    valid_size: float = Field(0.1, ge=0)
+    valid_size: float | None = Field(None, ge=0)
     test_size: float | None = Field(None, ge=0)
     seed: int = 42
     stratify: bool = True
@@ -84,7 +84,14 @@ class PrepareOptions(BaseModel):
         return options
 
     @property
+    def resolved_valid_size(self) -> float:
+        """0.1 of the data, or none of it when a validation file is given."""
+        return self.valid_size if self.valid_size is not None else (
+            0 if self.valid_inputs else 0.1)
+
+    @property
     def resolved_test_size(self) -> float:
+        """0.1 of the data, or none of it when a test file is given."""
         return self.test_size if self.test_size is not None else (0 if self.test_inputs else 0.1)
 
     def problems(self) -> list[str]:
@@ -107,7 +114,7 @@ class PrepareOptions(BaseModel):
         for name, size in (("valid-size", self.valid_size), ("test-size", self.test_size)):
             if size is not None and size >= 1 and not float(size).is_integer():
                 out.append(f"--{name} {size}: use a fraction below 1 or a whole number of examples")
-        sizes = [s for s in (self.valid_size, self.resolved_test_size) if s < 1]
+        sizes = [s for s in (self.resolved_valid_size, self.resolved_test_size) if s < 1]
         if sum(sizes) >= 1:
             out.append("--valid-size and --test-size fractions leave nothing for training")
         for flag, ids in (("--fix", self.fix), ("--skip-fix", self.skip_fix)):
@@ -151,7 +158,7 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     examples, inputs, unused, mode = _read_all(options, mapping)
     fmt = _output_format(options, mode)
     state = c.State(examples, mode, fmt, requested_separator=options.separator,
-                    requested_stop=options.stop, unused_fields=unused)
+                    requested_stop=options.stop, system=options.system, unused_fields=unused)
     results: list[c.CheckResult] = []
 
     def run(result: c.CheckResult | None) -> None:
@@ -188,7 +195,8 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     if not state.examples:
         raise DataError(Problem("no examples left after the fixes; nothing to write"))
 
-    state.splits = sp.split_examples(state, options.valid_size, options.resolved_test_size,
+    state.splits = sp.split_examples(state, options.resolved_valid_size,
+                                     options.resolved_test_size,
                                      options.seed, options.stratify)
     run(sp.check_leakage(state))
     balance = sp.balance_train(state, options.balance, options.seed)
