@@ -18,8 +18,10 @@ from trimtab.data.tokens import (
     check_long_examples,
     check_multi_token_labels,
     check_token_lengths,
+    TokenCounts,
     count_tokens,
     example_lengths,
+    measure,
 )
 
 
@@ -160,6 +162,11 @@ def test_example_lengths_supervised_written_as_text_counts_the_plain_prompt(tok)
 # --- check_token_lengths ---------------------------------------------------------------------
 
 
+def counted(state, lengths, max_length):
+    """Exact TokenCounts from (prompt, completion) token lists."""
+    return TokenCounts.exact(state.examples, *lengths, max_length=max_length)
+
+
 def test_stats_are_nearest_rank_percentiles():
     assert _stats([]) == {"p50": 0, "p95": 0, "max": 0}
     assert _stats([7]) == {"p50": 7, "p95": 7, "max": 7}
@@ -171,7 +178,7 @@ def test_token_lengths_within_max_length_is_ok(tok):
     state = supervised([("Great product", " 5"), ("It broke", " 1"), ("I love it", " 5")],
                        "classification")
     lengths = example_lengths(state, tok)
-    r = check_token_lengths(state, tok, "tiny", 512, lengths)
+    r = check_token_lengths("tiny", 512, counted(state, lengths, 512))
     assert (r.id, r.status, r.count, r.fix) == ("token-lengths", "ok", 0, None)
     totals = sorted(p + c for p, c in zip(*lengths))
     assert r.details["total"] == {"p50": totals[1], "p95": totals[2], "max": totals[2]}
@@ -187,7 +194,7 @@ def test_token_lengths_within_max_length_is_ok(tok):
 def test_token_lengths_over_max_length_is_a_warning():
     state = supervised([(f"p{i}", " c") for i in range(20)])
     lengths = (list(range(1, 21)), [1] * 20)  # totals 2..21
-    r = check_token_lengths(state, object(), "tiny", 15, lengths)
+    r = check_token_lengths("tiny", 15, counted(state, lengths, 15))
     assert (r.status, r.count) == ("warning", 6)  # 16..21
     assert r.details["over_max_length"] == 6
     assert r.details["total"] == {"p50": 12, "p95": 20, "max": 21}
@@ -198,9 +205,40 @@ def test_token_lengths_over_max_length_is_a_warning():
 
 def test_token_lengths_skipped_without_tokenizer():
     state = supervised([("a", " b")])
-    r = check_token_lengths(state, None, "none", 512, None)
+    r = check_token_lengths("none", 512, None)
     assert (r.status, r.count, r.details) == ("info", 0, {})
     assert r.message == "skipped: no tokenizer (--model none)"
+
+
+def test_large_data_samples_percentiles_but_finds_every_long_example(tok, monkeypatch):
+    import trimtab.data.tokens as tokens
+
+    monkeypatch.setattr(tokens, "SAMPLE_SIZE", 50)
+    long_text = "Terrible. It broke after one day and the seller never answered. " * 3
+    pairs = [(f"short {i}", " 5") for i in range(300)]
+    for i in (7, 123, 299):  # long ones, most of them outside any sample of 50
+        pairs[i] = (long_text + str(i), " 1")
+    state = supervised(pairs, "classification")
+    limit = 20
+    counts = measure(state, tok, limit)
+    exact = TokenCounts.exact(state.examples, *example_lengths(state, tok), max_length=limit)
+    assert counts.sampled == 50 and len(counts.prompt) == 50
+    assert [ex.line for ex, _ in counts.long] == [ex.line for ex, _ in exact.long] == [8, 124, 300]
+    assert counts.max_total == exact.max_total
+    r = check_token_lengths("tiny", limit, counts)
+    assert r.details["sampled"] == 50 and "tokens_estimated" in r.details
+    assert "random sample of 50" in r.message and r.count == 3
+
+
+def test_tokenizer_breaking_the_byte_bound_gets_every_example_counted(tok, monkeypatch):
+    import trimtab.data.tokens as tokens
+
+    monkeypatch.setattr(tokens, "SAMPLE_SIZE", 10)
+    real = tokens.count_tokens
+    monkeypatch.setattr(tokens, "count_tokens", lambda t, texts: [n * 100 for n in real(t, texts)])
+    state = supervised([(f"p {i}", " 5") for i in range(40)], "classification")
+    counts = measure(state, tok, 512)
+    assert counts.sampled is None and len(counts.prompt) == 40
 
 
 # --- check_long_examples ---------------------------------------------------------------------
@@ -208,14 +246,14 @@ def test_token_lengths_skipped_without_tokenizer():
 
 def test_no_long_examples_is_ok():
     state = supervised([("a", " b"), ("c", " d")], "conditional-generation")
-    r = check_long_examples(state, 10, ([3, 4], [1, 6]))
+    r = check_long_examples(state, 10, counted(state, ([3, 4], [1, 6]), 10))
     assert (r.id, r.status, r.count, r.fix) == ("long-examples", "ok", 0, None)
     assert r.message == "every example fits in 10 tokens"
 
 
 def test_long_generation_examples_are_dropped_by_default():
     state = supervised([("a", " b"), ("c", " d"), ("e", " f")], "conditional-generation")
-    r = check_long_examples(state, 10, ([3, 9, 4], [1, 2, 7]))
+    r = check_long_examples(state, 10, counted(state, ([3, 9, 4], [1, 2, 7]), 10))
     assert (r.status, r.count, r.locations) == ("warning", 2, ["d.jsonl:2", "d.jsonl:3"])
     assert "cutting off the completion" in r.message
     assert (r.fix.id, r.fix.recommended) == ("drop-long", True)
@@ -225,7 +263,7 @@ def test_long_generation_examples_are_dropped_by_default():
 
 def test_long_classification_examples_are_kept_by_default():
     state = supervised([("a", " b"), ("c", " d")], "classification")
-    r = check_long_examples(state, 10, ([30, 3], [2, 2]))
+    r = check_long_examples(state, 10, counted(state, ([30, 3], [2, 2]), 10))
     assert (r.status, r.count, r.locations) == ("warning", 1, ["d.jsonl:1"])
     assert "the label is kept" in r.message
     assert (r.fix.id, r.fix.recommended) == ("drop-long", False)
@@ -234,7 +272,7 @@ def test_long_classification_examples_are_kept_by_default():
 def test_long_texts_are_info_for_language_modeling(tok):
     state = texts(["I love it! My daughter uses it every day.", "short"])
     lengths = example_lengths(state, tok)
-    r = check_long_examples(state, 5, lengths)
+    r = check_long_examples(state, 5, counted(state, lengths, 5))
     assert (r.status, r.count, r.locations, r.fix) == ("info", 1, ["d.jsonl:1"], None)
     assert "split into chunks" in r.message
 
@@ -250,7 +288,7 @@ def test_long_examples_with_the_real_tokenizer(tok):
     state = supervised([(long_prompt, " a story follows"), ("Hi", " ok")], "conditional-generation")
     lengths = example_lengths(state, tok)
     limit = n_tokens(tok, long_prompt)  # the first example is over by its completion
-    r = check_long_examples(state, limit, lengths)
+    r = check_long_examples(state, limit, counted(state, lengths, limit))
     assert (r.count, r.locations) == (1, ["d.jsonl:1"])
 
 

@@ -111,6 +111,14 @@ class State:
     def label_of(self, ex: Example) -> str:
         return self.completion_of(ex).strip()
 
+    def prompt_key(self, ex: Example) -> str:
+        """The normalised prompt: equal keys mean the same input for dedupe, splits, leakage."""
+        prompt = self.prompt_of(ex)
+        if self.separator and self.mode == "supervised":
+            # Without the separator the key is the one already cached before it was appended.
+            prompt = prompt.removesuffix(self.separator)
+        return self.normalized(prompt)
+
     def normalized(self, text: str) -> str:
         """Lower case, no punctuation, single spaces: the key for near-duplicates."""
         norm = self._norm.get(text)
@@ -314,7 +322,7 @@ def check_contradictions(state: State) -> CheckResult:
                            "not applicable: no prompts to contradict")
     groups: dict[str, list[Example]] = defaultdict(list)
     for ex in state.examples:
-        groups[state.normalized(state.prompt_of(ex))].append(ex)
+        groups[state.prompt_key(ex)].append(ex)
     conflicting = [g for g in groups.values()
                    if len({state.normalized(state.completion_of(ex)) for ex in g}) > 1]
     if not conflicting:

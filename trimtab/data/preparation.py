@@ -187,9 +187,9 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
         run(check(state))
 
     tokenizer = _load_tokenizer(tokenizer_name)
-    lengths = tk.example_lengths(state, tokenizer) if tokenizer is not None else None
-    run(tk.check_token_lengths(state, tokenizer, options.model, options.max_length, lengths))
-    run(tk.check_long_examples(state, options.max_length, lengths))
+    counts = tk.measure(state, tokenizer, options.max_length) if tokenizer is not None else None
+    run(tk.check_token_lengths(options.model, options.max_length, counts))
+    run(tk.check_long_examples(state, options.max_length, counts))
     run(tk.check_multi_token_labels(state, tokenizer, options.model))
     run(sp.check_class_balance(state))
     if not state.examples:

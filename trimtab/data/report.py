@@ -65,8 +65,13 @@ def render(report: dict[str, Any], checks: list[CheckResult]) -> str:
         for part in ("prompt", "completion", "total"):
             s = lengths[part]
             out.append(f"  {part:<12}{s['p50']:>8,}{s['p95']:>8,}{s['max']:>8,}")
+        if lengths["sampled"]:
+            out.append(f"  (p50 and p95 from a random sample of {lengths['sampled']:,}; "
+                       "max and the count over --max-length are exact)")
+        tokens = (f"{lengths['tokens']:,} tokens in all" if "tokens" in lengths else
+                  f"about {lengths['tokens_estimated']:,} tokens in all")
         out.append(f"  {lengths['over_max_length']:,} examples over --max-length "
-                   f"{lengths['max_length']}; {lengths['tokens']:,} tokens in all")
+                   f"{lengths['max_length']}; {tokens}")
     out += ["", f"Wrote {report['options']['out']}/"]
     for name in ("train", "valid", "test"):
         out.append(f"  {name}.jsonl  {counts[name]:,} examples")

@@ -52,7 +52,7 @@ def split_examples(state: State, valid_size: float, test_size: float, seed: int,
 
     groups: dict[str, list[Example]] = {}
     for ex in pool:
-        groups.setdefault(state.normalized(state.prompt_of(ex)), []).append(ex)
+        groups.setdefault(state.prompt_key(ex), []).append(ex)
     by_label = stratify and state.task == "classification"
     strata: dict[str, list[list[Example]]] = defaultdict(list)
     for group in groups.values():
@@ -87,10 +87,11 @@ def check_leakage(state: State) -> CheckResult:
     if state.task == "open-ended-generation":
         return CheckResult("leakage", "Leakage across splits", "ok",
                            "not applicable: prompts are empty")
-    key = lambda ex: state.normalized(state.prompt_of(ex))  # noqa: E731
+    key = state.prompt_key
     keys = {name: {key(ex) for ex in items} for name, items in state.splits.items()}
+    held_out = keys["valid"] | keys["test"]
     preset_valid = {key(ex) for ex in state.splits["valid"] if ex.split}
-    removable = [ex for ex in state.splits["train"] if key(ex) in keys["valid"] | keys["test"]]
+    removable = [ex for ex in state.splits["train"] if key(ex) in held_out]
     removable += [ex for ex in state.splits["valid"] if not ex.split and key(ex) in keys["test"]]
     removable += [ex for ex in state.splits["test"] if not ex.split and key(ex) in preset_valid]
     stuck = [ex for ex in state.splits["test"] if ex.split and key(ex) in preset_valid]

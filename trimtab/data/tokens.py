@@ -7,9 +7,14 @@ will be written (separator, leading space and stop included).
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from typing import Any
 
 from trimtab.data.checks import CheckResult, Fix, State, _drop, _locations
+from trimtab.data.examples import Example
+
+SAMPLE_SIZE = 10_000  # above this many examples, percentiles come from a sample
 
 
 def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
@@ -36,23 +41,80 @@ def _stats(values: list[int]) -> dict[str, int]:
     return {"p50": pct(0.50), "p95": pct(0.95), "max": ordered[-1]}
 
 
-def example_lengths(state: State, tokenizer: Any) -> tuple[list[int], list[int]]:
+def example_lengths(state: State, tokenizer: Any, examples: list[Example] | None = None
+                    ) -> tuple[list[int], list[int]]:
     """Per example: (prompt tokens, completion tokens); special tokens go into the prompt count."""
+    examples = state.examples if examples is None else examples
+    prompts, completions = _texts(state, tokenizer, examples)
     specials = tokenizer.num_special_tokens_to_add(pair=False)
+    return ([n + specials for n in count_tokens(tokenizer, prompts)],
+            count_tokens(tokenizer, completions))
+
+
+def _texts(state: State, tokenizer: Any, examples: list[Example]) -> tuple[list[str], list[str]]:
+    """The prompt side and completion side of each example, as they will be tokenized."""
     if state.mode == "supervised" and state.format in ("prompt-completion", "text"):
-        prompts = count_tokens(tokenizer, [ex.prompt for ex in state.examples])
-        completions = count_tokens(tokenizer, [ex.completion for ex in state.examples])
-    elif state.mode == "text":
-        prompts = count_tokens(tokenizer, [ex.text for ex in state.examples])
-        completions = [0] * len(prompts)
-    else:
-        prompts = count_tokens(tokenizer, [_chat_text(tokenizer, state, ex, context=True)
-                                           for ex in state.examples])
-        completions = count_tokens(tokenizer, [state.completion_of(ex) for ex in state.examples])
-    return [p + specials for p in prompts], completions
+        return [ex.prompt for ex in examples], [ex.completion for ex in examples]
+    if state.mode == "text":
+        return [ex.text for ex in examples], [""] * len(examples)
+    return ([_chat_text(tokenizer, state, ex) for ex in examples],
+            [state.completion_of(ex) for ex in examples])
 
 
-def _chat_text(tokenizer: Any, state: State, ex, context: bool) -> str:
+@dataclass
+class TokenCounts:
+    """Token counts of a dataset: exact for every example over the limit, and per example for
+    every example or, on large data, for a random sample (``sampled``)."""
+
+    prompt: list[int]
+    completion: list[int]
+    long: list[tuple[Example, int]]  # every example over max_length, with its total
+    max_total: int
+    n: int
+    sampled: int | None = None
+
+    @classmethod
+    def exact(cls, examples: list[Example], prompt: list[int], completion: list[int],
+              max_length: int) -> TokenCounts:
+        totals = [p + c for p, c in zip(prompt, completion)]
+        return cls(prompt, completion, [(ex, t) for ex, t in zip(examples, totals)
+                                        if t > max_length], max(totals, default=0),
+                   len(examples))
+
+    @property
+    def totals(self) -> list[int]:
+        return [p + c for p, c in zip(self.prompt, self.completion)]
+
+
+def measure(state: State, tokenizer: Any, max_length: int) -> TokenCounts:
+    """Count tokens; above SAMPLE_SIZE examples, percentiles come from a seeded sample.
+
+    Long examples stay exact on any size: a token covers at least one byte, so an example of at
+    most ``max_length`` bytes cannot be too long, and only longer ones need counting. That bound
+    is checked on the sample first; a tokenizer that breaks it gets every example counted.
+    """
+    examples = state.examples
+    if len(examples) <= SAMPLE_SIZE or state.mode == "chat":
+        return TokenCounts.exact(examples, *example_lengths(state, tokenizer), max_length)
+    chosen = sorted(random.Random(0).sample(range(len(examples)), SAMPLE_SIZE))
+    sample = [examples[i] for i in chosen]
+    prompts, completions = example_lengths(state, tokenizer, sample)
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    texts = _texts(state, tokenizer, examples)
+    size = [len(p.encode()) + len(c.encode()) + 2 + specials for p, c in zip(*texts)]
+    if any(p + c > size[i] for i, p, c in zip(chosen, prompts, completions)):
+        return TokenCounts.exact(examples, *example_lengths(state, tokenizer), max_length)
+    in_sample = set(chosen)
+    rest = [i for i in range(len(examples)) if i not in in_sample and size[i] > max_length]
+    rest_p, rest_c = example_lengths(state, tokenizer, [examples[i] for i in rest])
+    measured = list(zip(chosen, prompts, completions)) + list(zip(rest, rest_p, rest_c))
+    long = sorted(((i, p + c) for i, p, c in measured if p + c > max_length))
+    return TokenCounts(prompts, completions, [(examples[i], t) for i, t in long],
+                       max((p + c for _, p, c in measured), default=0), len(examples),
+                       sampled=SAMPLE_SIZE)
+
+
+def _chat_text(tokenizer: Any, state: State, ex: Example) -> str:
     if state.mode == "supervised":  # written as chat: a user turn around the prompt
         messages = [{"role": "system", "content": state.system}] if state.system else []
         messages.append({"role": "user", "content": ex.prompt})
@@ -65,31 +127,35 @@ def _chat_text(tokenizer: Any, state: State, ex, context: bool) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
 
 
-def check_token_lengths(state: State, tokenizer: Any, model: str, max_length: int,
-                        lengths: tuple[list[int], list[int]] | None) -> CheckResult:
-    if tokenizer is None or lengths is None:
+def check_token_lengths(model: str, max_length: int, counts: TokenCounts | None
+                        ) -> CheckResult:
+    if counts is None:
         return CheckResult("token-lengths", "Token lengths", "info",
                            "skipped: no tokenizer (--model none)")
-    prompts, completions = lengths
-    totals = [p + c for p, c in zip(prompts, completions)]
-    over = sum(t > max_length for t in totals)
-    details = {"model": model, "max_length": max_length, "prompt": _stats(prompts),
-               "completion": _stats(completions), "total": _stats(totals),
-               "over_max_length": over, "tokens": sum(totals)}
+    totals = counts.totals
+    over = len(counts.long)
+    details = {"model": model, "max_length": max_length, "prompt": _stats(counts.prompt),
+               "completion": _stats(counts.completion), "total": _stats(totals),
+               "over_max_length": over, "sampled": counts.sampled}
+    details["total"]["max"] = counts.max_total
+    if counts.sampled:  # estimated from the sample, and said so
+        details["tokens_estimated"] = round(sum(totals) / len(totals) * counts.n)
+    else:
+        details["tokens"] = sum(totals)
     t = details["total"]
-    message = (f"{model}: p50 {t['p50']}, p95 {t['p95']}, max {t['max']} tokens per example; "
-               f"{over} of {len(totals)} exceed --max-length {max_length}")
+    how = f" (percentiles from a random sample of {counts.sampled:,})" if counts.sampled else ""
+    message = (f"{model}: p50 {t['p50']}, p95 {t['p95']}, max {t['max']} tokens per example"
+               f"{how}; {over} of {counts.n} exceed --max-length {max_length}")
     return CheckResult("token-lengths", "Token lengths", "warning" if over else "ok", message,
                        over, details=details)
 
 
-def check_long_examples(state: State, max_length: int,
-                        lengths: tuple[list[int], list[int]] | None) -> CheckResult:
-    if lengths is None:
+def check_long_examples(state: State, max_length: int, counts: TokenCounts | None
+                        ) -> CheckResult:
+    if counts is None:
         return CheckResult("long-examples", "Long examples", "info",
                            "skipped: no tokenizer (--model none)")
-    totals = [p + c for p, c in zip(*lengths)]
-    long = [ex for ex, t in zip(state.examples, totals) if t > max_length]
+    long = [ex for ex, _ in counts.long]
     if not long:
         return CheckResult("long-examples", "Long examples", "ok",
                            f"every example fits in {max_length} tokens")

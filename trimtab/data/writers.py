@@ -35,8 +35,12 @@ def to_record(ex: Example, mode: Mode, fmt: OutputFormat, system: str | None) ->
     return {"messages": messages}
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per line
+
+
 def jsonl(records: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    """One JSON object per line, UTF-8 text kept as is."""
+    return "".join(_ENCODE(r) + "\n" for r in records)
 
 
 def check_output_dir(out_dir: Path, force: bool, names: tuple[str, ...] = OUTPUT_FILES) -> None:
