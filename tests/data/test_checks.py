@@ -751,3 +751,14 @@ def test_preparing_prepared_generation_data_with_end_stop_changes_nothing():
     assert run_format_checks(again) == []
     assert list(zip(prompts(again), completions(again))) == prepared
     assert (again.separator, again.stop) == (SEP, " END")
+
+
+@pytest.mark.parametrize("text", [
+    "Didn't WORK -- at all!!", "snake_case stays, (brackets) go", "Tabs\tand\nnewlines  ",
+    "Ünïcode’s “quotes” fold too", "UPPER lower MiXeD 123"])
+def test_ascii_fast_path_normalises_like_the_general_one(text):
+    import re as _re
+
+    state = supervised([("a", " b")])
+    expected = " ".join(_re.sub(r"[^\w\s]+", " ", text.lower()).split())
+    assert state.normalized(text) == expected

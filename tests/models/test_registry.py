@@ -293,3 +293,33 @@ def test_real_minilm_tokenizer_loads():
     tokenizer = load_tokenizer("minilm-l6")
     assert tokenizer("hello world")["input_ids"] == [101, 7592, 2088, 102]
     assert not cache_dir().exists()  # an HF folder in a package needs no cache
+
+
+def test_fast_tokenizer_of_a_local_folder_counts_like_the_full_one(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(tmp_path)
+    fast = registry.load_fast_tokenizer(str(tmp_path))
+    full = load_tokenizer(str(tmp_path))
+    assert isinstance(fast, Tokenizer)
+    text = "hello the cat sat on the world"
+    assert fast.encode(text, add_special_tokens=False).ids == full(
+        text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.real_model
+def test_fast_smollm2_tokenizer_counts_like_transformers_on_marc_reviews(marc):
+    import csv
+
+    from trimtab.data.tokens import count_tokens, special_tokens
+
+    texts = [row["review_body"] for row, _ in zip(
+        csv.DictReader(open(marc / "en" / "test.csv", encoding="utf-8")), range(300))]
+    texts += [" 5", "\n\n###\n\n", " END"]
+    for name in ("smollm2-135m", "minilm-l6"):
+        fast, full = registry.load_fast_tokenizer(name), load_tokenizer(name)
+        assert count_tokens(fast, texts) == count_tokens(full, texts)
+        assert special_tokens(fast) == special_tokens(full)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import string
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ MIN_PER_CLASS = 100  # OpenAI's advice: at least ~100 examples per class
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _PUNCT = re.compile(r"[^\w\s]+")
+_ASCII_PUNCT = string.punctuation.replace("_", "").encode()  # \w keeps the underscore
+_ASCII_FOLD = bytes.maketrans(string.ascii_uppercase.encode() + _ASCII_PUNCT,
+                              string.ascii_lowercase.encode() + b" " * len(_ASCII_PUNCT))
 
 
 @dataclass
@@ -123,7 +127,10 @@ class State:
         """Lower case, no punctuation, single spaces: the key for near-duplicates."""
         norm = self._norm.get(text)
         if norm is None:
-            norm = " ".join(_PUNCT.sub(" ", text.lower()).split())
+            if text.isascii():  # bytes.translate does the same as the regex, twice as fast
+                norm = " ".join(text.encode().translate(_ASCII_FOLD).decode().split())
+            else:
+                norm = " ".join(_PUNCT.sub(" ", text.lower()).split())
             self._norm[text] = norm
         return norm
 

@@ -186,7 +186,7 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
                   c.check_completion_prefix, c.check_completion_suffix, c.check_leading_space):
         run(check(state))
 
-    tokenizer = _load_tokenizer(tokenizer_name)
+    tokenizer = _load_tokenizer(tokenizer_name, chat=fmt == "chat")
     counts = tk.measure(state, tokenizer, options.max_length) if tokenizer is not None else None
     run(tk.check_token_lengths(options.model, options.max_length, counts))
     run(tk.check_long_examples(state, options.max_length, counts))
@@ -251,11 +251,12 @@ def _output_format(options: PrepareOptions, mode: str) -> c.OutputFormat:
     return options.format
 
 
-def _load_tokenizer(name: str | None) -> Any:
+def _load_tokenizer(name: str | None, chat: bool) -> Any:
+    """Chat needs the model's chat template (transformers); counting alone, the Rust tokenizer."""
     if name is None:
         return None
-    from trimtab.models import load_tokenizer
-    return load_tokenizer(name)
+    from trimtab.models import load_fast_tokenizer, load_tokenizer
+    return load_tokenizer(name) if chat else load_fast_tokenizer(name)
 
 
 def _decide(result: c.CheckResult, options: PrepareOptions, ask: Ask | None) -> tuple[bool, str]:

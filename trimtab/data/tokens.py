@@ -17,10 +17,26 @@ from trimtab.data.examples import Example
 SAMPLE_SIZE = 10_000  # above this many examples, percentiles come from a sample
 
 
+def special_tokens(tokenizer: Any) -> int:
+    """How many special tokens (BOS, [CLS], [SEP]) the tokenizer adds to one sequence."""
+    if hasattr(tokenizer, "encode_batch_fast"):  # a bare tokenizers.Tokenizer
+        return tokenizer.num_special_tokens_to_add(False)
+    return tokenizer.num_special_tokens_to_add(pair=False)  # transformers
+
+
+def token_pieces(tokenizer: Any, text: str) -> list[str]:
+    """The text of each token of ``text``, e.g. ``" 5"`` → ``[" ", "5"]``."""
+    if hasattr(tokenizer, "encode_batch_fast"):  # a bare tokenizers.Tokenizer
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+    else:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [tokenizer.decode([i]) for i in ids]
+
+
 def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
     """Token counts without special tokens; distinct texts are encoded once, in a batch."""
     distinct = list(dict.fromkeys(texts))
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     if backend is not None and hasattr(backend, "encode_batch_fast"):
         # The Rust tokenizer directly: no offsets, no Python-side padding logic, all cores.
         counts = [len(e.ids) for e in backend.encode_batch_fast(distinct, add_special_tokens=False)]
@@ -46,7 +62,7 @@ def example_lengths(state: State, tokenizer: Any, examples: list[Example] | None
     """Per example: (prompt tokens, completion tokens); special tokens go into the prompt count."""
     examples = state.examples if examples is None else examples
     prompts, completions = _texts(state, tokenizer, examples)
-    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    specials = special_tokens(tokenizer)
     return ([n + specials for n in count_tokens(tokenizer, prompts)],
             count_tokens(tokenizer, completions))
 
@@ -99,7 +115,7 @@ def measure(state: State, tokenizer: Any, max_length: int) -> TokenCounts:
     chosen = sorted(random.Random(0).sample(range(len(examples)), SAMPLE_SIZE))
     sample = [examples[i] for i in chosen]
     prompts, completions = example_lengths(state, tokenizer, sample)
-    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    specials = special_tokens(tokenizer)
     texts = _texts(state, tokenizer, examples)
     size = [len(p.encode()) + len(c.encode()) + 2 + specials for p, c in zip(*texts)]
     if any(p + c > size[i] for i, p, c in zip(chosen, prompts, completions)):
@@ -185,9 +201,7 @@ def check_multi_token_labels(state: State, tokenizer: Any, model: str) -> CheckR
     written = sorted({state.completion_of(ex).removesuffix(state.stop or "")
                       for ex in state.examples})
     counts = dict(zip(written, count_tokens(tokenizer, written)))
-    pieces = {label: [tokenizer.decode([i]) for i in
-                      tokenizer(label, add_special_tokens=False)["input_ids"]]
-              for label in written}
+    pieces = {label: token_pieces(tokenizer, label) for label in written}
     multi = {k: v for k, v in counts.items() if v > 1}
     details = {"tokens": {k: pieces[k] for k in written}}
     if not multi:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Literal
 from trimtab.errors import TrimtabError
 
 if TYPE_CHECKING:  # transformers is imported lazily: it costs seconds and the CLI must start fast
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerBase
 
 _log = logging.getLogger(__name__)
@@ -169,6 +170,30 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
             f"{model.path}: could not load a tokenizer from this folder ({_first_line(exc)}); "
             "it should hold tokenizer.json or tokenizer_config.json"
         ) from exc
+
+
+def load_fast_tokenizer(name_or_path: str) -> Tokenizer | PreTrainedTokenizerBase:
+    """The bare Rust tokenizer (``tokenizers.Tokenizer``) when the model has a tokenizer.json.
+
+    It loads in milliseconds without importing transformers (seconds), which is all that
+    counting tokens needs; chat templates need :func:`load_tokenizer`. Models without a
+    tokenizer.json get the full tokenizer.
+    """
+    model = resolve_model(name_or_path)
+    folder = model.path
+    if model.gguf_file is not None:
+        assert model.spec is not None
+        folder = model_cache_dir(model.name) / "tokenizer"
+        if not _part_is_complete(folder, f"{model.spec.package}:{model.gguf_file}"):
+            load_tokenizer(name_or_path)  # converts the GGUF tokenizer into the cache once
+    if folder is not None and (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            return Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 - a damaged file: the full loader explains it
+            _log.warning("could not read %s directly: %s", folder / "tokenizer.json", exc)
+    return load_tokenizer(name_or_path)
 
 
 def _resolve_package(spec: ModelSpec) -> ResolvedModel:
