@@ -8,7 +8,7 @@ or ``text``). Every missing field or unknown template column is reported with it
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from trimtab.data.readers import MAX_PROBLEMS, Record
@@ -34,7 +34,6 @@ class Example:
     text: str = ""
     bad_utf8: bool = False
     split: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def where(self) -> str:

@@ -165,9 +165,9 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
         if result is None:
             return
         if result.status == "error":
-            raise DataError([Problem(result.message)] + [
-                Problem("here", file=w.rsplit(":", 1)[0], line=int(w.rsplit(":", 1)[1]))
-                for w in result.locations])
+            where = [w.rpartition(":") for w in result.locations]
+            raise DataError([Problem(f"{result.title}: {result.message}")] + [
+                Problem("found here", file=file, line=int(line)) for file, _, line in where])
         if result.fix is not None:
             result.applied, result.decided_by = _decide(result, options, ask)
             if result.applied:
