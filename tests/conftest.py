@@ -57,3 +57,43 @@ def marc() -> Path:
     if not MARC.exists():
         pytest.skip(f"MARC data not found at {MARC}")
     return MARC
+
+
+def _tiny_model_dir(tmp_path_factory, tokenizer_dir: Path, kind: str) -> Path:
+    """A tiny randomly initialised model saved with the tiny tokenizer, like a hub folder."""
+    import shutil
+
+    import torch
+    from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, LlamaConfig,
+                              LlamaForCausalLM)
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    vocab = len(tokenizer)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id))
+    else:
+        model = BertForMaskedLM(BertConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=256))
+    folder = tmp_path_factory.mktemp(f"tiny-{kind}")
+    model.save_pretrained(folder, safe_serialization=True)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A 2-layer, 32-wide Llama (SmolLM2's architecture, tied embeddings) built from a config."""
+    return _tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A 2-layer, 32-wide BERT encoder (MiniLM's architecture) built from a config."""
+    return _tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, "bert")

@@ -104,17 +104,120 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="fine-tune a model (full, freeze or LoRA; sft, lm or classify)",
+        description="Train from a YAML config and/or key=value overrides (dotted keys, e.g. "
+                    "optim.lr=1e-4 method.name=full data.task=classify). Every problem in the "
+                    "config is reported at once, before any model is loaded.")
+    p.add_argument("args", nargs="*", metavar="CONFIG.yaml|key=value")
+    p.add_argument("--data", metavar="DIR",
+                   help="a folder written by trimtab prepare: sets data.train and data.valid")
+    p.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trimtab.errors import ConfigError
+    from trimtab.training import load_config, train
+
+    files = [a for a in args.args if "=" not in a]
+    overrides = [a for a in args.args if "=" in a]
+    if len(files) > 1:
+        raise ConfigError([f"one config file at most, got {', '.join(files)}"])
+    base: dict[str, Any] = {}
+    if args.data:
+        folder = Path(args.data)
+        base["data"] = {"train": str(folder / "train.jsonl")}
+        if (folder / "valid.jsonl").is_file() and (folder / "valid.jsonl").stat().st_size:
+            base["data"]["valid"] = str(folder / "valid.jsonl")
+    if args.resume:
+        if files or overrides or args.data:
+            raise ConfigError(["--resume continues a run with its saved config; "
+                               "give no config file or overrides"])
+        result = train(None, resume=Path(args.resume), progress=not args.quiet)
+    else:
+        config = load_config(Path(files[0]) if files else None, overrides, base)
+        result = train(config, progress=not args.quiet)
+    print(f"run: {result.run_dir}\nmodel: {result.final}")
+    for key, value in result.results.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="base models and fine-tuned models")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    ls = msub.add_parser("list", help="known base models and fine-tuned runs")
+    ls.add_argument("--runs", default="runs", help="folder of training runs (default: runs)")
+    ls.set_defaults(run=_run_models_list)
+    pull = msub.add_parser("pull", help="make a model ready offline (convert/cache once)")
+    pull.add_argument("name")
+    pull.set_defaults(run=_run_models_pull)
+
+
+def _run_models_list(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trimtab.models.catalog import list_models
+
+    entries = list_models(Path(args.runs))
+    print(f"{'name':<44} {'kind':<8} {'source':<8} {'ready':<6} description")
+    for e in entries:
+        print(f"{e.name:<44} {e.kind:<8} {e.source:<8} {'yes' if e.ready else 'no':<6} "
+              f"{e.description}")
+    return 0
+
+
+def _run_models_pull(args: argparse.Namespace) -> int:
+    from trimtab.models.catalog import pull
+
+    print(f"{args.name}: ready in {pull(args.name)}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a run's model as standalone weights")
+    p.add_argument("run", help="a run folder (or its final/ folder)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--merge", action="store_true",
+                   help="merge LoRA adapters into the base weights (full model)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trimtab.training.export import export
+
+    print(f"wrote {export(Path(args.run), Path(args.out), merge=args.merge, force=args.force)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trimtab", description="Self-hosted fine-tuning of open language models.")
     parser.add_argument("--version", action="version", version=f"trimtab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
+    _add_train(sub)
+    _add_models(sub)
+    _add_export(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `trimtab train a=1 --quiet b=2`: argparse ends a positional list at the first option.
+    if extra and args.command == "train" and not any(e.startswith("-") for e in extra):
+        args.args += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except TrimtabError as e:

@@ -1,3 +1,46 @@
-"""Methods decide which parameters train (full, freeze, LoRA through PEFT); see issue 3.
+"""Methods decide which parameters train: full, freeze (top blocks + head), LoRA through PEFT.
 
-Not built yet: this package marks its place in the pipeline."""
+:mod:`trimtab.methods.trainable` marks what trains and saves it; :mod:`trimtab.methods.features`
+caches the frozen trunk's outputs so that ``freeze`` trains at the cost of its top blocks only.
+Importing this package stays cheap: torch is imported only when :class:`FrozenTrunk` is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from trimtab.methods.trainable import (
+    METHODS,
+    Method,
+    MethodSpec,
+    apply_method,
+    merge_lora,
+    save_trainable,
+    trainable_parameters,
+    transformer_layers,
+    untie_head,
+)
+
+if TYPE_CHECKING:
+    from trimtab.methods.features import FrozenTrunk
+
+__all__ = [
+    "METHODS",
+    "FrozenTrunk",
+    "Method",
+    "MethodSpec",
+    "apply_method",
+    "merge_lora",
+    "save_trainable",
+    "trainable_parameters",
+    "transformer_layers",
+    "untie_head",
+]
+
+
+def __getattr__(name: str) -> object:
+    if name == "FrozenTrunk":  # imports torch: only on demand
+        from trimtab.methods.features import FrozenTrunk
+
+        return FrozenTrunk
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

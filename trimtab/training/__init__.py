@@ -1,3 +1,6 @@
-"""The one training loop that serves every method and task; see issue 3.
+"""Training: one loop for every method and task, run folders, checkpoints, resume."""
 
-Not built yet: this package marks its place in the pipeline."""
+from trimtab.training.config import TrainConfig, load_config
+from trimtab.training.trainer import TrainResult, train
+
+__all__ = ["TrainConfig", "TrainResult", "load_config", "train"]

@@ -1,0 +1,259 @@
+"""The one training loop: every task (sft, lm, classify) and every method (full, freeze, LoRA).
+
+Methods only decide what is trainable (:mod:`trimtab.methods`); this loop trains whatever
+requires a gradient. What makes it fast on a CPU or a GPU:
+
+- bf16 autocast with fp32 master weights where the hardware has fast bf16;
+- micro-batches grouped by length, so padding is not trained on;
+- logits only where the loss needs them: the hidden states of completion tokens go through the
+  head, never the whole vocabulary at every prompt token;
+- with a frozen trunk, the trunk's outputs are computed once and reused across epochs.
+
+The same code runs data-parallel under ``torchrun`` (gloo on CPU, NCCL on GPU): each rank takes
+its slice of every global batch, and the loss is normalised by the global token count so that
+N processes with micro-batch b compute the same update as one process with batch N*b.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from trimtab.errors import TrimtabError
+
+IGNORE = -100
+
+
+class TrainingDiverged(TrimtabError):
+    """The loss became NaN or exploded; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+# --- the objective -------------------------------------------------------------------------
+
+
+class Objective(nn.Module):
+    """Loss of one micro-batch, as a module so DistributedDataParallel can wrap it.
+
+    Returns (sum of token losses, correct predictions, loss units): summed, not averaged,
+    so the caller can normalise over the whole global batch.
+    """
+
+    def __init__(self, model: nn.Module, causal: bool, trunk: Any = None):
+        super().__init__()
+        self.model = model
+        self.causal = causal
+        self.trunk = trunk
+        if causal:
+            hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+            self.backbone = getattr(hf, hf.base_model_prefix)
+            self.head = hf.get_output_embeddings()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        mask = batch["attention_mask"]
+        if not self.causal:
+            if self.trunk is not None:
+                logits = self.trunk.forward_top(batch["features"], mask, batch["input_ids"])
+            else:
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=mask).logits
+            logits = logits.float()
+            labels = batch["label"]
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            correct = (logits.argmax(-1) == labels).sum()
+            return loss, correct, torch.tensor(float(labels.numel()))
+        if self.trunk is not None:
+            hidden = self.trunk.forward_top(batch["features"], mask, batch["input_ids"])
+        else:
+            hidden = self.backbone(input_ids=batch["input_ids"], attention_mask=mask)[0]
+        targets = batch["labels"][:, 1:]
+        keep = targets != IGNORE
+        logits = self.head(hidden[:, :-1][keep]).float()  # only where the loss needs them
+        targets = targets[keep]
+        losses = F.cross_entropy(logits, targets, reduction="none")
+        hits = logits.argmax(-1) == targets
+        if "weights" in batch:
+            weights = batch["weights"][:, 1:][keep]
+            # Accuracy counts the completion (weight 1), not a lightly weighted prompt.
+            return (losses * weights).sum(), (hits & (weights >= 1)).sum(), weights.sum()
+        return losses.sum(), hits.sum(), torch.tensor(float(targets.numel()))
+
+
+def loss_units(batch: dict[str, torch.Tensor], causal: bool) -> float:
+    """What the loss is averaged over: weighted target tokens (causal) or examples."""
+    if not causal:
+        return float(batch["label"].numel())
+    if "weights" in batch:
+        return float(batch["weights"][:, 1:].sum())
+    return float((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+# --- optimizer and schedule ----------------------------------------------------------------
+
+
+def make_optimizer(params: list[nn.Parameter], optim: Any, lr: float) -> torch.optim.Optimizer:
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=optim.momentum,
+                               weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1 - progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def l1_penalty(params: list[nn.Parameter]) -> torch.Tensor:
+    return sum(p.abs().sum() for p in params)  # type: ignore[return-value]
+
+
+# --- environment ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a data-parallel run (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group that torchrun describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def device_for(d: Dist) -> torch.device:
+    return torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def bf16_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    is_supported = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(is_supported and is_supported())
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def steady_malloc() -> None:
+    """glibc's malloc returns freed memory to the OS and re-faults it every step, which makes
+    CPU step times erratic; high mmap/trim thresholds keep it (measured here)."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def all_reduce(values: list[float], d: Dist, device: torch.device) -> list[float]:
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line bar with loss, tokens/s and ETA in a terminal; plain log lines otherwise."""
+
+    def __init__(self, total: int, start: int, enabled: bool, log_every: int,
+                 write: Callable[[str], None] | None = None):
+        self.total, self.enabled, self.log_every = total, enabled, log_every
+        self.tty = sys.stderr.isatty() and write is None
+        self.write = write or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.t0, self.start = time.perf_counter(), start
+
+    def update(self, step: int, loss: float, tokens_per_s: float, lr: float) -> None:
+        if not self.enabled:
+            return
+        done = step - self.start
+        eta = (time.perf_counter() - self.t0) / max(1, done) * (self.total - step)
+        text = (f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+                f"lr {lr:.2e}  eta {_duration(eta)}")
+        if self.tty:
+            width = 24
+            filled = int(width * step / max(1, self.total))
+            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}", end="",
+                  file=sys.stderr, flush=True)
+        elif step % self.log_every == 0 or step == self.total:
+            self.write(text)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            if self.tty:
+                print(file=sys.stderr)
+            self.write(text)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
