@@ -75,14 +75,14 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--skip-fix", action="append", default=[], metavar="ID[,ID]",
                    help="never apply these fixes")
     d.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    p.set_defaults(run=_run_prepare)
+    p.set_defaults(handler=_run_prepare)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from trimtab.data import PrepareOptions, prepare
     from trimtab.data.report import format_check, question, render
 
-    values: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+    values: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
     for key in ("prompt_template", "completion_template", "separator", "stop", "system"):
         if values[key] is not None:
             values[key] = unescape(values[key])
@@ -115,7 +115,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="a folder written by trimtab prepare: sets data.train and data.valid")
     p.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(run=_run_train)
+    p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -153,10 +153,10 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="models_command", required=True)
     ls = msub.add_parser("list", help="known base models and fine-tuned runs")
     ls.add_argument("--runs", default="runs", help="folder of training runs (default: runs)")
-    ls.set_defaults(run=_run_models_list)
+    ls.set_defaults(handler=_run_models_list)
     pull = msub.add_parser("pull", help="make a model ready offline (convert/cache once)")
     pull.add_argument("name")
-    pull.set_defaults(run=_run_models_pull)
+    pull.set_defaults(handler=_run_models_pull)
 
 
 def _run_models_list(args: argparse.Namespace) -> int:
@@ -186,7 +186,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--merge", action="store_true",
                    help="merge LoRA adapters into the base weights (full model)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.set_defaults(run=_run_export)
+    p.set_defaults(handler=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.run(args)
+        return args.handler(args)
     except TrimtabError as e:
         print(f"error: {e}".replace("\n", "\n  "), file=sys.stderr)
         return e.exit_code

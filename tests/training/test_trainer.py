@@ -293,3 +293,55 @@ def test_real_smollm2_lora_and_minilm_classify_on_marc(tmp_path, marc):
                                           "epochs=1", "batch_size=8", "model.max_length=128",
                                           *extra]), progress=False)
         assert result.results["steps"] == 3 and result.results["valid_loss"] > 0
+
+
+def test_lora_base_weights_in_bf16_give_the_same_autocast_outputs(tiny_llama_dir):
+    from trimtab.methods import MethodSpec, apply_method
+    from trimtab.models.loading import load_model
+    from trimtab.training.trainer import _frozen_linears_to_bf16
+
+    model = apply_method(load_model(str(tiny_llama_dir), "causal-lm").model,
+                         MethodSpec("lora", lora_r=4), "causal-lm").eval()
+    ids = torch.randint(5, 200, (2, 12))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits.float()
+        _frozen_linears_to_bf16(model)
+        after = model(input_ids=ids).logits.float()
+    assert torch.equal(before, after)
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def test_export_merge_writes_full_weights_with_the_adapter_outputs(tmp_path, reviews,
+                                                                   tiny_llama_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trimtab.cli import main
+
+    result = train(config(reviews, tiny_llama_dir, tmp_path / "run", "max_steps=3",
+                          "precision=fp32"), progress=False)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "merged"),
+                 "--merge"]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    ids = torch.randint(5, 200, (1, 10))
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                                        result.final).eval()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapter(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-5)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "merged"),
+                 "--merge"]) == 2  # exists: needs --force
+
+
+def test_models_list_shows_known_models_and_finished_runs(tmp_path, reviews, tiny_llama_dir,
+                                                         capsys):
+    from trimtab.cli import main
+
+    train(config(reviews, tiny_llama_dir, tmp_path / "runs" / "mine", "max_steps=1"),
+          progress=False)
+    assert main(["models", "list", "--runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "minilm-l6" in out and "mine" in out

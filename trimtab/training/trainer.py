@@ -96,6 +96,8 @@ def train(config: TrainConfig | None, *, resume: Path | None = None, progress: b
                       config.method.target_modules)
     model = apply_method(loaded.model, spec, "classify" if classify else "causal-lm").to(device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available(device))
+    if bf16 and config.method.name == "lora":
+        _frozen_linears_to_bf16(model)
 
     trunk = None
     if config.method.name == "freeze" and FrozenTrunk.supported(model):
@@ -302,6 +304,21 @@ def _encode(config: TrainConfig, records: dict[str, list[Any]], tokenizer: Any,
             out[split] = b.encode_sft(items, tokenizer, length, config.data.prompt_loss_weight,
                                       add_eos=_add_eos(config, records["train"]))
     return Data(out["train"], out["valid"], labels, tokenizer.pad_token_id)
+
+
+def _frozen_linears_to_bf16(model: torch.nn.Module) -> None:
+    """LoRA never changes the base weights, and autocast would cast each frozen linear weight
+    to bf16 on every forward: cast them once. Trainable weights stay fp32 (master weights);
+    embeddings (and a head tied to them) stay fp32 so the residual stream keeps its precision.
+    The saved adapter is unaffected; the base model is reloaded in fp32 wherever it is used."""
+    embedding = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad \
+                    and module.weight is not embedding:
+                module.weight.data = module.weight.data.to(torch.bfloat16)
+                if module.bias is not None and not module.bias.requires_grad:
+                    module.bias.data = module.bias.data.to(torch.bfloat16)
 
 
 def _add_eos(config: TrainConfig, train: list[Any]) -> bool:
