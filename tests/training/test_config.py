@@ -108,3 +108,11 @@ def test_dump_round_trips(tmp_path, train_file):
     saved = tmp_path / "config.yaml"
     saved.write_text(dump_config(config))
     assert load_config(saved) == config
+
+
+@pytest.mark.parametrize("name", ["marc-smollm2-lora", "marc-minilm-classify",
+                                  "marc-minilm-freeze"])
+def test_shipped_example_configs_validate(name, train_file):
+    config_file = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    config = load_config(config_file, [f"data.train={train_file}"])
+    assert config.model.name in ("smollm2-135m", "minilm-l6")

@@ -149,14 +149,16 @@ class Dist:
 
 
 def init_distributed() -> Dist:
-    """Join the process group that torchrun describes in the environment, if any."""
+    """Join the process group that torchrun describes in the environment, or use the one a
+    launcher (Ray Train's TorchTrainer) has already set up."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), local)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     return Dist(dist.get_rank(), dist.get_world_size(), local)
