@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from trimtab.files import staged_dir
+
 FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
 
 
@@ -62,21 +64,15 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, state: LoopState) -> Path:
     """Write ``folder`` (``.../step-N``) atomically and return it."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
-    for name in FILES:
-        with open(tmp / name, "rb") as f:
-            os.fsync(f.fileno())
-    if folder.exists():  # the same step saved again (e.g. best and periodic): replace it
-        shutil.rmtree(folder)
-    os.rename(tmp, folder)
+    with staged_dir(folder) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
+        for name in FILES:  # on disk before the rename makes the checkpoint count
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
     return folder
 
 
@@ -92,7 +88,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def remove_partial(run_dir: Path) -> None:
     """Hidden temporary folders of a run that died while writing a checkpoint."""
-    for tmp in (run_dir / "checkpoints").glob(".step-*"):
+    for tmp in (run_dir / "checkpoints").glob(".step-*.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 

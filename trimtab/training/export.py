@@ -7,11 +7,11 @@ A LoRA run's ``final/`` is a PEFT adapter (what vLLM and LoRAX load beside the b
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from trimtab.errors import OutputExistsError, TrimtabError
+from trimtab.files import staged_dir
 
 
 def model_folder(run: Path) -> Path:
@@ -30,19 +30,11 @@ def export(run: Path, out: Path, *, merge: bool = False, force: bool = False) ->
         raise OutputExistsError(f"{out}: exists and is not empty; use --force to overwrite")
     meta = json.loads((source / "trimtab.json").read_text(encoding="utf-8"))
     is_adapter = (source / "adapter_config.json").is_file()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_dir(out) as tmp:
         if merge and is_adapter:
             _merge(source, tmp, meta)
         else:
-            shutil.copytree(source, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
     return out
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from trimtab.errors import ConfigError, TrimtabError
+from trimtab.files import staged_dir
 from trimtab.training import checkpoint as ckpt
 from trimtab.training.config import TrainConfig, load_config, resolve_auto
 from trimtab.training.loop import (
@@ -434,26 +434,18 @@ def _evaluate_and_save(config: TrainConfig, run: RunFolder, d: Dist, device: tor
 
 def _export(folder: Path, model: torch.nn.Module, tokenizer: Any, config: TrainConfig,
             run: RunFolder, labels: list[str] | None) -> None:
-    """Write a complete model folder atomically (hidden temp name, then one rename)."""
+    """Write a complete model folder: weights, tokenizer, trimtab.json (all or nothing)."""
     from trimtab.methods import save_trainable
 
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_trainable(model, tmp)
-    tokenizer.save_pretrained(tmp)
-    write_json_atomically(tmp / "trimtab.json", {
-        "base_model": config.model.name, "task": config.data.task,
-        "method": config.method.name, "labels": labels, "max_length": config.model.max_length,
-        "run": str(run.path)})
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.rename(tmp, folder)
+    with staged_dir(folder) as tmp:
+        save_trainable(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomically(tmp / "trimtab.json", {
+            "base_model": config.model.name, "task": config.data.task,
+            "method": config.method.name, "labels": labels,
+            "max_length": config.model.max_length, "run": str(run.path)})
 
 
 def _copy_atomically(source: Path, folder: Path) -> None:
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.rename(tmp, folder)
+    with staged_dir(folder) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
