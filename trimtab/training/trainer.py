@@ -91,6 +91,10 @@ def train(config: TrainConfig | None, *, resume: Path | None = None, progress: b
     if resume is None:
         config = resolve_auto(config, len(data.train))
         config = config.model_copy(update={"run_dir": run.path})
+    if device.type == "cpu":
+        # On CPU, eager attention measured 15-30% faster per training step than SDPA's
+        # flash kernel (SmolLM2, 48-160 tokens, bf16 autocast).
+        loaded.model.set_attn_implementation("eager")
     spec = MethodSpec(config.method.name, config.method.trainable_layers, config.method.lora_r,
                       config.method.lora_alpha, config.method.lora_dropout,
                       config.method.target_modules)
