@@ -345,3 +345,16 @@ def test_models_list_shows_known_models_and_finished_runs(tmp_path, reviews, tin
     assert main(["models", "list", "--runs", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "minilm-l6" in out and "mine" in out
+
+
+def test_unknown_model_and_malformed_data_fail_before_anything_is_written(tmp_path, reviews,
+                                                                          tiny_llama_dir):
+    with pytest.raises(TrimtabError, match="no-such-model"):
+        train(config(reviews, Path("no-such-model"), tmp_path / "run"), progress=False)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_jsonl(bad / "train.jsonl", [{"prompt": "a", "completion": " 1"}])
+    (bad / "valid.jsonl").write_text('{"prompt": "b", "completion": " 1"}\n{"prompt": \n')
+    with pytest.raises(TrimtabError, match=r"valid.jsonl:2"):
+        train(config(bad, tiny_llama_dir, tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()

@@ -82,6 +82,9 @@ def train(config: TrainConfig | None, *, resume: Path | None = None, progress: b
     from trimtab.methods import FrozenTrunk, MethodSpec, apply_method, trainable_parameters
     from trimtab.models.loading import load_model
 
+    from trimtab.models import resolve_model
+
+    resolve_model(config.model.name)  # an unknown model fails before any data is read
     classify = config.data.task == "classify"
     records = _read(config)
     labels = _labels(records["train"]) if classify else None
