@@ -18,6 +18,11 @@ import torch.distributed as dist
 
 from trimtab.errors import ConfigError, TrimtabError
 from trimtab.files import staged_dir
+from trimtab.methods import (FrozenTrunk, MethodSpec, apply_method, save_trainable,
+                             trainable_parameters)
+from trimtab.models import resolve_model
+from trimtab.models.loading import load_model
+from trimtab.training import batches as b
 from trimtab.training import checkpoint as ckpt
 from trimtab.training.config import TrainConfig, load_config, resolve_auto
 from trimtab.training.loop import (
@@ -79,15 +84,10 @@ def train(config: TrainConfig | None, *, resume: Path | None = None, progress: b
                                f"--resume {run.path} or choose another run_dir")
     seed_everything(config.seed)
 
-    from trimtab.methods import FrozenTrunk, MethodSpec, apply_method, trainable_parameters
-    from trimtab.models.loading import load_model
-
-    from trimtab.models import resolve_model
-
     resolve_model(config.model.name)  # an unknown model fails before any data is read
     classify = config.data.task == "classify"
     records = _read(config)
-    labels = _labels(records["train"]) if classify else None
+    labels = b.label_names(records["train"]) if classify else None
     loaded = load_model(config.model.name, "classify" if classify else "causal-lm",
                         labels=labels)
     data = _encode(config, records, loaded.tokenizer, labels)
@@ -117,15 +117,14 @@ def train(config: TrainConfig | None, *, resume: Path | None = None, progress: b
             _say(log, f"cached frozen-trunk features of {len(data.train) + len(data.valid)} "
                       f"examples in {time.perf_counter() - started:.1f} s")
 
-    micro = config.micro_batch_size or min(int(config.batch_size), 16)
+    # Default micro-batch: the batch split over the processes, at most 16 sequences at once.
+    micro = config.micro_batch_size or max(1, min(int(config.batch_size) // d.world, 16))
     per_step = micro * d.world
     if int(config.batch_size) % per_step:
         raise ConfigError([f"batch_size {config.batch_size} must be a multiple of "
                            f"micro_batch_size {micro} x {d.world} processes"])
     accum = int(config.batch_size) // per_step
-    from trimtab.training.batches import LengthGroupedSampler, collate
-
-    sampler = LengthGroupedSampler([len(e.input_ids) for e in data.train], micro, config.seed,
+    sampler = b.LengthGroupedSampler([len(e.input_ids) for e in data.train], micro, config.seed,
                                    rank=d.rank, world_size=d.world)
     steps_per_epoch = len(sampler) // accum
     if steps_per_epoch == 0:
@@ -170,7 +169,7 @@ def train(config: TrainConfig | None, *, resume: Path | None = None, progress: b
 
     def collate_with(indices: list[int]) -> dict[str, torch.Tensor]:
         items = [data.train[i] for i in indices]
-        batch = collate(items, data.pad_id)
+        batch = b.collate(items, data.pad_id)
         if trunk is not None:
             batch["features"] = _pad_features([e.features for e in items])
         return to_device(batch, device)
@@ -187,7 +186,7 @@ def train(config: TrainConfig | None, *, resume: Path | None = None, progress: b
             while state.batch_in_epoch < usable and state.step < total:
                 group = batches[state.batch_in_epoch:state.batch_in_epoch + accum]
                 micro_batches = [collate_with(idx) for idx in group]
-                units = all_reduce([sum(loss_units(b, not classify) for b in micro_batches)],
+                units = all_reduce([sum(loss_units(mb, not classify) for mb in micro_batches)],
                                    d, device)[0]
                 loss_sum = correct = count = tokens = 0.0
                 for i, batch in enumerate(micro_batches):
@@ -281,23 +280,13 @@ def _say(log: Any, text: str) -> None:
 
 
 def _read(config: TrainConfig) -> dict[str, list[Any]]:
-    from trimtab.training.batches import read_examples
-
-    out = {"train": read_examples(config.data.train)}
-    out["valid"] = read_examples(config.data.valid) if config.data.valid else []
+    out = {"train": b.read_examples(config.data.train)}
+    out["valid"] = b.read_examples(config.data.valid) if config.data.valid else []
     return out
-
-
-def _labels(records: list[Any]) -> list[str]:
-    from trimtab.training.batches import label_names
-
-    return label_names(records)
 
 
 def _encode(config: TrainConfig, records: dict[str, list[Any]], tokenizer: Any,
             labels: list[str] | None) -> Data:
-    from trimtab.training import batches as b
-
     length = config.model.max_length
     out: dict[str, list[Any]] = {}
     for split, items in records.items():
@@ -331,10 +320,8 @@ def _frozen_linears_to_bf16(model: torch.nn.Module) -> None:
 def _add_eos(config: TrainConfig, train: list[Any]) -> bool:
     if config.data.add_eos != "auto":
         return bool(config.data.add_eos)
-    from trimtab.training.batches import label_names
-
     try:
-        distinct = len(label_names(train))
+        distinct = len(b.label_names(train))
     except TrimtabError:  # not prompt/completion or chat: nothing to classify
         return True
     return not (distinct <= 50 and distinct * 3 <= len(train))
@@ -343,12 +330,10 @@ def _add_eos(config: TrainConfig, train: list[Any]) -> bool:
 def _cache_features(trunk: Any, items: list[Any], pad_id: int, device: torch.device,
                     bf16: bool) -> None:
     """Run the frozen trunk once over every example; keep each example's features."""
-    from trimtab.training.batches import collate
-
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     with torch.no_grad():
         for idx in chunks(order, 64):
-            batch = to_device(collate([items[i] for i in idx], pad_id), device)
+            batch = to_device(b.collate([items[i] for i in idx], pad_id), device)
             with autocast(device, bf16):
                 feats = trunk.features(batch["input_ids"], batch["attention_mask"])
             feats = feats.to(torch.bfloat16 if bf16 else torch.float32)  # half the memory
@@ -384,8 +369,6 @@ def _diverged(run: RunFolder, step: int, loss: float) -> str:
 def evaluate(objective: Objective, items: list[Any], pad_id: int, device: torch.device,
              bf16: bool, batch_size: int = 32) -> dict[str, float]:
     """Mean loss and accuracy (token accuracy for causal tasks) over ``items``."""
-    from trimtab.training.batches import collate
-
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     loss = correct = count = 0.0
     was_training = objective.training
@@ -393,7 +376,7 @@ def evaluate(objective: Objective, items: list[Any], pad_id: int, device: torch.
     with torch.no_grad():
         for idx in chunks(order, batch_size):
             group = [items[i] for i in idx]
-            batch = collate(group, pad_id)
+            batch = b.collate(group, pad_id)
             if objective.trunk is not None:
                 batch["features"] = _pad_features([e.features for e in group])
             with autocast(device, bf16):
@@ -442,8 +425,6 @@ def _evaluate_and_save(config: TrainConfig, run: RunFolder, d: Dist, device: tor
 def _export(folder: Path, model: torch.nn.Module, tokenizer: Any, config: TrainConfig,
             run: RunFolder, labels: list[str] | None) -> None:
     """Write a complete model folder: weights, tokenizer, trimtab.json (all or nothing)."""
-    from trimtab.methods import save_trainable
-
     with staged_dir(folder) as tmp:
         save_trainable(model, tmp)
         tokenizer.save_pretrained(tmp)
