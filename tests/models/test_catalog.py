@@ -13,7 +13,6 @@ import pytest
 from tests.models.test_loading import (
     fake_hub_online,
     install_fake_gguf_package,
-    no_network,  # noqa: F401 - autouse: these tests must not reach the network either
     save_with_tokenizer,
     tiny_llama,
 )
