@@ -31,6 +31,9 @@ class ModelSection(_Section):
 
     name: str = "smollm2-135m"
     max_length: int = Field(512, gt=1)
+    # auto: eager attention on CPU for short sequences (faster there), SDPA otherwise (eager
+    # keeps every layer's T x T attention matrix for the backward pass).
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
 
 
 class DataSection(_Section):
