@@ -226,6 +226,14 @@ def test_resume_after_sigkill_ends_bit_identical_to_an_uninterrupted_run(tmp_pat
                                                             lines(straight)]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, reviews,
                                                                     tiny_llama_dir):
     common = [f"data.train={reviews / 'train.jsonl'}", f"model.name={tiny_llama_dir}",
@@ -236,7 +244,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, re
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_port=29517", "-m", "trimtab", "train", *common,
+                          f"--master_port={free_port()}", "-m", "trimtab", "train", *common,
                           f"run_dir={tmp_path / 'two'}", "micro_batch_size=4"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
