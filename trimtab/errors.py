@@ -50,6 +50,28 @@ class DataError(TrimtabError):
         return "\n".join(lines)
 
 
+MAX_PROBLEMS = 20  # problems listed before summarising the rest
+
+
+class ProblemList:
+    """Collects problems so that one run reports many of them (the first MAX_PROBLEMS, then a
+    count), not only the first; ``raise_if_any`` raises them together as a DataError."""
+
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+        self.more = 0
+
+    def add(self, problem: Problem) -> None:
+        if len(self.items) < MAX_PROBLEMS:
+            self.items.append(problem)
+        else:
+            self.more += 1
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise DataError(self.items, more=self.more)
+
+
 class ConfigError(TrimtabError):
     """Invalid options or configuration; lists every problem found, not just the first."""
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from trimtab.data.examples import Example, Mapping, build_examples, infer_mode, template_fields
-from trimtab.data.readers import MAX_PROBLEMS, Record, read_records
+from trimtab.data.readers import Record, read_records
+from trimtab.errors import MAX_PROBLEMS
 from trimtab.errors import DataError
 
 MARC_TEMPLATE = "{review_title}\n\n{review_body}"

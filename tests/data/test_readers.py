@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trimtab.data.readers import FORMATS, MAX_PROBLEMS, Record, detect_format, read_records
+from trimtab.data.readers import FORMATS, Record, detect_format, read_records
+from trimtab.errors import MAX_PROBLEMS
 from trimtab.data.writers import jsonl
 from trimtab.errors import DataError, TrimtabError
 

@@ -11,8 +11,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trimtab.data.readers import MAX_PROBLEMS, Record
-from trimtab.errors import DataError, Problem
+from trimtab.data.readers import Record
+from trimtab.errors import DataError, Problem, ProblemList
 
 Mode = Literal["supervised", "chat", "text"]
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -93,16 +93,8 @@ def infer_mode(mapping: Mapping, records: list[Record]) -> Mode:
 def build_examples(records: list[Record], mapping: Mapping, mode: Mode,
                    split: str | None = None) -> tuple[list[Example], list[str]]:
     """Map records to examples; return them with the record fields the mapping left unused."""
-    problems: list[Problem] = []
-    more = 0
-
-    def problem(p: Problem) -> None:
-        nonlocal more
-        if len(problems) < MAX_PROBLEMS:
-            problems.append(p)
-        else:
-            more += 1
-
+    problems = ProblemList()
+    problem = problems.add
     examples: list[Example] = []
     used: set[str]
     if mode == "chat":
@@ -140,8 +132,7 @@ def build_examples(records: list[Record], mapping: Mapping, mode: Mode,
             if prompt is not None and completion is not None:
                 examples.append(Example(r.file, r.line, prompt=prompt, completion=completion,
                                         bad_utf8=r.bad_utf8, split=split))
-    if problems:
-        raise DataError(problems, more=more)
+    problems.raise_if_any()
     unused = sorted({k for r in records for k in r.fields} - used)
     return examples, unused
 

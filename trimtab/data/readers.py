@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trimtab.errors import DataError, Problem
+from trimtab.errors import DataError, Problem, ProblemList
 
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "xlsx", "txt")
-MAX_PROBLEMS = 20  # problems listed per file before summarising the rest
 
 # Line-oriented decoding is expensive for huge CSV fields; Python's default limit is 128 KiB.
 csv.field_size_limit(1 << 28)
@@ -161,27 +160,9 @@ def _is_one_object(lines: list[str]) -> bool:
         return False
 
 
-class _Problems:
-    """Collects up to MAX_PROBLEMS problems for one file, then raises them together."""
-
-    def __init__(self) -> None:
-        self.items: list[Problem] = []
-        self.more = 0
-
-    def add(self, problem: Problem) -> None:
-        if len(self.items) < MAX_PROBLEMS:
-            self.items.append(problem)
-        else:
-            self.more += 1
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise DataError(self.items, more=self.more)
-
-
 def _read_json_lines(lines: list[str], bad: set[int], name: str) -> list[Record]:
     records: list[Record] = []
-    problems = _Problems()
+    problems = ProblemList()
     loads = json.loads
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -209,7 +190,7 @@ def _read_json_array(lines: list[str], bad: set[int], name: str) -> list[Record]
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     records: list[Record] = []
-    problems = _Problems()
+    problems = ProblemList()
 
     def line_of(offset: int) -> int:
         return bisect.bisect_right(line_starts, offset)
@@ -252,7 +233,7 @@ def _read_json_array(lines: list[str], bad: set[int], name: str) -> list[Record]
 
 def _read_delimited(lines: list[str], bad: set[int], name: str, delimiter: str) -> list[Record]:
     reader = csv.reader(iter(lines), delimiter=delimiter, strict=True)
-    problems = _Problems()
+    problems = ProblemList()
     try:
         header = next(reader)
     except csv.Error as e:
@@ -326,7 +307,7 @@ def _read_xlsx(data: bytes, name: str) -> list[Record]:
         raise DataError(Problem("the first row must be a header naming the columns",
                                 file=name, line=1))
     header = [str(v).strip() if v is not None else "" for v in rows[0]]
-    problems = _Problems()
+    problems = ProblemList()
     seen: set[str] = set()
     for column, h in enumerate(header, start=1):
         if h in seen:

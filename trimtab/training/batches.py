@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from trimtab.data.readers import Record, read_records
-from trimtab.errors import DataError, Problem
+from trimtab.errors import DataError, Problem, ProblemList
 
 if TYPE_CHECKING:  # torch costs a second to import; only collate needs it
     import torch
@@ -26,7 +26,6 @@ Format = Literal["prompt-completion", "chat", "text"]
 Records = Sequence[Record | Mapping[str, Any]]  # records from read_examples, or plain dicts
 IGNORE = -100  # label of a token that is not trained on (PyTorch's cross-entropy ignore_index)
 ROLES = ("system", "user", "assistant")
-MAX_PROBLEMS = 20  # problems listed before summarising the rest, as the readers do
 MIN_LAST_CHUNK = 4  # packing keeps a final partial chunk of at least max_length // 4 tokens
 MEGA_BATCHES = 50  # the sampler sorts by length within chunks of 50 global batches
 
@@ -44,22 +43,11 @@ class Encoded:
     features: Any = None  # left for the loop: a frozen trunk's cached output (slots need a field)
 
 
-class _Problems:
-    """Collects problems so that one run reports many of them, not only the first."""
+class _Problems(ProblemList):
+    """Problems located by the record they are about."""
 
-    def __init__(self) -> None:
-        self.items: list[Problem] = []
-        self.more = 0
-
-    def add(self, message: str, record: Record, field: str | None = None) -> None:
-        if len(self.items) < MAX_PROBLEMS:
-            self.items.append(Problem(message, record.file, record.line, field))
-        else:
-            self.more += 1
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise DataError(self.items, more=self.more)
+    def add(self, message: str, record: Record, field: str | None = None) -> None:  # type: ignore[override]
+        super().add(Problem(message, record.file, record.line, field))
 
 
 # --- reading and checking -------------------------------------------------------------------
