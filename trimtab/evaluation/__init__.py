@@ -1,3 +1,1 @@
-"""Metrics, label scoring and reports; see issue 4.
-
-Not built yet: this package marks its place in the pipeline."""
+"""Evaluation: metrics (built), label scoring, generation-based evaluation and reports (issue 4)."""
