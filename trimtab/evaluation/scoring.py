@@ -1,0 +1,107 @@
+"""Label scoring: classify by comparing the model's log-probability of each label after the prompt.
+
+No text is generated. The labels' token sequences are split into the prefix they all share and
+what follows: with the leading-space convention every star label is ``' '`` + digit for SmolLM2,
+so one forward pass over prompt + ``' '`` gives every label's score from the last position's
+distribution. Labels that differ in more than their last token are scored with one sequence
+per label, batched. ``classify``-task models (a classification head) use their head's logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def label_token_ids(tokenizer: Any, labels: list[str]) -> list[list[int]]:
+    """Each label as the tokens a completion would hold (labels include their leading space)."""
+    return [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+
+
+def _shared_prefix(sequences: list[list[int]]) -> list[int]:
+    prefix = list(sequences[0])
+    for seq in sequences[1:]:
+        n = 0
+        while n < min(len(prefix), len(seq)) and prefix[n] == seq[n]:
+            n += 1
+        prefix = prefix[:n]
+    return prefix
+
+
+@torch.no_grad()
+def score_labels(model: Any, tokenizer: Any, prompts: list[str], labels: list[str], *,
+                 batch_size: int = 16, max_length: int = 512, bf16: bool = False
+                 ) -> torch.Tensor:
+    """``[len(prompts), len(labels)]`` log-probabilities of each label after each prompt."""
+    model.eval()
+    seqs = label_token_ids(tokenizer, labels)
+    if any(not s for s in seqs):
+        raise ValueError("a label tokenizes to no tokens")
+    shared = _shared_prefix(seqs)
+    one_pass = all(len(s) == len(shared) + 1 for s in seqs)
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    out = torch.empty(len(prompts), len(labels))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    for idx in _chunks(order, batch_size):
+        if one_pass:  # one sequence per prompt: prompt + shared prefix; the last position ranks
+            rows = [_fit(prompt_ids[i], shared, max_length) for i in idx]
+            with autocast:
+                logp = _tail_logprobs(model, rows, len(shared) + 1, pad)
+            prefix = sum(logp[:, j, t] for j, t in enumerate(shared)) if shared else 0.0
+            out[idx] = logp[:, -1, [s[-1] for s in seqs]] + (
+                prefix[:, None] if shared else 0.0)
+        else:
+            for col, seq in enumerate(seqs):
+                rows = [_fit(prompt_ids[i], seq, max_length) for i in idx]
+                with autocast:
+                    logp = _tail_logprobs(model, rows, len(seq) + 1, pad)
+                out[idx, col] = sum(logp[:, j, t] for j, t in enumerate(seq))
+    return out
+
+
+def _fit(prompt: list[int], tail: list[int], max_length: int) -> list[int]:
+    """Prompt + tail, dropping prompt tokens from the start if too long (the end is kept)."""
+    keep = max(1, max_length - len(tail))
+    return prompt[-keep:] + tail
+
+
+def _tail_logprobs(model: Any, rows: list[list[int]], k: int, pad: int) -> torch.Tensor:
+    """Log-probabilities at the last ``k`` positions of each row, ``[rows, k, vocab]``.
+
+    Rows are left-padded so that their ends line up: the model then computes logits for the
+    last ``k`` positions only (``logits_to_keep``), never the vocabulary at every token.
+    Position ids follow the mask, so padding does not shift the real tokens' positions.
+    """
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                   logits_to_keep=k).logits
+    return F.log_softmax(logits[:, -k:].float(), dim=-1)
+
+
+@torch.no_grad()
+def classify_logits(model: Any, tokenizer: Any, texts: list[str], *, batch_size: int = 32,
+                    max_length: int = 512) -> torch.Tensor:
+    """Class log-probabilities from a classification head, ``[len(texts), num_labels]``."""
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        out.append(F.log_softmax(model(**enc).logits.float(), dim=-1))
+    return torch.cat(out) if out else torch.empty(0)
