@@ -68,7 +68,8 @@ def classification_report(gold: list[str], predicted: list[str | None],
     """Score ``predicted`` against ``gold``; ``None`` or an unknown label counts as invalid."""
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")
-    labels = labels or sorted(set(gold), key=lambda x: (_sort_key(x), x))
+    labels = list(labels or [])
+    labels += sorted(set(gold) - set(labels), key=lambda x: (_sort_key(x), x))
     index = {label: i for i, label in enumerate(labels)}
     confusion = [[0] * len(labels) for _ in labels]
     invalid = 0
