@@ -116,3 +116,21 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 def tiny_bert_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A 2-layer, 32-wide BERT encoder (MiniLM's architecture) built from a config."""
     return _tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, "bert")
+
+
+REVIEW_WORDS = {"1": "terrible awful broke", "5": "great love works"}
+
+
+@pytest.fixture
+def reviews(tmp_path: Path) -> Path:
+    """Prepared data (as trimtab prepare writes it): 48 train and 16 valid reviews, 2 labels
+    that the words give away."""
+    import json
+
+    rows = [{"prompt": f"review {i}: {REVIEW_WORDS[s]}\n\n###\n\n", "completion": f" {s}"}
+            for i in range(64) for s in (("5",) if i % 2 else ("1",))]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, part in (("train", rows[:48]), ("valid", rows[48:])):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return folder

@@ -1,25 +1,11 @@
 """Evaluating base models and fine-tuned runs on a prepared test file."""
 
-import json
 from pathlib import Path
 
 import pytest
 
 from trimtab.evaluation.evaluate import evaluate_classification, load_for_eval
 from trimtab.training import load_config, train
-
-WORDS = {"1": "terrible awful broke", "5": "great love works"}
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    rows = [{"prompt": f"review {i}: {WORDS[s]}\n\n###\n\n", "completion": f" {s}"}
-            for i in range(64) for s in (("5",) if i % 2 else ("1",))]
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for name, part in (("train", rows[:48]), ("valid", rows[48:])):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
-    return folder
 
 
 def run(data: Path, model: Path, out: Path, *extra: str):
@@ -28,24 +14,24 @@ def run(data: Path, model: Path, out: Path, *extra: str):
                                     f"run_dir={out}", "batch_size=8", *extra]), progress=False)
 
 
-def test_classify_run_is_scored_with_its_head(tmp_path, data, tiny_bert_dir):
-    run(data, tiny_bert_dir, tmp_path / "run", "data.task=classify", "method.name=full",
+def test_classify_run_is_scored_with_its_head(tmp_path, reviews, tiny_bert_dir):
+    run(reviews, tiny_bert_dir, tmp_path / "run", "data.task=classify", "method.name=full",
         "epochs=6", "optim.lr=0.003")
-    report = evaluate_classification(load_for_eval(tmp_path / "run"), data / "valid.jsonl")
+    report = evaluate_classification(load_for_eval(tmp_path / "run"), reviews / "valid.jsonl")
     assert (report.n, report.accuracy, report.invalid) == (16, 1.0, 0)
     assert report.labels == ["1", "5"] and report.mae == 0.0
 
 
-def test_lora_run_is_scored_by_label_log_probability(tmp_path, data, tiny_llama_dir):
-    run(data, tiny_llama_dir, tmp_path / "run", "epochs=3", "optim.lr=0.01")
+def test_lora_run_is_scored_by_label_log_probability(tmp_path, reviews, tiny_llama_dir):
+    run(reviews, tiny_llama_dir, tmp_path / "run", "epochs=3", "optim.lr=0.01")
     model = load_for_eval(tmp_path / "run" / "final")
     assert model.task == "sft"
-    report = evaluate_classification(model, data / "valid.jsonl")
+    report = evaluate_classification(model, reviews / "valid.jsonl")
     assert report.n == 16 and report.invalid == 0
     assert report.accuracy == 1.0  # the words give the label away
 
 
-def test_base_model_is_scored_zero_shot(data, tiny_llama_dir):
-    report = evaluate_classification(load_for_eval(tiny_llama_dir), data / "valid.jsonl",
+def test_base_model_is_scored_zero_shot(reviews, tiny_llama_dir):
+    report = evaluate_classification(load_for_eval(tiny_llama_dir), reviews / "valid.jsonl",
                                      limit=6)
     assert report.n == 6 and sum(map(sum, report.confusion)) == 6

@@ -18,24 +18,9 @@ from trimtab.errors import ConfigError, TrimtabError
 from trimtab.training import load_config, train
 from trimtab.training.loop import TrainingDiverged
 
-WORDS = {"1": "terrible awful broke", "5": "great love works"}
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def reviews(tmp_path: Path) -> Path:
-    """Prepared data (as trimtab prepare writes it): 48 train and 16 valid reviews, 2 labels."""
-    rows = [{"prompt": f"review {i}: {WORDS[s]}\n\n###\n\n", "completion": f" {s}"}
-            for i in range(64) for s in (("5",) if i % 2 else ("1",))]
-    folder = tmp_path / "data"
-    folder.mkdir()
-    write_jsonl(folder / "train.jsonl", rows[:48])
-    write_jsonl(folder / "valid.jsonl", rows[48:])
-    return folder
 
 
 def config(data: Path, model: Path, run: Path, *extra: str):

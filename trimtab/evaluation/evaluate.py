@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from trimtab.errors import TrimtabError
-from trimtab.evaluation.metrics import ClassificationReport, classification_report
+from trimtab.evaluation.metrics import ClassificationReport, classification_report, sort_labels
 from trimtab.evaluation.scoring import classify_logits, score_labels
 
 
@@ -74,7 +74,7 @@ def evaluate_classification(model: EvalModel, data: Path, *, limit: int | None =
     records = read_examples(data)[:limit]
     prompts = [r.fields["prompt"] for r in records]
     gold = [r.fields["completion"].strip() for r in records]
-    labels = model.labels or sorted(set(gold), key=lambda x: (_number(x), x))
+    labels = model.labels or sort_labels(set(gold))
     if model.task == "classify":
         scores = classify_logits(model.model, model.tokenizer, prompts, batch_size=batch_size,
                                  max_length=max_length)
@@ -87,9 +87,3 @@ def evaluate_classification(model: EvalModel, data: Path, *, limit: int | None =
     predicted = [labels[int(i)] for i in torch.argmax(scores, dim=-1)] if len(scores) else []
     return classification_report(gold, predicted, labels)
 
-
-def _number(label: str) -> float:
-    try:
-        return float(label)
-    except ValueError:
-        return float("inf")

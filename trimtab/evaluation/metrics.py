@@ -9,6 +9,7 @@ parsed to nothing) count as wrong and are reported separately.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,7 +70,7 @@ def classification_report(gold: list[str], predicted: list[str | None],
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")
     labels = list(labels or [])
-    labels += sorted(set(gold) - set(labels), key=lambda x: (_sort_key(x), x))
+    labels += sort_labels(set(gold) - set(labels))
     index = {label: i for i, label in enumerate(labels)}
     confusion = [[0] * len(labels) for _ in labels]
     invalid = 0
@@ -107,8 +108,12 @@ def classification_report(gold: list[str], predicted: list[str | None],
     return report
 
 
-def _sort_key(label: str) -> float:
-    try:
-        return float(label)
-    except ValueError:
-        return float("inf")
+def sort_labels(labels: Iterable[str]) -> list[str]:
+    """Numbers in numeric order ("2" before "10"), then text labels alphabetically."""
+    def key(label: str) -> tuple[float, str]:
+        try:
+            return (float(label), label)
+        except ValueError:
+            return (float("inf"), label)
+
+    return sorted(labels, key=key)

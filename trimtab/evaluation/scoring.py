@@ -9,16 +9,12 @@ per label, batched. ``classify``-task models (a classification head) use their h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+from trimtab.training.loop import chunks
 
 
 def label_token_ids(tokenizer: Any, labels: list[str]) -> list[list[int]]:
@@ -52,7 +48,7 @@ def score_labels(model: Any, tokenizer: Any, prompts: list[str], labels: list[st
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-    for idx in _chunks(order, batch_size):
+    for idx in chunks(order, batch_size):
         if one_pass:  # one sequence per prompt: prompt + shared prefix; the last position ranks
             rows = [_fit(prompt_ids[i], shared, max_length) for i in idx]
             with autocast:
