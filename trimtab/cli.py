@@ -198,6 +198,57 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate fine-tuned runs and base models on a test file",
+        description="Evaluate fine-tuned runs and base models on the same prepared test file "
+        "and compare them in one table. A base model is a baseline: zero-shot (an instruction "
+        "before the text) and few-shot (--shots solved training examples as well).")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="a run folder (or its final/), a known model name or a model folder")
+    p.add_argument("--data", required=True,
+                   help="a folder written by trimtab prepare (its test.jsonl) or a .jsonl file")
+    p.add_argument("--mode", choices=["score", "generate", "both"], default="score",
+                   help="classification by label scoring (one pass, no text generated), by "
+                   "generating and parsing an answer, or both (default: score)")
+    p.add_argument("--baselines", action="store_true",
+                   help="also evaluate each run's base model zero-shot and few-shot")
+    p.add_argument("--shots", type=int, default=5,
+                   help="training examples in the few-shot prompt (0: no few-shot; default 5)")
+    p.add_argument("--instruction",
+                   help="the baselines' task description; {labels} is replaced by the labels")
+    p.add_argument("--limit", type=int, help="evaluate the first N examples only")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=512,
+                   help="tokens per example; longer prompts lose their start")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--out", help="write the report folder here (report.html/.md/.json, plots/)")
+    p.add_argument("--force", action="store_true", help="replace an existing report folder")
+    p.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot examples")
+    from trimtab.generation.sampling import add_sampling_arguments
+
+    add_sampling_arguments(p.add_argument_group("sampling (with --mode generate or both)"))
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trimtab.evaluation.comparison import EvalOptions, run_eval
+    from trimtab.generation.sampling import SamplingParams
+
+    sampling = {k: getattr(args, k) for k in SamplingParams.model_fields
+                if getattr(args, k, None) is not None}
+    options = EvalOptions.parse(
+        models=args.models, data=Path(args.data), mode=args.mode, baselines=args.baselines,
+        shots=args.shots, instruction=args.instruction, limit=args.limit,
+        batch_size=args.batch_size, max_length=args.max_length, precision=args.precision,
+        out=Path(args.out) if args.out else None, force=args.force, seed=args.shot_seed,
+        sampling=sampling or None)
+    run_eval(options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trimtab", description="Self-hosted fine-tuning of open language models.")
@@ -207,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_models(sub)
     _add_export(sub)
+    _add_eval(sub)
     return parser
 
 

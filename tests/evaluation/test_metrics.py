@@ -58,3 +58,42 @@ def test_bootstrap_interval_brackets_the_accuracy_and_is_seeded():
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError, match="2 gold labels but 1 predictions"):
         classification_report(["1", "2"], ["1"])
+
+
+# --- open-ended generation ------------------------------------------------------------------
+
+def test_rouge_l_of_one_substituted_word():
+    from trimtab.evaluation.metrics import rouge_l
+
+    # LCS "the cat on the mat" = 5 of 6 words each side: P = R = F = 5/6
+    assert rouge_l("the cat sat on the mat", "the cat lay on the mat") == pytest.approx(5 / 6)
+
+
+def test_rouge_l_with_different_lengths():
+    from trimtab.evaluation.metrics import rouge_l
+
+    # LCS "a c" = 2; P = 2/2, R = 2/4; F = 2 * 1 * 0.5 / 1.5 = 2/3
+    assert rouge_l("a c", "a b c d") == pytest.approx(2 / 3)
+
+
+def test_rouge_l_ignores_case_and_punctuation():
+    from trimtab.evaluation.metrics import rouge_l
+
+    assert rouge_l("Hello, World!", "hello world") == 1.0
+    assert rouge_l("", "") == 1.0 and rouge_l("x", "") == 0.0 and rouge_l("a", "b") == 0.0
+
+
+def test_exact_match_ignores_surrounding_and_repeated_whitespace():
+    from trimtab.evaluation.metrics import generation_scores
+
+    scores = generation_scores([" Paris ", "new  york", "Rome"], ["Paris", "new york", "Milan"])
+    assert scores.n == 3
+    assert scores.exact_match == pytest.approx(2 / 3)
+    assert scores.rouge_l == pytest.approx(2 / 3)
+
+
+def test_generation_scores_need_one_prediction_per_reference():
+    from trimtab.evaluation.metrics import generation_scores
+
+    with pytest.raises(ValueError, match="2 references but 1 predictions"):
+        generation_scores(["a"], ["a", "b"])

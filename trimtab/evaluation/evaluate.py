@@ -1,23 +1,34 @@
-"""Evaluate a base model or a fine-tuned run on a prepared test file (classification).
+"""Evaluate one model on one prepared file: the measurements behind ``trimtab eval``.
 
-The first piece of ``trimtab eval`` (issue 4): label scoring for language models (base or
-fine-tuned, LoRA or full), the head for ``classify`` runs, and the metrics of
-:mod:`trimtab.evaluation.metrics`. Generation-based evaluation, baselines and reports build
-on it.
+- classification: label scoring (one forward pass per example, no text generated) for language
+  models, fine-tuned or base; the head's logits for ``classify`` runs; or generation with the
+  serving sampler, parsed back to a label (answers that name no label count as invalid);
+- language modelling: loss and perplexity on held-out text (the completion tokens of
+  prompt/completion data, every token of plain text);
+- open-ended generation: exact match and ROUGE-L against the reference completions.
+
+Which of these apply follows from the data (:func:`load_eval_data`) and the model
+(:func:`load_for_eval`); :mod:`trimtab.evaluation.comparison` runs them for many models.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from trimtab.errors import TrimtabError
-from trimtab.evaluation.metrics import ClassificationReport, classification_report, sort_labels
+from trimtab.evaluation.metrics import (
+    ClassificationReport, GenerationScores, classification_report, generation_scores, sort_labels)
+from trimtab.evaluation.prompts import Shot, baseline_prompts, parse_label, strip_separator
 from trimtab.evaluation.scoring import classify_logits, score_labels
+
+MAX_LABELS = 50  # more distinct completions than this is open-ended text, not classification
 
 
 @dataclass
@@ -29,31 +40,104 @@ class EvalModel:
     name: str
     task: str  # "sft" / "lm" (language model: label scoring) or "classify" (a head)
     labels: list[str] | None  # the head's labels, in its order (classify)
+    base_model: str | None = None  # for a fine-tuned run: the model it started from
+    method: str | None = None  # for a fine-tuned run: full, freeze or lora
+    run: Path | None = None  # the run folder (metrics, run.json) of a fine-tuned model
+
+    @property
+    def fine_tuned(self) -> bool:
+        return self.run is not None
 
 
-def load_for_eval(name_or_run: str | Path) -> EvalModel:
+@dataclass
+class EvalData:
+    """A labelled file to evaluate on, and what ``trimtab prepare`` recorded about it."""
+
+    path: Path
+    records: list[Any]
+    format: str  # prompt-completion, chat or text
+    labels: list[str] | None  # classification labels; None for open-ended or plain text
+    separator: str | None = None
+    stop: list[str] = field(default_factory=list)
+    leading_space: bool = True
+    train: Path | None = None  # the training file beside it (few-shot examples)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [r.fields["prompt"] for r in self.records]
+
+    @property
+    def completions(self) -> list[str]:
+        return [r.fields["completion"] for r in self.records]
+
+    @property
+    def gold(self) -> list[str]:
+        return [c.strip() for c in self.completions]
+
+
+def load_eval_data(data: Path, *, limit: int | None = None) -> EvalData:
+    """A prepared folder (its ``test.jsonl``, else ``valid.jsonl``) or a JSONL file."""
+    from trimtab.training.batches import detect_format, read_examples
+
+    data = Path(data)
+    folder = data if data.is_dir() else data.parent
+    if data.is_dir():
+        for name in ("test.jsonl", "valid.jsonl"):
+            if (data / name).is_file():
+                data = data / name
+                break
+        else:
+            raise TrimtabError(f"{data}: no test.jsonl or valid.jsonl in this folder "
+                               "(give a folder written by trimtab prepare, or a .jsonl file)")
+    if not data.is_file():
+        raise TrimtabError(f"{data}: file not found")
+    records = read_examples(data)
+    if not records:
+        raise TrimtabError(f"{data}: no examples")
+    records = records[:limit] if limit else records
+    fmt = detect_format(records)
+    meta: dict[str, Any] = {}
+    if (folder / "report.json").is_file():
+        meta = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    labels = None
+    if fmt == "prompt-completion":
+        distinct = {r.fields["completion"].strip() for r in records}
+        by_report = meta.get("task") == "classification"
+        if by_report or (len(distinct) <= min(MAX_LABELS, len(records) // 2) and len(records) > 1):
+            labels = sort_labels(distinct)
+    stop = meta.get("stop")
+    completions = [r.fields["completion"] for r in records] if fmt == "prompt-completion" else []
+    train = folder / "train.jsonl"
+    return EvalData(
+        path=data, records=records, format=fmt, labels=labels,
+        separator=meta.get("separator"),
+        stop=[stop] if isinstance(stop, str) else list(stop or []),
+        leading_space=all(c[:1].isspace() for c in completions) if completions else True,
+        train=train if train.is_file() and train != data else None)
+
+
+def load_for_eval(name_or_run: str | Path, *, device: str | None = None) -> EvalModel:
     """A fine-tuned run (its folder or ``final/``), or a base model by name or folder."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers import AutoTokenizer
 
+    from trimtab.models.loading import load_model
     from trimtab.training.export import model_folder
 
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = Path(name_or_run)
     try:
         folder = model_folder(path)
     except TrimtabError:
         folder = None
-    if folder is None:  # a base model: a language model scored zero-shot
-        from trimtab.models.loading import load_model
-
+    if folder is None:  # a base model: a language model scored zero- or few-shot
         loaded = load_model(str(name_or_run), "causal-lm")
-        return EvalModel(loaded.model.eval(), loaded.tokenizer, str(name_or_run), "lm", None)
+        return EvalModel(loaded.model.to(target).eval(), _with_pad_token(loaded.tokenizer),
+                         str(name_or_run), "lm", None, base_model=str(name_or_run))
     meta = json.loads((folder / "trimtab.json").read_text(encoding="utf-8"))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
-
-        from trimtab.models.loading import load_model
 
         task = "classify" if meta["task"] == "classify" else "causal-lm"
         base = load_model(meta["base_model"], task, labels=meta.get("labels")).model
@@ -62,28 +146,172 @@ def load_for_eval(name_or_run: str | Path) -> EvalModel:
         model = AutoModelForSequenceClassification.from_pretrained(folder)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder)
-    return EvalModel(model.eval(), tokenizer, str(name_or_run), meta["task"], meta.get("labels"))
+    run = folder.parent if folder.name in ("final", "best") else folder
+    return EvalModel(model.to(target).eval(), _with_pad_token(tokenizer), str(name_or_run),
+                     meta["task"], meta.get("labels"), base_model=meta.get("base_model"),
+                     method=meta.get("method"), run=run)
 
 
-def evaluate_classification(model: EvalModel, data: Path, *, limit: int | None = None,
-                            bf16: bool = False, batch_size: int = 16,
-                            max_length: int = 512) -> ClassificationReport:
-    """Predict a label for every prompt of a prepared prompt/completion file and score it."""
-    from trimtab.training.batches import read_examples
+def _with_pad_token(tokenizer: Any) -> Any:
+    # Batches are padded by hand (left for scoring and generation, so rows end together);
+    # they only need a pad id.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
-    records = read_examples(data)[:limit]
-    prompts = [r.fields["prompt"] for r in records]
-    gold = [r.fields["completion"].strip() for r in records]
-    labels = model.labels or sort_labels(set(gold))
+
+@dataclass
+class Outcome:
+    """What one evaluation measured, and how long it took."""
+
+    mode: str  # label scoring, generation, classification head, loss
+    n: int
+    seconds: float
+    classification: ClassificationReport | None = None
+    language_model: dict[str, float] | None = None
+    generation: GenerationScores | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)  # a few outputs to read
+    predicted: list[str | None] = field(default_factory=list)  # classification, per example
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else 0.0
+
+
+def default_bf16(model: Any) -> bool:
+    from trimtab.training.loop import bf16_available
+
+    return bf16_available(next(model.parameters()).device)
+
+
+def classification_inputs(model: EvalModel, data: EvalData, *, shots: list[Shot] | None,
+                          instruction: str | None) -> tuple[list[str], list[str]]:
+    """The prompts the model sees and the labels as its answer would start.
+
+    A fine-tuned model gets the prompts as prepared (it learnt their format); a base model gets
+    them wrapped in an instruction, with ``shots`` for a few-shot baseline.
+    """
+    labels = data.labels or []
+    if model.fine_tuned and shots is None:
+        space = " " if data.leading_space else ""
+        return data.prompts, [space + label for label in labels]
+    texts = [strip_separator(p, data.separator) for p in data.prompts]
+    return baseline_prompts(model.tokenizer, texts, labels, instruction=instruction,
+                            shots=shots or [], separator=data.separator,
+                            leading_space=data.leading_space)
+
+
+def evaluate_classification(model: EvalModel, data: EvalData, *, mode: str = "score",
+                            shots: list[Shot] | None = None, instruction: str | None = None,
+                            sampling: Any = None, bf16: bool | None = None,
+                            batch_size: int = 16, max_length: int = 512) -> Outcome:
+    """Predict a label for every example by label scoring, the head, or generation."""
+    if data.labels is None:
+        raise TrimtabError(f"{data.path}: not a classification file (completions are free text)")
+    bf16 = default_bf16(model.model) if bf16 is None else bf16
+    gold = data.gold
+    start = time.perf_counter()
+    samples: list[dict[str, Any]] = []
     if model.task == "classify":
-        scores = classify_logits(model.model, model.tokenizer, prompts, batch_size=batch_size,
-                                 max_length=max_length)
+        labels = model.labels or data.labels
+        scores = classify_logits(model.model, model.tokenizer, data.prompts,
+                                 batch_size=batch_size, max_length=max_length, bf16=bf16)
+        predicted: list[str | None] = [labels[int(i)] for i in scores.argmax(-1)]
+        how = "classification head"
     else:
-        # The labels as a completion holds them: with the leading space of the training data.
-        space = " " if records and records[0].fields["completion"][:1].isspace() else ""
-        scores = score_labels(model.model, model.tokenizer, prompts,
-                              [space + label for label in labels], batch_size=batch_size,
-                              max_length=max_length, bf16=bf16)
-    predicted = [labels[int(i)] for i in torch.argmax(scores, dim=-1)] if len(scores) else []
-    return classification_report(gold, predicted, labels)
+        labels = data.labels
+        prompts, label_texts = classification_inputs(model, data, shots=shots,
+                                                     instruction=instruction)
+        if mode == "generate":
+            texts = _generate(model, prompts, _label_sampling(model, label_texts, data, sampling),
+                              batch_size=batch_size, max_length=max_length, bf16=bf16)
+            predicted = [parse_label(t, labels) for t in texts]
+            samples = [{"prompt_end": p[-80:], "output": t, "gold": g}
+                       for p, t, g in zip(prompts[:5], texts, gold)]
+            how = "generation"
+        else:
+            scores = score_labels(model.model, model.tokenizer, prompts, label_texts,
+                                  batch_size=batch_size, max_length=max_length, bf16=bf16)
+            predicted = [labels[int(i)] for i in scores.argmax(-1)] if len(scores) else []
+            how = "label scoring"
+    seconds = time.perf_counter() - start
+    report = classification_report(gold, predicted, sort_labels(set(labels) | set(data.labels)))
+    return Outcome(how, len(gold), seconds, classification=report, samples=samples,
+                   predicted=predicted)
 
+
+def _label_sampling(model: EvalModel, label_texts: list[str], data: EvalData,
+                    sampling: Any) -> Any:
+    """Greedy, just long enough for the longest label (a base model gets room for a few words)."""
+    from trimtab.generation import SamplingParams
+
+    if sampling is not None:
+        return sampling
+    longest = max(len(model.tokenizer(t, add_special_tokens=False)["input_ids"])
+                  for t in label_texts)
+    room = longest + (1 if model.fine_tuned else 6)
+    return SamplingParams(temperature=0, max_tokens=room, stop=(data.stop or ["\n"])[:4])
+
+
+def _generate(model: EvalModel, prompts: list[str], sampling: Any, *, batch_size: int,
+              max_length: int, bf16: bool) -> list[str]:
+    from trimtab.generation import generate
+
+    done = generate(model.model, model.tokenizer, prompts, sampling, batch_size=batch_size,
+                    max_length=max_length, bf16=bf16)
+    return [c.text for c in done]
+
+
+def evaluate_generation(model: EvalModel, data: EvalData, *, sampling: Any = None,
+                        bf16: bool | None = None, batch_size: int = 16,
+                        max_length: int = 512) -> Outcome:
+    """Generate a completion for every prompt; exact match and ROUGE-L against the references."""
+    from trimtab.generation import SamplingParams
+
+    if data.format != "prompt-completion":
+        raise TrimtabError(f"{data.path}: generation needs prompt/completion examples")
+    bf16 = default_bf16(model.model) if bf16 is None else bf16
+    references = data.completions
+    if sampling is None:
+        longest = max(len(model.tokenizer(r, add_special_tokens=False)["input_ids"])
+                      for r in references)
+        sampling = SamplingParams(temperature=0, max_tokens=longest + 8,
+                                  stop=data.stop[:4] or None)
+    start = time.perf_counter()
+    texts = _generate(model, data.prompts, sampling, batch_size=batch_size,
+                      max_length=max_length, bf16=bf16)
+    seconds = time.perf_counter() - start
+    samples = [{"prompt_end": p[-80:], "output": t, "reference": r}
+               for p, t, r in zip(data.prompts[:5], texts, references)]
+    return Outcome("generation", len(texts), seconds,
+                   generation=generation_scores(texts, references), samples=samples)
+
+
+def evaluate_language_model(model: EvalModel, data: EvalData, *, bf16: bool | None = None,
+                            batch_size: int = 16, max_length: int = 512) -> Outcome:
+    """Mean loss (nats per token) and perplexity of the held-out tokens.
+
+    Prompt/completion and chat examples are scored on what training learns (completions,
+    assistant turns); plain text on every token, one sequence per document so the figure does
+    not depend on how documents would be packed.
+    """
+    from trimtab.training import batches
+    from trimtab.training.loop import Objective
+    from trimtab.training.trainer import evaluate
+
+    if model.task == "classify":
+        raise TrimtabError(f"{model.name}: a classification head has no language-model loss")
+    bf16 = default_bf16(model.model) if bf16 is None else bf16
+    start = time.perf_counter()
+    if data.format == "text":
+        items = batches.encode_lm(data.records, model.tokenizer, max_length, pack=False)
+    else:
+        items = batches.encode_sft(data.records, model.tokenizer, max_length)
+    device = next(model.model.parameters()).device
+    pad = model.tokenizer.pad_token_id
+    scores = evaluate(Objective(model.model, causal=True), items, pad, device, bf16, batch_size)
+    tokens = sum(sum(1 for t in e.labels[1:] if t != batches.IGNORE) for e in items)
+    loss = scores["valid_loss"]
+    return Outcome("loss", len(items), time.perf_counter() - start, language_model={
+        "loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens,
+        "token_accuracy": scores["valid_accuracy"]})

@@ -9,6 +9,7 @@ parsed to nothing) count as wrong and are reported separately.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -117,3 +118,68 @@ def sort_labels(labels: Iterable[str]) -> list[str]:
             return (float("inf"), label)
 
     return sorted(labels, key=key)
+
+
+# --- open-ended generation ------------------------------------------------------------------
+
+def _normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _words(text: str) -> list[str]:
+    # ROUGE's usual tokenisation (as in Google's rouge-score): lowercase, runs of [a-z0-9].
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence; one row of the table at a time."""
+    if len(a) < len(b):
+        a, b = b, a
+    row = [0] * (len(b) + 1)
+    for x in a:
+        diagonal = 0
+        for j, y in enumerate(b, 1):
+            above = row[j]
+            row[j] = diagonal + 1 if x == y else max(row[j], row[j - 1])
+            diagonal = above
+    return row[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1: the longest common word subsequence, as precision and recall's harmonic mean.
+
+    Written out (20 lines) rather than taken from ``rouge-score``, whose nltk dependency is
+    larger than trimtab itself; scores match its default (no stemming) tokenisation.
+    """
+    pred, ref = _words(prediction), _words(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = _lcs(pred, ref)
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+@dataclass
+class GenerationScores:
+    """Open-ended generation against references."""
+
+    n: int
+    exact_match: float  # equal after trimming and collapsing whitespace
+    rouge_l: float  # mean ROUGE-L F1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def generation_scores(predictions: list[str], references: list[str]) -> GenerationScores:
+    """Exact match and mean ROUGE-L of ``predictions`` against ``references``."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
+    n = len(references)
+    if not n:
+        return GenerationScores(0, 0.0, 0.0)
+    exact = sum(_normalize(p) == _normalize(r) for p, r in zip(predictions, references))
+    rouge = sum(rouge_l(p, r) for p, r in zip(predictions, references))
+    return GenerationScores(n, exact / n, rouge / n)

@@ -47,7 +47,8 @@ def score_labels(model: Any, tokenizer: Any, prompts: list[str], labels: list[st
     out = torch.empty(len(prompts), len(labels))
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     for idx in chunks(order, batch_size):
         if one_pass:  # one sequence per prompt: prompt + shared prefix; the last position ranks
             rows = [_fit(prompt_ids[i], shared, max_length) for i in idx]
@@ -79,25 +80,34 @@ def _tail_logprobs(model: Any, rows: list[list[int]], k: int, pad: int) -> torch
     Position ids follow the mask, so padding does not shift the real tokens' positions.
     """
     width = max(len(r) for r in rows)
+    device = next(model.parameters()).device
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(r)
         mask[i, width - len(r):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                    logits_to_keep=k).logits
-    return F.log_softmax(logits[:, -k:].float(), dim=-1)
+    return F.log_softmax(logits[:, -k:].float(), dim=-1).cpu()
 
 
 @torch.no_grad()
 def classify_logits(model: Any, tokenizer: Any, texts: list[str], *, batch_size: int = 32,
-                    max_length: int = 512) -> torch.Tensor:
-    """Class log-probabilities from a classification head, ``[len(texts), num_labels]``."""
+                    max_length: int = 512, bf16: bool = False) -> torch.Tensor:
+    """Class log-probabilities from a classification head, ``[len(texts), num_labels]``.
+
+    Texts go in length order (less padding) and come back in the input order.
+    """
     model.eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                        max_length=max_length, return_tensors="pt")
-        out.append(F.log_softmax(model(**enc).logits.float(), dim=-1))
-    return torch.cat(out) if out else torch.empty(0)
+    device = next(model.parameters()).device
+    out = torch.empty(len(texts), model.config.num_labels)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for idx in chunks(order, batch_size):
+        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt").to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**enc).logits
+        out[idx] = F.log_softmax(logits.float(), dim=-1).cpu()
+    return out

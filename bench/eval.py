@@ -1,0 +1,130 @@
+"""Benchmark classification by label scoring against generation, on the same fine-tuned model.
+
+One fine-tuned SmolLM2 run (LoRA merged into the weights once, so no side pays for the adapter)
+predicts the star rating of the same MARC English test reviews three ways, in one process,
+2 threads, bf16 autocast, batch 16:
+
+    label scoring      trimtab: one forward pass per review, the five labels' log-probabilities
+    trimtab generate   trimtab's sampler (KV cache, greedy), the answer parsed back to a label
+    HF generate loop   what a user would otherwise write: tokenizer(padding left) +
+                       model.generate(do_sample=False) per batch, decode, parse
+
+and prints reviews/s, the ratios, and how often the predictions agree. Model loading and the
+tokenizer's first call are excluded (a warm-up batch runs first on each side).
+
+    .venv/bin/python bench/eval.py                       # 1,000 reviews, the case study's LoRA run
+    .venv/bin/python bench/eval.py --run runs/demo/runs/smollm2-lora --reviews 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default=str(REPO / "runs/case-study/runs/smollm2-lora"),
+                        help="a fine-tuned sft run (trimtab train output)")
+    parser.add_argument("--data", default=str(REPO / "runs/case-study/data"),
+                        help="the prepared MARC folder (its test.jsonl)")
+    parser.add_argument("--reviews", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    for path in (args.run, args.data):
+        if not Path(path).exists():
+            print(f"{path}: not found. Run `make demo` or `make case-study` first, or give "
+                  "--run and --data.", file=sys.stderr)
+            return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from trimtab.evaluation.evaluate import (
+        evaluate_classification, load_eval_data, load_for_eval)
+    from trimtab.evaluation.prompts import parse_label
+
+    torch.set_num_threads(args.threads)
+    model = load_for_eval(args.run, device="cpu")
+    if hasattr(model.model, "merge_and_unload"):
+        model.model = model.model.merge_and_unload().eval()
+    data = load_eval_data(Path(args.data), limit=args.reviews)
+    labels = data.labels or []
+    common = {"bf16": True, "batch_size": args.batch_size, "max_length": 512}
+    warm = load_eval_data(Path(args.data), limit=args.batch_size)
+    print(f"{args.run}: {len(data.records)} reviews of {data.path}, batch {args.batch_size}, "
+          f"{args.threads} threads, bf16")
+
+    evaluate_classification(model, warm, mode="score", **common)
+    scored = evaluate_classification(model, data, mode="score", **common)
+    evaluate_classification(model, warm, mode="generate", **common)
+    generated = evaluate_classification(model, data, mode="generate", **common)
+    hf_seconds, hf_predicted = hf_generate_loop(model, data, labels, parse_label,
+                                                args.batch_size)
+
+    rows = [("label scoring (trimtab)", scored.seconds, scored.classification),
+            ("generation (trimtab)", generated.seconds, generated.classification),
+            ("HF generate loop", hf_seconds, None)]
+    n = len(data.records)
+    print(f"\n{'side':28} {'seconds':>8} {'reviews/s':>10} {'accuracy':>9} {'invalid':>8}")
+    for name, seconds, report in rows:
+        acc = f"{report.accuracy:.3f}" if report else f"{_accuracy(hf_predicted, data.gold):.3f}"
+        invalid = report.invalid if report else sum(p is None for p in hf_predicted)
+        print(f"{name:28} {seconds:8.1f} {n / seconds:10.1f} {acc:>9} {invalid:>8}")
+    score_pred, gen_pred = scored.predicted, generated.predicted
+    print(f"\nlabel scoring vs trimtab generation: {generated.seconds / scored.seconds:.2f}x "
+          f"faster; same prediction on {_agree(score_pred, gen_pred):.1%} of reviews")
+    print(f"label scoring vs HF generate loop:   {hf_seconds / scored.seconds:.2f}x faster; "
+          f"same prediction on {_agree(score_pred, hf_predicted):.1%}")
+    print(f"trimtab generation vs HF generate:   {hf_seconds / generated.seconds:.2f}x faster; "
+          f"same prediction on {_agree(gen_pred, hf_predicted):.1%}")
+    return 0
+
+
+def hf_generate_loop(model, data, labels, parse_label, batch_size):
+    """The loop a user writes with transformers alone (batched, left-padded, greedy).
+
+    Reviews go in length order, as trimtab's sides do, so padding costs both the same.
+    """
+    import torch
+
+    tok, net = model.tokenizer, model.model
+    tok.padding_side = "left"
+    order = sorted(range(len(data.prompts)), key=lambda i: len(data.prompts[i]))
+    prompts = [data.prompts[i] for i in order]
+    max_new = 3  # " " + digit + end of text: the fine-tuned answer
+    predicted: list[str | None] = []
+
+    def run(batch: list[str]) -> list[str]:
+        enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=512)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net.generate(**enc, max_new_tokens=max_new, do_sample=False,
+                               pad_token_id=tok.pad_token_id)
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    run(prompts[:batch_size])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        predicted += [parse_label(t, labels) for t in run(prompts[i:i + batch_size])]
+    seconds = time.perf_counter() - start
+    in_order: list[str | None] = [None] * len(prompts)
+    for k, i in enumerate(order):
+        in_order[i] = predicted[k]
+    return seconds, in_order
+
+
+def _accuracy(predicted, gold) -> float:
+    return sum(p == g for p, g in zip(predicted, gold)) / max(1, len(gold))
+
+
+def _agree(a, b) -> float:
+    return sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

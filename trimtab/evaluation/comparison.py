@@ -1,0 +1,290 @@
+"""``trimtab eval``: many models, one test file, one table and one report folder.
+
+Each model given is a fine-tuned run or a base model. A base model is a baseline: zero-shot (an
+instruction before the text) and few-shot (``shots`` solved examples from the training file as
+well). ``baselines=True`` adds the base model of every fine-tuned decoder run, so a table shows
+what fine-tuning bought. Models are loaded one at a time, so memory holds one model.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trimtab import __version__
+from trimtab.errors import ConfigError, TrimtabError
+from trimtab.evaluation.evaluate import (
+    EvalData, EvalModel, Outcome, evaluate_classification, evaluate_generation,
+    evaluate_language_model, load_eval_data, load_for_eval)
+from trimtab.evaluation.prompts import Shot, pick_shots, strip_separator
+
+Mode = Literal["score", "generate", "both"]
+
+
+class EvalOptions(BaseModel):
+    """Everything ``trimtab eval`` takes; problems are reported all at once."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    models: list[str] = Field(min_length=1)
+    data: Path
+    mode: Mode = "score"  # classification by label scoring, by generation, or both
+    baselines: bool = False
+    shots: int = Field(5, ge=0, le=64)  # few-shot examples; 0: no few-shot baseline
+    instruction: str | None = None  # the baselines' task description ({labels} is filled in)
+    limit: int | None = Field(None, gt=0)  # evaluate the first N examples only
+    batch_size: int = Field(16, gt=0)
+    max_length: int = Field(512, gt=8)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    out: Path | None = None  # the report folder; None: no report written
+    force: bool = False
+    seed: int = 0
+    sampling: dict[str, Any] | None = None  # SamplingParams values for generation
+
+    @classmethod
+    def parse(cls, **values: Any) -> EvalOptions:
+        """Validate, reporting every problem at once: options, sampling values, paths."""
+        problems: list[str] = []
+        options = None
+        try:
+            options = cls.model_validate(values)
+        except ValidationError as e:
+            problems += [f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
+                         for err in e.errors()]
+        data = values.get("data")
+        if data is not None and not Path(data).exists():
+            problems.append(f"data: {data}: not found")
+        if values.get("sampling"):
+            from trimtab.generation import SamplingParams
+
+            try:
+                SamplingParams.from_options(values["sampling"])
+            except ConfigError as e:
+                problems += e.problems
+        if problems or options is None:
+            raise ConfigError(problems)
+        return options
+
+
+@dataclass
+class Candidate:
+    """One row of the table: a model, and how it is asked (as fine-tuned, zero- or few-shot)."""
+
+    model: str
+    kind: str  # fine-tuned, zero-shot, few-shot (k=N)
+    shots: list[Shot] | None = None
+
+
+def run_eval(options: EvalOptions, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate every model; returns the report (and writes its folder if ``options.out``)."""
+    from trimtab.evaluation.report import comparison_table, write_report
+
+    if options.out is not None and options.out.exists() and any(options.out.iterdir()) \
+            and not options.force:
+        from trimtab.errors import OutputExistsError
+
+        # Checked before an hour of evaluation, not after it.
+        raise OutputExistsError(f"{options.out}: already exists; use --force to replace it")
+    check_model_refs(options.models)
+    data = load_eval_data(options.data, limit=options.limit)
+    say(f"{data.path}: {len(data.records):,} examples, "
+        + (f"classification over {', '.join(data.labels)}" if data.labels else data.format))
+    results: list[dict[str, Any]] = []
+    for model_ref in _with_baselines(options):
+        say(f"loading {model_ref}")
+        model = load_for_eval(model_ref)
+        for candidate in _candidates(model, model_ref, data, options, say):
+            results += _evaluate(model, candidate, data, options, say)
+        del model
+    report = {
+        "trimtab_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "data": str(data.path),
+        "command": shlex.join(["trimtab", *sys.argv[1:]]) if sys.argv else "",
+        "results": results,
+    }
+    say("")
+    say(comparison_table(report))
+    if options.out is not None:
+        write_report(report, options.out, force=True)
+        say(f"\nReport: {options.out / 'report.html'} (and report.md, report.json, plots/)")
+    return report
+
+
+def _with_baselines(options: EvalOptions) -> list[str]:
+    """The models to load, base models of the runs first when baselines are asked for."""
+    refs = list(dict.fromkeys(options.models))
+    if not options.baselines:
+        return refs
+    bases = []
+    for ref in refs:
+        meta = _run_meta(Path(ref))
+        if meta and _is_decoder(meta["base_model"]):  # zero-shot needs a language model
+            bases.append(meta["base_model"])
+    return list(dict.fromkeys(bases + [r for r in refs if r not in bases]))
+
+
+def _run_meta(path: Path) -> dict[str, Any] | None:
+    for folder in (path / "final", path):
+        if (folder / "trimtab.json").is_file():
+            return json.loads((folder / "trimtab.json").read_text(encoding="utf-8"))
+    return None
+
+
+def _is_decoder(name: str) -> bool:
+    from trimtab.models.registry import KNOWN_MODELS
+
+    spec = KNOWN_MODELS.get(name)
+    return spec is None or spec.kind == "decoder"
+
+
+def _candidates(model: EvalModel, ref: str, data: EvalData, options: EvalOptions,
+                say: Callable[[str], None]) -> list[Candidate]:
+    if model.fine_tuned:
+        return [Candidate(ref, "fine-tuned")]
+    out = [Candidate(ref, "zero-shot")]
+    if options.shots and data.labels:
+        if data.train is None:
+            say(f"  no train.jsonl beside {data.path}: no few-shot baseline")
+        else:
+            out.append(Candidate(ref, f"few-shot (k={options.shots})",
+                                 _shots(data, options.shots, options.seed)))
+    return out
+
+
+def _shots(data: EvalData, k: int, seed: int) -> list[Shot]:
+    from trimtab.training.batches import read_examples
+
+    assert data.train is not None and data.labels is not None
+    examples = [(strip_separator(r.fields["prompt"], data.separator),
+                 r.fields["completion"].strip()) for r in read_examples(data.train)
+                if "prompt" in r.fields]
+    return pick_shots(examples, data.labels, k, seed=seed)
+
+
+def _evaluate(model: EvalModel, candidate: Candidate, data: EvalData, options: EvalOptions,
+              say: Callable[[str], None]) -> list[dict[str, Any]]:
+    from trimtab.generation import SamplingParams
+
+    sampling = SamplingParams.from_options(options.sampling) if options.sampling else None
+    bf16 = {"auto": None, "bf16": True, "fp32": False}[options.precision]
+    common = {"bf16": bf16, "batch_size": options.batch_size, "max_length": options.max_length}
+    label = _label(model, candidate)
+    outcomes: list[Outcome] = []
+    if data.labels is not None:
+        modes = ["score"] if model.task == "classify" else (
+            ["score", "generate"] if options.mode == "both" else [options.mode])
+        for mode in modes:
+            say(f"  {label}: {'label scoring' if mode == 'score' else 'generation'} ...")
+            outcomes.append(evaluate_classification(
+                model, data, mode=mode, shots=candidate.shots, instruction=options.instruction,
+                sampling=sampling, **common))
+    elif data.format == "text":
+        outcomes.append(evaluate_language_model(model, data, **common))
+    else:
+        outcomes.append(evaluate_generation(model, data, sampling=sampling, **common))
+        outcomes.append(evaluate_language_model(model, data, **common))
+    if data.labels is None and len(outcomes) == 2:  # one row: generation and loss together
+        gen, lm = outcomes
+        gen.language_model, gen.seconds = lm.language_model, gen.seconds + lm.seconds
+        outcomes = [gen]
+    rows = []
+    for outcome in outcomes:
+        row_label = label + (" [generation]" if outcome.mode == "generation"
+                             and data.labels is not None and len(outcomes) > 1 else "")
+        rows.append(_row(model, candidate, row_label, outcome))
+        say(f"  {row_label}: {_summary(outcome)} ({outcome.examples_per_s:.1f} examples/s)")
+    return rows
+
+
+def _label(model: EvalModel, candidate: Candidate) -> str:
+    if model.fine_tuned and model.run is not None:
+        return model.run.name
+    return f"{Path(candidate.model).name} {candidate.kind}"
+
+
+def _summary(outcome: Outcome) -> str:
+    parts = []
+    if outcome.classification:
+        c = outcome.classification
+        parts.append(f"accuracy {c.accuracy:.3f}")
+        if c.mae is not None:
+            parts.append(f"MAE {c.mae:.3f}")
+        if c.invalid:
+            parts.append(f"{c.invalid} invalid")
+    if outcome.generation:
+        parts.append(f"exact match {outcome.generation.exact_match:.3f}, "
+                     f"ROUGE-L {outcome.generation.rouge_l:.3f}")
+    if outcome.language_model:
+        parts.append(f"loss {outcome.language_model['loss']:.4f}, "
+                     f"perplexity {outcome.language_model['perplexity']:.2f}")
+    return ", ".join(parts)
+
+
+def _row(model: EvalModel, candidate: Candidate, label: str, outcome: Outcome
+         ) -> dict[str, Any]:
+    training = metrics = None
+    if model.run is not None:
+        info = _read_json(model.run / "run.json")
+        results = info.get("results") or {}
+        training = {"seconds": results.get("train_seconds"),
+                    "tokens_per_s": results.get("tokens_per_second"),
+                    "train_examples": info.get("train_examples"),
+                    "trainable_parameters": info.get("trainable_parameters")}
+        metrics = _read_metrics(model.run / "metrics.jsonl")
+    return {
+        "label": label,
+        "model": candidate.model,
+        "kind": candidate.kind,
+        "base_model": model.base_model,
+        "method": model.method,
+        "task": model.task,
+        "mode": outcome.mode,
+        "n": outcome.n,
+        "seconds": round(outcome.seconds, 2),
+        "examples_per_s": round(outcome.examples_per_s, 2),
+        "shots": [{"text": s.text, "label": s.label} for s in candidate.shots or []],
+        "classification": outcome.classification.to_json() if outcome.classification else None,
+        "language_model": outcome.language_model,
+        "generation": outcome.generation.to_json() if outcome.generation else None,
+        "samples": outcome.samples,
+        "training": training,
+        "run": {"path": str(model.run), "metrics": metrics} if model.run is not None else None,
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line cut by a crash: the rest is still worth plotting
+            continue
+    return out
+
+
+def check_model_refs(refs: list[str]) -> None:
+    """Fail before loading anything if a model is neither a run nor a known base model."""
+    from trimtab.models.registry import KNOWN_MODELS
+
+    bad = [r for r in refs if not Path(r).exists() and r not in KNOWN_MODELS and "/" not in r]
+    if bad:
+        raise TrimtabError(f"not a run folder or a known model: {', '.join(bad)} "
+                           f"(known models: {', '.join(KNOWN_MODELS)})")
