@@ -31,9 +31,9 @@ PROFILES = {
         "prepare": ["--sample", "1500"],
         "runs": {
             "smollm2-lora": ("configs/marc-smollm2-lora.yaml", ["max_steps=60", "eval_every=30"]),
-            "minilm-classify": ("configs/marc-minilm-classify.yaml", ["epochs=2"]),
+            "minilm-classify": ("configs/marc-minilm-classify.yaml", ["epochs=4", "optim.lr=1e-4"]),
         },
-        "eval": ["--limit", "500", "--shots", "5"],
+        "eval": ["--limit", "500", "--shots", "5", "--baseline-limit", "200", "--mode", "both"],
     },
     # Everything: the whole training slice, full / freeze / LoRA on both default models, the
     # 5,000 test reviews.
@@ -42,7 +42,7 @@ PROFILES = {
         "runs": {name: (f"configs/case-study/{name}.yaml", []) for name in (
             "minilm-full", "minilm-freeze", "minilm-lora",
             "smollm2-lora", "smollm2-freeze", "smollm2-full")},
-        "eval": ["--shots", "5"],
+        "eval": ["--shots", "5", "--baseline-limit", "1000"],
     },
 }
 

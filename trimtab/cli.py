@@ -218,6 +218,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instruction",
                    help="the baselines' task description; {labels} is replaced by the labels")
     p.add_argument("--limit", type=int, help="evaluate the first N examples only")
+    p.add_argument("--baseline-limit", type=int,
+                   help="evaluate base models (zero/few-shot) on the first N examples only")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=512,
                    help="tokens per example; longer prompts lose their start")
@@ -242,6 +244,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     options = EvalOptions.parse(
         models=args.models, data=Path(args.data), mode=args.mode, baselines=args.baselines,
         shots=args.shots, instruction=args.instruction, limit=args.limit,
+        baseline_limit=args.baseline_limit,
         batch_size=args.batch_size, max_length=args.max_length, precision=args.precision,
         out=Path(args.out) if args.out else None, force=args.force, seed=args.shot_seed,
         sampling=sampling or None)

@@ -13,7 +13,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +41,9 @@ class EvalOptions(BaseModel):
     shots: int = Field(5, ge=0, le=64)  # few-shot examples; 0: no few-shot baseline
     instruction: str | None = None  # the baselines' task description ({labels} is filled in)
     limit: int | None = Field(None, gt=0)  # evaluate the first N examples only
+    # Base models asked zero/few-shot: the first N examples only (long prompts, weak results:
+    # a smaller sample is enough to place them, at a fraction of the time).
+    baseline_limit: int | None = Field(None, gt=0)
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(512, gt=8)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -101,8 +104,11 @@ def run_eval(options: EvalOptions, *, say: Callable[[str], None] = print) -> dic
     for model_ref in _with_baselines(options):
         say(f"loading {model_ref}")
         model = load_for_eval(model_ref)
-        for candidate in _candidates(model, model_ref, data, options, say):
-            results += _evaluate(model, candidate, data, options, say)
+        sample = data
+        if not model.fine_tuned and options.baseline_limit:
+            sample = replace(data, records=data.records[:options.baseline_limit])
+        for candidate in _candidates(model, model_ref, sample, options, say):
+            results += _evaluate(model, candidate, sample, options, say)
         del model
     report = {
         "trimtab_version": __version__,
