@@ -36,6 +36,9 @@ def main() -> int:
     parser.add_argument("--reviews", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fp32", action="store_true",
+                        help="no bf16 autocast: the three sides then agree exactly (in bf16 a "
+                        "near-tie between two labels can go either way)")
     args = parser.parse_args()
     for path in (args.run, args.data):
         if not Path(path).exists():
@@ -55,17 +58,17 @@ def main() -> int:
         model.model = model.model.merge_and_unload().eval()
     data = load_eval_data(Path(args.data), limit=args.reviews)
     labels = data.labels or []
-    common = {"bf16": True, "batch_size": args.batch_size, "max_length": 512}
+    common = {"bf16": not args.fp32, "batch_size": args.batch_size, "max_length": 512}
     warm = load_eval_data(Path(args.data), limit=args.batch_size)
     print(f"{args.run}: {len(data.records)} reviews of {data.path}, batch {args.batch_size}, "
-          f"{args.threads} threads, bf16")
+          f"{args.threads} threads, {'fp32' if args.fp32 else 'bf16'}")
 
     evaluate_classification(model, warm, mode="score", **common)
     scored = evaluate_classification(model, data, mode="score", **common)
     evaluate_classification(model, warm, mode="generate", **common)
     generated = evaluate_classification(model, data, mode="generate", **common)
     hf_seconds, hf_predicted = hf_generate_loop(model, data, labels, parse_label,
-                                                args.batch_size)
+                                                args.batch_size, bf16=not args.fp32)
 
     rows = [("label scoring (trimtab)", scored.seconds, scored.classification),
             ("generation (trimtab)", generated.seconds, generated.classification),
@@ -86,7 +89,7 @@ def main() -> int:
     return 0
 
 
-def hf_generate_loop(model, data, labels, parse_label, batch_size):
+def hf_generate_loop(model, data, labels, parse_label, batch_size, bf16):
     """The loop a user writes with transformers alone (batched, left-padded, greedy).
 
     Reviews go in length order, as trimtab's sides do, so padding costs both the same.
@@ -102,7 +105,7 @@ def hf_generate_loop(model, data, labels, parse_label, batch_size):
 
     def run(batch: list[str]) -> list[str]:
         enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=512)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = net.generate(**enc, max_new_tokens=max_new, do_sample=False,
                                pad_token_id=tok.pad_token_id)
         return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

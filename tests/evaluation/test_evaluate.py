@@ -112,3 +112,25 @@ def test_classification_head_has_no_language_model_loss(tmp_path, reviews, tiny_
     with pytest.raises(TrimtabError, match="no language-model loss"):
         evaluate_language_model(load_for_eval(tmp_path / "run"),
                                 load_eval_data(reviews / "valid.jsonl"))
+
+
+def test_median_decision_minimises_absolute_error_not_accuracy():
+    import torch
+
+    from trimtab.evaluation.evaluate import median_decision
+
+    # p = (0.4, 0, 0, 0, 0.6) over stars 1..5: argmax 5, median 5; p = (0.45, 0.1, 0, 0, 0.45)
+    # puts half the mass at or below 2: median 2 although 1 and 5 are likelier.
+    probs = torch.tensor([[0.4, 0.0, 0.0, 0.0, 0.6], [0.45, 0.1, 0.0, 0.0, 0.45]])
+    labels = ["1", "2", "3", "4", "5"]
+    assert median_decision(torch.log(probs + 1e-12), labels) == ["5", "2"]
+    assert median_decision(torch.zeros(1, 2), ["neg", "pos"]) is None
+
+
+def test_labels_out_of_numeric_order_still_give_the_median():
+    import torch
+
+    from trimtab.evaluation.evaluate import median_decision
+
+    probs = torch.tensor([[0.3, 0.3, 0.4]])  # labels 3, 1, 2: mass at 1 = .3, at <=2 = .7
+    assert median_decision(torch.log(probs), ["3", "1", "2"]) == ["2"]

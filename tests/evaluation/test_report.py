@@ -267,3 +267,12 @@ def test_importing_the_module_does_not_import_matplotlib():
     code = ("import sys, trimtab.evaluation.report; "
             "sys.exit('matplotlib' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_median_decision_of_ordinal_labels_is_shown_beside_the_argmax(tmp_path):
+    report = make_report()
+    report["results"][0]["classification"]["extra"] = {
+        "median_decision": {"accuracy": 0.512, "mae": 0.456, "off_by_one_accuracy": 0.934}}
+    write_report(report, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "accuracy 0.512, MAE 0.456, off-by-one 0.934" in md

@@ -316,6 +316,11 @@ def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
                                ("MAE", _num(c.get("mae")), False),
                                ("Off-by-one accuracy", _num(c.get("off_by_one_accuracy")), False),
                                ("Invalid predictions", _int(c.get("invalid")), False)]))
+        median = (c.get("extra") or {}).get("median_decision")
+        if isinstance(median, dict):  # ordinal labels: the decision that minimises MAE
+            blocks.append(_Fields([("Median of the predicted distribution", (
+                f"accuracy {_num(median.get('accuracy'))}, MAE {_num(median.get('mae'))}, "
+                f"off-by-one {_num(median.get('off_by_one_accuracy'))}"), False)]))
         labels = [str(label) for label in c.get("labels") or []]
         per_class = c.get("per_class") or {}
         order = labels + [k for k in per_class if k not in labels]
