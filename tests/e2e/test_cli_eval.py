@@ -84,3 +84,10 @@ def test_eval_names_a_model_that_is_neither_a_run_nor_known(trained, tmp_path):
     result = run("eval", "no-such-model", "--data", str(data), cwd=tmp_path)
     assert result.returncode == 2
     assert "no-such-model" in result.stderr and "smollm2-135m" in result.stderr
+
+
+def test_eval_names_a_mistyped_run_folder(trained, tmp_path):
+    data, run_dir = trained
+    result = run("eval", str(run_dir) + "-typo", "--data", str(data), cwd=tmp_path)
+    assert result.returncode == 2 and "-typo" in result.stderr
+    assert "not a run folder or a known model" in result.stderr

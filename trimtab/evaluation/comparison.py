@@ -9,6 +9,7 @@ what fine-tuning bought. Models are loaded one at a time, so memory holds one mo
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 import time
@@ -101,7 +102,7 @@ def run_eval(options: EvalOptions, *, say: Callable[[str], None] = print) -> dic
     say(f"{data.path}: {len(data.records):,} examples, "
         + (f"classification over {', '.join(data.labels)}" if data.labels else data.format))
     results: list[dict[str, Any]] = []
-    for model_ref in _with_baselines(options):
+    for model_ref in _with_baselines(options, say):
         say(f"loading {model_ref}")
         model = load_for_eval(model_ref)
         sample = data
@@ -125,7 +126,7 @@ def run_eval(options: EvalOptions, *, say: Callable[[str], None] = print) -> dic
     return report
 
 
-def _with_baselines(options: EvalOptions) -> list[str]:
+def _with_baselines(options: EvalOptions, say: Callable[[str], None]) -> list[str]:
     """The models to load, base models of the runs first when baselines are asked for."""
     refs = list(dict.fromkeys(options.models))
     if not options.baselines:
@@ -135,6 +136,9 @@ def _with_baselines(options: EvalOptions) -> list[str]:
         meta = _run_meta(Path(ref))
         if meta and _is_decoder(meta["base_model"]):  # zero-shot needs a language model
             bases.append(meta["base_model"])
+        elif meta:
+            say(f"{ref}: its base model {meta['base_model']} is an encoder, which cannot "
+                "answer zero- or few-shot: no baseline for it")
     return list(dict.fromkeys(bases + [r for r in refs if r not in bases]))
 
 
@@ -290,7 +294,13 @@ def check_model_refs(refs: list[str]) -> None:
     """Fail before loading anything if a model is neither a run nor a known base model."""
     from trimtab.models.registry import KNOWN_MODELS
 
-    bad = [r for r in refs if not Path(r).exists() and r not in KNOWN_MODELS and "/" not in r]
+    def missing(ref: str) -> bool:
+        if Path(ref).exists() or ref in KNOWN_MODELS:
+            return False
+        # owner/name may be a hub id; a path whose folder exists is a local path, mistyped.
+        return not re.fullmatch(r"[\w.-]+/[\w.-]+", ref) or Path(ref).parent.exists()
+
+    bad = [r for r in refs if missing(r)]
     if bad:
         raise TrimtabError(f"not a run folder or a known model: {', '.join(bad)} "
                            f"(known models: {', '.join(KNOWN_MODELS)})")
