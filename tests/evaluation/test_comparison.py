@@ -47,7 +47,7 @@ def test_baselines_can_be_evaluated_on_fewer_examples(reviews, tiny_llama_dir):
 def test_every_bad_option_is_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
         EvalOptions.parse(models=[], data=tmp_path / "missing", shots=-1,
-                          sampling={"temperature": 5})
+                          sampling={"temperature": 5, "n": 2})
     text = str(e.value)
-    for field in ("models", "shots", "missing", "temperature"):
+    for field in ("models", "shots", "missing", "temperature", "n: evaluation"):
         assert field in text

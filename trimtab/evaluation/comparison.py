@@ -73,6 +73,8 @@ class EvalOptions(BaseModel):
                 SamplingParams.from_options(values["sampling"])
             except ConfigError as e:
                 problems += e.problems
+            if (values["sampling"].get("n") or 1) != 1:
+                problems.append("n: evaluation reads one answer per example; use n=1")
         if problems or options is None:
             raise ConfigError(problems)
         return options
