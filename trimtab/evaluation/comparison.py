@@ -26,6 +26,8 @@ from trimtab.evaluation.evaluate import (
     EvalData, EvalModel, Outcome, evaluate_classification, evaluate_generation,
     evaluate_language_model, load_eval_data, load_for_eval)
 from trimtab.evaluation.prompts import Shot, pick_shots, strip_separator
+from trimtab.training.export import model_folder
+from trimtab.training.run import RunFolder
 
 Mode = Literal["score", "generate", "both"]
 
@@ -145,10 +147,11 @@ def _with_baselines(options: EvalOptions, say: Callable[[str], None]) -> list[st
 
 
 def _run_meta(path: Path) -> dict[str, Any] | None:
-    for folder in (path / "final", path):
-        if (folder / "trimtab.json").is_file():
-            return json.loads((folder / "trimtab.json").read_text(encoding="utf-8"))
-    return None
+    """A fine-tuned model's trimtab.json, or None for a base model."""
+    try:
+        return json.loads((model_folder(path) / "trimtab.json").read_text(encoding="utf-8"))
+    except TrimtabError:
+        return None
 
 
 def _is_decoder(name: str) -> bool:
@@ -245,13 +248,14 @@ def _row(model: EvalModel, candidate: Candidate, label: str, outcome: Outcome
          ) -> dict[str, Any]:
     training = metrics = None
     if model.run is not None:
-        info = _read_json(model.run / "run.json")
+        folder = RunFolder(model.run)
+        info = folder.info()
         results = info.get("results") or {}
         training = {"seconds": results.get("train_seconds"),
                     "tokens_per_s": results.get("tokens_per_second"),
                     "train_examples": info.get("train_examples"),
                     "trainable_parameters": info.get("trainable_parameters")}
-        metrics = _read_metrics(model.run / "metrics.jsonl")
+        metrics = folder.metrics()
     return {
         "label": label,
         "model": candidate.model,
@@ -271,25 +275,6 @@ def _row(model: EvalModel, candidate: Candidate, label: str, outcome: Outcome
         "training": training,
         "run": {"path": str(model.run), "metrics": metrics} if model.run is not None else None,
     }
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line cut by a crash: the rest is still worth plotting
-            continue
-    return out
 
 
 def check_model_refs(refs: list[str]) -> None:

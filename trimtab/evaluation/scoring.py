@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trimtab.generation.generate import left_pad
 from trimtab.training.loop import chunks
 
 
@@ -79,15 +80,7 @@ def _tail_logprobs(model: Any, rows: list[list[int]], k: int, pad: int) -> torch
     last ``k`` positions only (``logits_to_keep``), never the vocabulary at every token.
     Position ids follow the mask, so padding does not shift the real tokens' positions.
     """
-    width = max(len(r) for r in rows)
-    device = next(model.parameters()).device
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+    ids, mask, positions = left_pad(rows, pad, next(model.parameters()).device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                    logits_to_keep=k).logits
     return F.log_softmax(logits[:, -k:].float(), dim=-1).cpu()

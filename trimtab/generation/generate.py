@@ -83,6 +83,26 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], params: SamplingPar
     return results  # type: ignore[return-value]
 
 
+def left_pad(rows: list[list[int]], pad: int, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` and ``position_ids`` of rows padded on the left.
+
+    Left padding puts every row's last token in the last column, so one logits row per row
+    comes out and new tokens are appended in one column for all. Positions count real tokens
+    only: padding must not shift a row's positions.
+    """
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
 def _device(model: Any) -> torch.device:
     import torch
 
@@ -142,17 +162,7 @@ class _Decoder:
         from transformers import DynamicCache
 
         p, n, dev = self.params, self.params.n, self.device
-        width = max(len(ids) for ids in prompts)
-        # Left padding puts every prompt's last token in the last column, so one logits row
-        # per prompt comes out and new tokens are appended in one column for all.
-        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for r, row in enumerate(prompts):
-            ids[r, width - len(row):] = torch.tensor(row)
-            mask[r, width - len(row):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        # Positions count real tokens only: padding must not shift a prompt's positions.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_pad(prompts, self.pad, dev)
         cache = DynamicCache(config=self.model.config)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)

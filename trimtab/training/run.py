@@ -88,7 +88,13 @@ class RunFolder:
     def metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_file.exists():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
+        out = []
+        for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # a line cut by a crash: the rest is still worth reading
+                continue
+        return out
 
     def truncate_metrics(self, lines: int) -> None:
         """On resume: forget what was logged after the checkpoint (it will be logged again)."""
