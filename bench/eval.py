@@ -29,27 +29,38 @@ REPO = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default=str(REPO / "runs/case-study/runs/smollm2-lora"),
-                        help="a fine-tuned sft run (trimtab train output)")
-    parser.add_argument("--data", default=str(REPO / "runs/case-study/data"),
-                        help="the prepared MARC folder (its test.jsonl)")
+    parser.add_argument(
+        "--run",
+        default=str(REPO / "runs/case-study/runs/smollm2-lora"),
+        help="a fine-tuned sft run (trimtab train output)",
+    )
+    parser.add_argument(
+        "--data",
+        default=str(REPO / "runs/case-study/data"),
+        help="the prepared MARC folder (its test.jsonl)",
+    )
     parser.add_argument("--reviews", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fp32", action="store_true",
-                        help="no bf16 autocast: the three sides then agree exactly (in bf16 a "
-                        "near-tie between two labels can go either way)")
+    parser.add_argument(
+        "--fp32",
+        action="store_true",
+        help="no bf16 autocast: the three sides then agree exactly (in bf16 a "
+        "near-tie between two labels can go either way)",
+    )
     args = parser.parse_args()
     for path in (args.run, args.data):
         if not Path(path).exists():
-            print(f"{path}: not found. Run `make demo` or `make case-study` first, or give "
-                  "--run and --data.", file=sys.stderr)
+            print(
+                f"{path}: not found. Run `make demo` or `make case-study` first, or give "
+                "--run and --data.",
+                file=sys.stderr,
+            )
             return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from trimtab.evaluation.evaluate import (
-        evaluate_classification, load_eval_data, load_for_eval)
+    from trimtab.evaluation.evaluate import evaluate_classification, load_eval_data, load_for_eval
     from trimtab.evaluation.prompts import parse_label
 
     torch.set_num_threads(args.threads)
@@ -60,19 +71,24 @@ def main() -> int:
     labels = data.labels or []
     common = {"bf16": not args.fp32, "batch_size": args.batch_size, "max_length": 512}
     warm = load_eval_data(Path(args.data), limit=args.batch_size)
-    print(f"{args.run}: {len(data.records)} reviews of {data.path}, batch {args.batch_size}, "
-          f"{args.threads} threads, {'fp32' if args.fp32 else 'bf16'}")
+    print(
+        f"{args.run}: {len(data.records)} reviews of {data.path}, batch {args.batch_size}, "
+        f"{args.threads} threads, {'fp32' if args.fp32 else 'bf16'}"
+    )
 
     evaluate_classification(model, warm, mode="score", **common)
     scored = evaluate_classification(model, data, mode="score", **common)
     evaluate_classification(model, warm, mode="generate", **common)
     generated = evaluate_classification(model, data, mode="generate", **common)
-    hf_seconds, hf_predicted = hf_generate_loop(model, data, labels, parse_label,
-                                                args.batch_size, bf16=not args.fp32)
+    hf_seconds, hf_predicted = hf_generate_loop(
+        model, data, labels, parse_label, args.batch_size, bf16=not args.fp32
+    )
 
-    rows = [("label scoring (trimtab)", scored.seconds, scored.classification),
-            ("generation (trimtab)", generated.seconds, generated.classification),
-            ("HF generate loop", hf_seconds, None)]
+    rows = [
+        ("label scoring (trimtab)", scored.seconds, scored.classification),
+        ("generation (trimtab)", generated.seconds, generated.classification),
+        ("HF generate loop", hf_seconds, None),
+    ]
     n = len(data.records)
     print(f"\n{'side':28} {'seconds':>8} {'reviews/s':>10} {'accuracy':>9} {'invalid':>8}")
     for name, seconds, report in rows:
@@ -80,12 +96,18 @@ def main() -> int:
         invalid = report.invalid if report else sum(p is None for p in hf_predicted)
         print(f"{name:28} {seconds:8.1f} {n / seconds:10.1f} {acc:>9} {invalid:>8}")
     score_pred, gen_pred = scored.predicted, generated.predicted
-    print(f"\nlabel scoring vs trimtab generation: {generated.seconds / scored.seconds:.2f}x "
-          f"faster; same prediction on {_agree(score_pred, gen_pred):.1%} of reviews")
-    print(f"label scoring vs HF generate loop:   {hf_seconds / scored.seconds:.2f}x faster; "
-          f"same prediction on {_agree(score_pred, hf_predicted):.1%}")
-    print(f"trimtab generation vs HF generate:   {hf_seconds / generated.seconds:.2f}x faster; "
-          f"same prediction on {_agree(gen_pred, hf_predicted):.1%}")
+    print(
+        f"\nlabel scoring vs trimtab generation: {generated.seconds / scored.seconds:.2f}x "
+        f"faster; same prediction on {_agree(score_pred, gen_pred):.1%} of reviews"
+    )
+    print(
+        f"label scoring vs HF generate loop:   {hf_seconds / scored.seconds:.2f}x faster; "
+        f"same prediction on {_agree(score_pred, hf_predicted):.1%}"
+    )
+    print(
+        f"trimtab generation vs HF generate:   {hf_seconds / generated.seconds:.2f}x faster; "
+        f"same prediction on {_agree(gen_pred, hf_predicted):.1%}"
+    )
     return 0
 
 
@@ -106,14 +128,15 @@ def hf_generate_loop(model, data, labels, parse_label, batch_size, bf16):
     def run(batch: list[str]) -> list[str]:
         enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=512)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = net.generate(**enc, max_new_tokens=max_new, do_sample=False,
-                               pad_token_id=tok.pad_token_id)
-        return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = net.generate(
+                **enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
     run(prompts[:batch_size])  # warm-up
     start = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
-        predicted += [parse_label(t, labels) for t in run(prompts[i:i + batch_size])]
+        predicted += [parse_label(t, labels) for t in run(prompts[i : i + batch_size])]
     seconds = time.perf_counter() - start
     in_order: list[str | None] = [None] * len(prompts)
     for k, i in enumerate(order):

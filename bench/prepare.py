@@ -32,12 +32,29 @@ OPENAI_VENV = REPO / ".bench" / "openai-venv"
 # The whole dependency closure of openai[datalib]==0.28.1 as of its era (late 2023):
 # pandas 2.1.4 + numpy 1.26.4 have CPython 3.11 wheels and run its validators unchanged.
 OPENAI_PINS = [
-    "openai[datalib]==0.28.1", "pandas==2.1.4", "numpy==1.26.4", "pandas-stubs==2.1.4.231227",
-    "types-pytz==2023.3.1.1", "python-dateutil==2.8.2", "six==1.16.0", "pytz==2023.3.post1",
-    "tzdata==2023.3", "openpyxl==3.1.2", "et-xmlfile==1.1.0", "requests==2.31.0",
-    "urllib3==2.1.0", "idna==3.6", "charset-normalizer==3.3.2", "certifi==2023.11.17",
-    "tqdm==4.66.1", "aiohttp==3.9.1", "multidict==6.0.4", "yarl==1.9.4", "frozenlist==1.4.1",
-    "aiosignal==1.3.1", "attrs==23.1.0",
+    "openai[datalib]==0.28.1",
+    "pandas==2.1.4",
+    "numpy==1.26.4",
+    "pandas-stubs==2.1.4.231227",
+    "types-pytz==2023.3.1.1",
+    "python-dateutil==2.8.2",
+    "six==1.16.0",
+    "pytz==2023.3.post1",
+    "tzdata==2023.3",
+    "openpyxl==3.1.2",
+    "et-xmlfile==1.1.0",
+    "requests==2.31.0",
+    "urllib3==2.1.0",
+    "idna==3.6",
+    "charset-normalizer==3.3.2",
+    "certifi==2023.11.17",
+    "tqdm==4.66.1",
+    "aiohttp==3.9.1",
+    "multidict==6.0.4",
+    "yarl==1.9.4",
+    "frozenlist==1.4.1",
+    "aiosignal==1.3.1",
+    "attrs==23.1.0",
 ]
 # (check id = validator name, status, regex) for every bullet openai/validators.py prints.
 OPENAI_PATTERNS = [
@@ -92,8 +109,19 @@ def ensure_openai_venv() -> Path:
     print(f"installing the peer into {OPENAI_VENV.relative_to(REPO)} (one-off, needs PyPI) ...")
     if not (OPENAI_VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(OPENAI_VENV)], check=True)
-    subprocess.run([str(OPENAI_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
-                    "--disable-pip-version-check", "--only-binary=:all:", *OPENAI_PINS], check=True)
+    subprocess.run(
+        [
+            str(OPENAI_VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            *OPENAI_PINS,
+        ],
+        check=True,
+    )
     marker.write_text("\n".join(OPENAI_PINS) + "\n")
     return exe
 
@@ -103,8 +131,9 @@ def run_timed(cmd: list[str], cwd: Path, timeout: float) -> dict:
     log, errlog = cwd / "stdout.log", cwd / "stderr.log"
     with log.open("wb") as out, errlog.open("wb") as err:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+        )
         killer = threading.Timer(timeout, os.killpg, (p.pid, signal.SIGKILL))
         killer.start()
         _, status, usage = os.wait4(p.pid, 0)
@@ -112,27 +141,36 @@ def run_timed(cmd: list[str], cwd: Path, timeout: float) -> dict:
         timed_out = killer.finished.is_set()
         killer.cancel()
     p.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, not by Popen
-    return {"seconds": seconds, "rc": p.returncode,
-            "status": f"killed after {timeout:g} s" if timed_out else f"exit {p.returncode}",
-            "peak_rss_mb": usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10),
-            "stdout": log.read_text(errors="replace"), "stderr": errlog.read_text(errors="replace")}
+    return {
+        "seconds": seconds,
+        "rc": p.returncode,
+        "status": f"killed after {timeout:g} s" if timed_out else f"exit {p.returncode}",
+        "peak_rss_mb": usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10),
+        "stdout": log.read_text(errors="replace"),
+        "stderr": errlog.read_text(errors="replace"),
+    }
 
 
-def bench(tool: str, cmd_for: Callable[[Path], list[str]], repeat: int, work: Path,
-          timeout: float) -> tuple[dict, str, Path]:
+def bench(
+    tool: str, cmd_for: Callable[[Path], list[str]], repeat: int, work: Path, timeout: float
+) -> tuple[dict, str, Path]:
     """Best of `repeat` runs, each in a fresh dir; exits with the tool's output if one fails."""
     runs = []
     for i in range(repeat):
         (cwd := work / f"{tool}-{i}").mkdir()
         res = run_timed(cmd := cmd_for(cwd), cwd, timeout)
         if res["rc"] != 0:
-            sys.exit(f"\n{tool} failed ({res['status']}): {' '.join(cmd)}\n--- stdout (tail) ---\n"
-                     f"{res['stdout'][-3000:]}\n--- stderr (tail) ---\n{res['stderr'][-8000:]}")
+            sys.exit(
+                f"\n{tool} failed ({res['status']}): {' '.join(cmd)}\n--- stdout (tail) ---\n"
+                f"{res['stdout'][-3000:]}\n--- stderr (tail) ---\n{res['stderr'][-8000:]}"
+            )
         runs.append(res)
         print(f"  {tool} run {i + 1}/{repeat}: {res['seconds']:.2f} s, {res['peak_rss_mb']:.0f} MB")
-    timing = {"seconds": min(r["seconds"] for r in runs),
-              "runs_s": [round(r["seconds"], 3) for r in runs],
-              "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1)}
+    timing = {
+        "seconds": min(r["seconds"] for r in runs),
+        "runs_s": [round(r["seconds"], 3) for r in runs],
+        "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
+    }
     return timing, runs[-1]["stdout"], cwd
 
 
@@ -142,8 +180,11 @@ def parse_openai(stdout: str) -> tuple[list[dict], list[str]]:
     analysis = re.split(r"\n\n(?:Based on the analysis|No remediations found)", stdout)[0]
     checks: list[dict] = []
     for bullet in analysis.split("\n- ")[1:]:
-        bullet = re.sub(r"These are rows: \[([^\]]*)\]",
-                        lambda m: f"These are rows: [{m[1].count(',') + 1} indexes]", bullet)
+        bullet = re.sub(
+            r"These are rows: \[([^\]]*)\]",
+            lambda m: f"These are rows: [{m[1].count(',') + 1} indexes]",
+            bullet,
+        )
         for cid, status, rx in OPENAI_PATTERNS:
             if m := re.search(rx, bullet):
                 g = m.group(1) if m.groups() else None
@@ -179,8 +220,12 @@ def print_checks(title: str, checks: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=200_000, help="rows in the generated file")
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared/data/marc/en/train.csv",
-                    help="MARC-style train.csv (row_index,review_body,stars)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared/data/marc/en/train.csv",
+        help="MARC-style train.csv (row_index,review_body,stars)",
+    )
     ap.add_argument("--seed", type=int, default=1234, help="seed of the generated file")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the best is reported")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before a run is killed")
@@ -188,8 +233,12 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated file and outputs")
     ap.add_argument("--skip-trimtab", action="store_true", help="run the OpenAI peer only")
     ap.add_argument("--skip-openai", action="store_true", help="run trimtab only")
-    ap.add_argument("--trimtab", type=Path, default=REPO / ".venv/bin/trimtab",
-                    help="trimtab executable (default: the repo's .venv)")
+    ap.add_argument(
+        "--trimtab",
+        type=Path,
+        default=REPO / ".venv/bin/trimtab",
+        help="trimtab executable (default: the repo's .venv)",
+    )
     args = ap.parse_args()
     if not args.data.is_file():
         sys.exit(f"{args.data} not found (point --data at a MARC-style train.csv)")
@@ -198,14 +247,23 @@ def main() -> None:
         data = work / "marc_prepare.jsonl"
         rows = build_rows(args.data, args.rows, args.seed)
         with data.open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) + "\n"
-                         for p, c in rows)
+            f.writelines(
+                json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) + "\n"
+                for p, c in rows
+            )
         dups = len(rows) - len(set(rows))
-        print(f"data: {len(rows):,} rows, {data.stat().st_size / 1e6:.1f} MB, {dups:,} exact "
-              f"duplicate rows, {len({c for _, c in rows})} labels (seed {args.seed}, {args.data})")
+        print(
+            f"data: {len(rows):,} rows, {data.stat().st_size / 1e6:.1f} MB, {dups:,} exact "
+            f"duplicate rows, {len({c for _, c in rows})} labels (seed {args.seed}, {args.data})"
+        )
         tools: dict[str, dict] = {}
-        results = {"rows": len(rows), "exact_duplicates": dups, "seed": args.seed,
-                   "source": str(args.data), "tools": tools}
+        results = {
+            "rows": len(rows),
+            "exact_duplicates": dups,
+            "seed": args.seed,
+            "source": str(args.data),
+            "tools": tools,
+        }
         if not args.skip_openai:
             exe = ensure_openai_venv()
 
@@ -216,32 +274,57 @@ def main() -> None:
             timing, stdout, cwd = bench("openai", openai_cmd, args.repeat, work, args.timeout)
             checks, actions = parse_openai(stdout)
             outputs = sorted(p.name for p in cwd.glob("*_prepared*.jsonl"))
-            tools["openai"] = {"version": OPENAI_PINS[0].split("==")[1], **timing, "checks": checks,
-                               "actions": actions, "outputs": outputs}
+            tools["openai"] = {
+                "version": OPENAI_PINS[0].split("==")[1],
+                **timing,
+                "checks": checks,
+                "actions": actions,
+                "outputs": outputs,
+            }
         if not args.skip_trimtab:
             if not args.trimtab.exists():
                 sys.exit(f"{args.trimtab} not found: pip install -e . first, or use --skip-trimtab")
 
-            version = subprocess.run([str(args.trimtab.parent / "python"), "-c", "import importlib"
-                                      ".metadata as m; print(m.version('trimtab'))"],
-                                     capture_output=True, text=True)
+            version = subprocess.run(
+                [
+                    str(args.trimtab.parent / "python"),
+                    "-c",
+                    "import importlib.metadata as m; print(m.version('trimtab'))",
+                ],
+                capture_output=True,
+                text=True,
+            )
             # The default run counts tokens with SmolLM2's real tokenizer, which OpenAI's tool
             # does not do at all; `--model none` shows what the rest of the checks cost.
             for tool, extra in (("trimtab", []), ("trimtab-notok", ["--model", "none"])):
 
                 def trimtab_cmd(cwd: Path, extra: list[str] = extra) -> list[str]:
-                    return [str(args.trimtab), "prepare", str(data), "--out", str(cwd / "out"),
-                            "--yes", "--force", *extra]
+                    return [
+                        str(args.trimtab),
+                        "prepare",
+                        str(data),
+                        "--out",
+                        str(cwd / "out"),
+                        "--yes",
+                        "--force",
+                        *extra,
+                    ]
 
                 timing, _, cwd = bench(tool, trimtab_cmd, args.repeat, work, args.timeout)
-                tools[tool] = {"version": version.stdout.strip() or "?", "args": extra, **timing,
-                               "checks": parse_trimtab(cwd / "out")}
+                tools[tool] = {
+                    "version": version.stdout.strip() or "?",
+                    "args": extra,
+                    **timing,
+                    "checks": parse_trimtab(cwd / "out"),
+                }
 
         print("\ntool           version       rows   seconds    rows/s   peak RSS")
         for tool, t in tools.items():
             t["rows_per_s"] = round(len(rows) / t["seconds"], 1)
-            print(f"{tool:<14} {t['version']:<8} {len(rows):>9,} {t['seconds']:>9.2f} "
-                  f"{t['rows_per_s']:>9,.0f} {t['peak_rss_mb']:>7,.0f} MB")
+            print(
+                f"{tool:<14} {t['version']:<8} {len(rows):>9,} {t['seconds']:>9.2f} "
+                f"{t['rows_per_s']:>9,.0f} {t['peak_rss_mb']:>7,.0f} MB"
+            )
         if "openai" in tools:
             for tool in ("trimtab", "trimtab-notok"):
                 if tool in tools:
@@ -249,8 +332,10 @@ def main() -> None:
                     results[f"ratio_{tool.replace('-', '_')}_over_openai"] = round(ratio, 2)
                     print(f"{tool} rows/s / OpenAI rows/s = {ratio:.2f}x")
         if "openai" in tools:
-            print_checks(f"OpenAI {tools['openai']['version']} prepare_data checks (its stdout):",
-                         tools["openai"]["checks"])
+            print_checks(
+                f"OpenAI {tools['openai']['version']} prepare_data checks (its stdout):",
+                tools["openai"]["checks"],
+            )
             print("  fixes applied with -q: " + "; ".join(tools["openai"]["actions"]))
         if "trimtab" in tools:
             print_checks("trimtab prepare checks (from report.json):", tools["trimtab"]["checks"])

@@ -33,12 +33,22 @@ SEP, BATCH, MAX_LEN, LORA = "\n\n###\n\n", 16, 512, (16, 32, 0.05)  # LoRA r, al
 # comparison -> model, task (also the data file), method, epochs, learning rate, peer sides
 COMPARISONS = {
     "sft": ("smollm2-135m", "sft", "lora", 1, 2e-4, ["TRL SFTTrainer + PEFT"]),
-    "classify": ("minilm-l6", "classify", "full", 1, 5e-5,
-                 ["HF Trainer", "HF Trainer, group_by_length"]),
+    "classify": (
+        "minilm-l6",
+        "classify",
+        "full",
+        1,
+        5e-5,
+        ["HF Trainer", "HF Trainer, group_by_length"],
+    ),
     "freeze": ("minilm-l6", "classify", "freeze", 3, 1e-3, ["HF Trainer, frozen trunk"]),
 }
-CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824",
-             "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+CHILD_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "1073741824",
+    "MALLOC_TRIM_THRESHOLD_": "1073741824",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+}
 MARK = "@@RESULT "
 
 
@@ -51,9 +61,11 @@ def write_data(csv_path: Path, n: int, held: int, seed: int, work: Path) -> None
     with csv_path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     random.Random(seed).shuffle(rows)  # the first n train, the next held are held out
-    pick = rows[:n + held]
-    for task, fmt in (("sft", lambda r: (r["review_body"] + SEP, " " + r["stars"])),
-                      ("classify", lambda r: (r["review_body"], r["stars"]))):
+    pick = rows[: n + held]
+    for task, fmt in (
+        ("sft", lambda r: (r["review_body"] + SEP, " " + r["stars"])),
+        ("classify", lambda r: (r["review_body"], r["stars"])),
+    ):
         for split, part in (("train", pick[:n]), ("heldout", pick[n:])):
             lines = [json.dumps(dict(zip(("prompt", "completion"), fmt(r)))) for r in part]
             (work / f"{task}-{split}.jsonl").write_text("".join(x + "\n" for x in lines))
@@ -72,23 +84,35 @@ def heldout_loss(model, tok, task: str, work: Path) -> float:
     records, total, count = read_jsonl(work / f"{task}-heldout.jsonl"), 0.0, 0
     model.eval()
     for i in range(0, len(records), 8):
-        chunk = records[i:i + 8]
+        chunk = records[i : i + 8]
         if task == "classify":
-            batch = dict(tok([r["prompt"] for r in chunk], truncation=True, max_length=MAX_LEN,
-                             padding=True, return_tensors="pt"))
+            batch = dict(
+                tok(
+                    [r["prompt"] for r in chunk],
+                    truncation=True,
+                    max_length=MAX_LEN,
+                    padding=True,
+                    return_tensors="pt",
+                )
+            )
             batch["labels"] = torch.tensor([model.config.label2id[r["completion"]] for r in chunk])
             n = len(chunk)
         else:
             seqs = []
             for r in chunk:
                 c = tok(r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                p = tok(r["prompt"], add_special_tokens=False)["input_ids"][-(MAX_LEN - len(c)):]
+                p = tok(r["prompt"], add_special_tokens=False)["input_ids"][-(MAX_LEN - len(c)) :]
                 seqs.append((p + c, [-100] * len(p) + c))
             width = max(len(s) for s, _ in seqs)
-            pad = (lambda x, v: x + [v] * (width - len(x)))
-            batch = {"input_ids": torch.tensor([pad(s, tok.pad_token_id) for s, _ in seqs]),
-                     "attention_mask": torch.tensor([pad([1] * len(s), 0) for s, _ in seqs]),
-                     "labels": torch.tensor([pad(y, -100) for _, y in seqs])}
+
+            def pad(x: list[int], v: int, width: int = width) -> list[int]:
+                return x + [v] * (width - len(x))
+
+            batch = {
+                "input_ids": torch.tensor([pad(s, tok.pad_token_id) for s, _ in seqs]),
+                "attention_mask": torch.tensor([pad([1] * len(s), 0) for s, _ in seqs]),
+                "labels": torch.tensor([pad(y, -100) for _, y in seqs]),
+            }
             n = int((batch["labels"][:, 1:] != -100).sum())
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             total += float(model(**batch).loss) * n  # the model's own mean loss of the batch
@@ -100,6 +124,7 @@ def child_peer(comp: str, side: int, work: Path, a: argparse.Namespace) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, set_seed
+
     from trimtab.models.loading import ensure_weights
 
     name, task, method, epochs, lr, _ = COMPARISONS[comp]
@@ -107,48 +132,98 @@ def child_peer(comp: str, side: int, work: Path, a: argparse.Namespace) -> dict:
     set_seed(a.seed)
     tok = AutoTokenizer.from_pretrained(folder)
     rows = read_jsonl(work / f"{task}-train.jsonl")
-    common = dict(output_dir=str(work / f"out-{comp}-{side}"), per_device_train_batch_size=BATCH,
-                  num_train_epochs=epochs, learning_rate=lr, lr_scheduler_type="linear",
-                  warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=True,
-                  logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[],
-                  seed=a.seed, disable_tqdm=True, dataloader_num_workers=0)
+    common = dict(
+        output_dir=str(work / f"out-{comp}-{side}"),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=True,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        seed=a.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     if task == "sft":
         from peft import LoraConfig
         from transformers import AutoModelForCausalLM
         from trl import SFTConfig, SFTTrainer
+
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         # activation_checkpointing is transformers 5's name for gradient_checkpointing (which
         # TRL defaults to True); off, as trimtab, unless --peer-gradient-checkpointing
-        config = SFTConfig(**common, max_length=MAX_LEN, packing=False, completion_only_loss=True,
-                           activation_checkpointing=a.peer_gradient_checkpointing)
-        lora = LoraConfig(r=LORA[0], lora_alpha=LORA[1], lora_dropout=LORA[2],
-                          target_modules="all-linear", task_type="CAUSAL_LM")
-        trainer = SFTTrainer(model=model, args=config, processing_class=tok, peft_config=lora,
-                             train_dataset=Dataset.from_list(rows))
+        config = SFTConfig(
+            **common,
+            max_length=MAX_LEN,
+            packing=False,
+            completion_only_loss=True,
+            activation_checkpointing=a.peer_gradient_checkpointing,
+        )
+        lora = LoraConfig(
+            r=LORA[0],
+            lora_alpha=LORA[1],
+            lora_dropout=LORA[2],
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            processing_class=tok,
+            peft_config=lora,
+            train_dataset=Dataset.from_list(rows),
+        )
     else:
-        from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding,
-                                  Trainer, TrainingArguments)
+        from transformers import (
+            AutoModelForSequenceClassification,
+            DataCollatorWithPadding,
+            Trainer,
+            TrainingArguments,
+        )
+
         names = [str(i) for i in range(1, 6)]  # the stars; trimtab sorts the labels the same way
         model = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=torch.float32, num_labels=5, id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)})
+            folder,
+            dtype=torch.float32,
+            num_labels=5,
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
         if method == "freeze":  # head only: pooler + classifier train, as trimtab's freeze 0
             for n, p in model.named_parameters():
                 p.requires_grad_(not n.startswith("bert.") or n.startswith("bert.pooler."))
         enc = tok([r["prompt"] for r in rows], truncation=True, max_length=MAX_LEN)
         data = Dataset.from_dict({**enc, "labels": [names.index(r["completion"]) for r in rows]})
         # group_by_length=True of transformers 4 is train_sampling_strategy in transformers 5
-        args = TrainingArguments(**common, train_sampling_strategy=(
-            "group_by_length" if side == 1 else "random"))
-        trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                          data_collator=DataCollatorWithPadding(tok))
+        args = TrainingArguments(
+            **common, train_sampling_strategy=("group_by_length" if side == 1 else "random")
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            processing_class=tok,
+            data_collator=DataCollatorWithPadding(tok),
+        )
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * epochs
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    out = {"seconds": seconds, "tokens": tokens, "train_loss": losses[-1] if losses else None,
-           "steps": trainer.state.global_step, "peak_rss_mib": peak_rss_mib()}
+    out = {
+        "seconds": seconds,
+        "tokens": tokens,
+        "train_loss": losses[-1] if losses else None,
+        "steps": trainer.state.global_step,
+        "peak_rss_mib": peak_rss_mib(),
+    }
     if a.held_out:
         out["heldout_loss"] = heldout_loss(trainer.model, tok, task, work)
     return out
@@ -172,6 +247,7 @@ def timers() -> dict:
             finally:
                 spans[key] = spans.get(key, 0.0) + time.perf_counter() - started
                 spans[key + "_at"] = started
+
         if fn is not None:
             setattr(owner, attr, wrapper)
 
@@ -185,38 +261,70 @@ def timers() -> dict:
 def child_trimtab(comp: str, work: Path, a: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoTokenizer
+
     from trimtab.models.loading import ensure_weights
     from trimtab.training import load_config, train
 
     name, task, method, epochs, lr, _ = COMPARISONS[comp]
     run = work / f"run-{comp}"
-    overrides = [f"model.name={name}", f"model.max_length={MAX_LEN}", f"data.task={task}",
-                 f"data.train={work / f'{task}-train.jsonl'}", f"method.name={method}",
-                 f"epochs={epochs}", f"batch_size={BATCH}", f"optim.lr={lr}", "optim.warmup=0",
-                 "optim.schedule=linear", "optim.weight_decay=0", "optim.max_grad_norm=1.0",
-                 "precision=bf16", f"seed={a.seed}", f"run_dir={run}"]
+    overrides = [
+        f"model.name={name}",
+        f"model.max_length={MAX_LEN}",
+        f"data.task={task}",
+        f"data.train={work / f'{task}-train.jsonl'}",
+        f"method.name={method}",
+        f"epochs={epochs}",
+        f"batch_size={BATCH}",
+        f"optim.lr={lr}",
+        "optim.warmup=0",
+        "optim.schedule=linear",
+        "optim.weight_decay=0",
+        "optim.max_grad_norm=1.0",
+        "precision=bf16",
+        f"seed={a.seed}",
+        f"run_dir={run}",
+    ]
     if method == "lora":  # TRL appends EOS to every completion; trimtab's auto skips it for labels
-        overrides += ["data.add_eos=true", f"method.lora_r={LORA[0]}",
-                      f"method.lora_alpha={LORA[1]}", f"method.lora_dropout={LORA[2]}",
-                      "method.target_modules=all-linear"]
+        overrides += [
+            "data.add_eos=true",
+            f"method.lora_r={LORA[0]}",
+            f"method.lora_alpha={LORA[1]}",
+            f"method.lora_dropout={LORA[2]}",
+            "method.target_modules=all-linear",
+        ]
     overrides += ["method.trainable_layers=0"] if method == "freeze" else []
     spans = timers()
     result = train(load_config(None, overrides), progress=False).results
     rss = peak_rss_mib()
-    loop = (spans["close_at"] - spans["bar_at"] if "close_at" in spans and "bar_at" in spans
-            else result["train_seconds"])
+    loop = (
+        spans["close_at"] - spans["bar_at"]
+        if "close_at" in spans and "bar_at" in spans
+        else result["train_seconds"]
+    )
     cache = spans.get("cache", 0.0)
-    out = {"seconds": loop + cache, "loop_seconds": loop, "cache_seconds": cache,
-           "checkpoint_seconds": spans.get("checkpoint", 0.0), "tokens": result["tokens"],
-           "train_seconds_reported": result["train_seconds"], "train_loss": result["train_loss"],
-           "steps": result["steps"], "peak_rss_mib": rss}
+    out = {
+        "seconds": loop + cache,
+        "loop_seconds": loop,
+        "cache_seconds": cache,
+        "checkpoint_seconds": spans.get("checkpoint", 0.0),
+        "tokens": result["tokens"],
+        "train_seconds_reported": result["train_seconds"],
+        "train_loss": result["train_loss"],
+        "steps": result["steps"],
+        "peak_rss_mib": rss,
+    }
     if a.held_out:  # the exported model, read back as a user would
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-        model = (PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
-            ensure_weights(name), dtype=torch.float32), run / "final") if task == "sft"
-            else AutoModelForSequenceClassification.from_pretrained(run / "final"))
+        model = (
+            PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(ensure_weights(name), dtype=torch.float32),
+                run / "final",
+            )
+            if task == "sft"
+            else AutoModelForSequenceClassification.from_pretrained(run / "final")
+        )
         tok = AutoTokenizer.from_pretrained(run / "final")
         out["heldout_loss"] = heldout_loss(model, tok, task, work)
     return out
@@ -232,7 +340,7 @@ def matmul_gflops(dtype_name: str, n: int = 2048, reps: int = 20) -> float:
         started = time.perf_counter()
         x @ y
         times.append(time.perf_counter() - started)
-    return 2 * n ** 3 / min(times[3:]) / 1e9
+    return 2 * n**3 / min(times[3:]) / 1e9
 
 
 def flops_per_token(comp: str) -> float:
@@ -241,56 +349,106 @@ def flops_per_token(comp: str) -> float:
     LoRA (forward + backward through the network; weight gradients only for the L adapters)."""
     import torch
     from transformers import AutoConfig, AutoModel
+
     from trimtab.models.loading import ensure_weights
 
     name, _, method, *_ = COMPARISONS[comp]
     with torch.device("meta"):
         base = AutoModel.from_config(AutoConfig.from_pretrained(ensure_weights(name)))
-    n = sum(p.numel() for k, p in base.named_parameters() if "embed" not in k
-            and "pooler" not in k)
+    n = sum(p.numel() for k, p in base.named_parameters() if "embed" not in k and "pooler" not in k)
     if method == "full":
         return 6.0 * n
-    adapters = sum(LORA[0] * (m.in_features + m.out_features) for m in base.modules()
-                   if isinstance(m, torch.nn.Linear))
+    adapters = sum(
+        LORA[0] * (m.in_features + m.out_features)
+        for m in base.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
     return 4.0 * n + 6.0 * adapters
 
 
 def run_child(comp: str, side: str, work: Path, a: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", comp, side, "--work",
-           str(work), "--seed", str(a.seed), "--held-out", str(a.held_out)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        comp,
+        side,
+        "--work",
+        str(work),
+        "--seed",
+        str(a.seed),
+        "--held-out",
+        str(a.held_out),
+    ]
     cmd += ["--peer-gradient-checkpointing"] if a.peer_gradient_checkpointing else []
     log = work / f"{comp}-{side}.log"
     with log.open("w") as err:
-        p = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CHILD_ENV}, text=True,
-                           stdout=subprocess.PIPE, stderr=err)
+        p = subprocess.run(
+            cmd,
+            cwd=REPO,
+            env={**os.environ, **CHILD_ENV},
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
     found = [line for line in p.stdout.splitlines() if line.startswith(MARK)]
     if p.returncode or not found:
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise SystemExit(f"{comp} {side} failed (exit {p.returncode}):\n{tail}")
-    return json.loads(found[-1][len(MARK):])
+    return json.loads(found[-1][len(MARK) :])
 
 
 def show(rows: list[dict], rate: float) -> None:
     fmt = "{:<9} {:<27} {:>8} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9}"
-    print(fmt.format("compare", "side", "train s", "ex/s", "last loss", "held-out", "peak MiB",
-                     "tokens", "GFLOP/s", "% bf16 mm"))
-    num = (lambda v, f: "-" if v is None else format(v, f))
+    print(
+        fmt.format(
+            "compare",
+            "side",
+            "train s",
+            "ex/s",
+            "last loss",
+            "held-out",
+            "peak MiB",
+            "tokens",
+            "GFLOP/s",
+            "% bf16 mm",
+        )
+    )
+
+    def num(v: float | None, f: str) -> str:
+        return "-" if v is None else format(v, f)
+
     for r in rows:
-        print(fmt.format(r["comparison"], r["label"], num(r["seconds"], ".1f"),
-                         num(r["examples_per_s"], ".2f"), num(r["train_loss"], ".4f"),
-                         num(r.get("heldout_loss"), ".4f"), num(r["peak_rss_mib"], ".0f"),
-                         r["tokens"], num(r.get("gflops"), ".1f"),
-                         num(r.get("gflops") and 100 * r["gflops"] / rate, ".1f")))
+        print(
+            fmt.format(
+                r["comparison"],
+                r["label"],
+                num(r["seconds"], ".1f"),
+                num(r["examples_per_s"], ".2f"),
+                num(r["train_loss"], ".4f"),
+                num(r.get("heldout_loss"), ".4f"),
+                num(r["peak_rss_mib"], ".0f"),
+                r["tokens"],
+                num(r.get("gflops"), ".1f"),
+                num(r.get("gflops") and 100 * r["gflops"] / rate, ".1f"),
+            )
+        )
 
 
 def compare(a: argparse.Namespace, work: Path) -> dict:
     import torch
 
     torch.set_num_threads(2)
-    machine = {"bf16_matmul_gflops": matmul_gflops("bfloat16"),
-               "fp32_matmul_gflops": matmul_gflops("float32"), "threads": 2}
-    print(f"2048x2048 matmul, 2 threads: bf16 {machine['bf16_matmul_gflops']:.0f} GFLOP/s, "
-          f"fp32 {machine['fp32_matmul_gflops']:.0f} GFLOP/s (best of 20)", flush=True)
+    machine = {
+        "bf16_matmul_gflops": matmul_gflops("bfloat16"),
+        "fp32_matmul_gflops": matmul_gflops("float32"),
+        "threads": 2,
+    }
+    print(
+        f"2048x2048 matmul, 2 threads: bf16 {machine['bf16_matmul_gflops']:.0f} GFLOP/s, "
+        f"fp32 {machine['fp32_matmul_gflops']:.0f} GFLOP/s (best of 20)",
+        flush=True,
+    )
     write_data(a.data, a.examples, a.held_out, a.seed, work)
     rows, ratios = [], {}
     for comp in a.only or list(COMPARISONS):
@@ -300,29 +458,49 @@ def compare(a: argparse.Namespace, work: Path) -> dict:
         for side, label in [*((str(i), p) for i, p in enumerate(peers)), ("trimtab", "trimtab")]:
             print(f"{comp}: {label} ...", flush=True)
             r = run_child(comp, side, work, a)
-            r.update(comparison=comp, side=side, label=label,
-                     examples_per_s=a.examples * epochs / r["seconds"])
+            r.update(
+                comparison=comp,
+                side=side,
+                label=label,
+                examples_per_s=a.examples * epochs / r["seconds"],
+            )
             if per_token:  # trained (non-pad) tokens x model FLOPs per token
                 r["gflops"] = per_token * r["tokens"] / r["seconds"] / 1e9
                 r["share_of_bf16_matmul"] = r["gflops"] / machine["bf16_matmul_gflops"]
             rows.append(r)
-        for peer in rows[-len(peers) - 1:-1]:
+        for peer in rows[-len(peers) - 1 : -1]:
             ratios[f"{comp}: trimtab / {peer['label']}"] = peer["seconds"] / rows[-1]["seconds"]
     print()
     show(rows, machine["bf16_matmul_gflops"])
     print("\nspeed ratio (peer seconds / trimtab seconds):")
     for key, value in ratios.items():
         print(f"  {key:<48} {value:.2f}x")
-    print("trimtab's time includes the checkpoints it writes (the peer saves none): " + ", ".join(
-        f"{r['comparison']} {r['checkpoint_seconds']:.2f} s" for r in rows if "loop_seconds" in r))
-    return {"examples": a.examples, "held_out": a.held_out, "seed": a.seed, "machine": machine,
-            "rows": rows, "speed_ratio_trimtab_over_peer": ratios}
+    print(
+        "trimtab's time includes the checkpoints it writes (the peer saves none): "
+        + ", ".join(
+            f"{r['comparison']} {r['checkpoint_seconds']:.2f} s"
+            for r in rows
+            if "loop_seconds" in r
+        )
+    )
+    return {
+        "examples": a.examples,
+        "held_out": a.held_out,
+        "seed": a.seed,
+        "machine": machine,
+        "rows": rows,
+        "speed_ratio_trimtab_over_peer": ratios,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", action="append", choices=list(COMPARISONS),
-                    help="run this comparison (repeatable); default: all three")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=list(COMPARISONS),
+        help="run this comparison (repeatable); default: all three",
+    )
     ap.add_argument("--examples", type=int, default=512, help="training examples")
     ap.add_argument("--held-out", type=int, default=128, help="held-out examples; 0: none")
     ap.add_argument("--seed", type=int, default=42)
@@ -330,8 +508,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, runs, logs)")
     ap.add_argument("--skip-grouped", action="store_true", help="no group_by_length peer row")
-    ap.add_argument("--peer-gradient-checkpointing", action="store_true",
-                    help="sft: TRL's own default (gradient checkpointing on) instead of off")
+    ap.add_argument(
+        "--peer-gradient-checkpointing",
+        action="store_true",
+        help="sft: TRL's own default (gradient checkpointing on) instead of off",
+    )
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -340,15 +521,22 @@ def main() -> None:
 
         torch.set_num_threads(2)
         comp, side = a.child
-        out = (child_trimtab(comp, a.work, a) if side == "trimtab"
-               else child_peer(comp, int(side), a.work, a))
+        out = (
+            child_trimtab(comp, a.work, a)
+            if side == "trimtab"
+            else child_peer(comp, int(side), a.work, a)
+        )
         print(MARK + json.dumps(out), flush=True)
         return
     missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
     if a.examples < BATCH or not a.data.is_file() or missing:
-        sys.exit(f"--examples must be at least the batch size {BATCH}" if a.examples < BATCH else
-                 f"the peer needs {', '.join(missing)}: pip install -e '.[bench]'" if missing
-                 else f"MARC data not found at {a.data}; pass --data path/to/marc/en/train.csv")
+        sys.exit(
+            f"--examples must be at least the batch size {BATCH}"
+            if a.examples < BATCH
+            else f"the peer needs {', '.join(missing)}: pip install -e '.[bench]'"
+            if missing
+            else f"MARC data not found at {a.data}; pass --data path/to/marc/en/train.csv"
+        )
     work = Path(tempfile.mkdtemp(prefix="trimtab-bench-train-"))
     try:
         results = compare(a, work)

@@ -22,8 +22,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTRUCTION = ("Rate this Amazon product review from 1 (worst) to 5 (best) stars. "
-               "Answer with the number of stars only.")
+INSTRUCTION = (
+    "Rate this Amazon product review from 1 (worst) to 5 (best) stars. "
+    "Answer with the number of stars only."
+)
 FINDINGS = "<!-- findings: kept when make case-study rewrites this file -->"
 PROFILES = {
     # Small: 1,500 training reviews, two runs, 500 test reviews.
@@ -39,9 +41,18 @@ PROFILES = {
     # 5,000 test reviews.
     "full": {
         "prepare": [],
-        "runs": {name: (f"configs/case-study/{name}.yaml", []) for name in (
-            "minilm-full", "minilm-freeze", "minilm-lora",
-            "smollm2-lora", "smollm2-freeze", "smollm2-full", "smollm2-lora-classify")},
+        "runs": {
+            name: (f"configs/case-study/{name}.yaml", [])
+            for name in (
+                "minilm-full",
+                "minilm-freeze",
+                "minilm-lora",
+                "smollm2-lora",
+                "smollm2-freeze",
+                "smollm2-full",
+                "smollm2-lora-classify",
+            )
+        },
         "eval": ["--shots", "5", "--baseline-limit", "1000"],
     },
 }
@@ -50,25 +61,44 @@ PROFILES = {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", choices=sorted(PROFILES))
-    parser.add_argument("--marc", default=str(ROOT.parent / "shared" / "data" / "marc"),
-                        help="the MARC data folder (en/train.csv, en/test.csv)")
+    parser.add_argument(
+        "--marc",
+        default=str(ROOT.parent / "shared" / "data" / "marc"),
+        help="the MARC data folder (en/train.csv, en/test.csv)",
+    )
     parser.add_argument("--out", help="the case study's folder (default runs/<profile>)")
-    parser.add_argument("--docs", action="store_true",
-                        help="write docs/case-study.md and its plots (default with full)")
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="write docs/case-study.md and its plots (default with full)",
+    )
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     out = Path(args.out or f"runs/{'case-study' if args.profile == 'full' else 'demo'}")
     marc = Path(args.marc)
     if not (marc / "en" / "train.csv").is_file():
-        print(f"MARC data not found in {marc} (expected en/train.csv, en/test.csv); "
-              "give --marc PATH", file=sys.stderr)
+        print(
+            f"MARC data not found in {marc} (expected en/train.csv, en/test.csv); give --marc PATH",
+            file=sys.stderr,
+        )
         return 2
     data = out / "data"
     step("1. prepare the MARC English slice (the official test split kept whole as the test set)")
-    trimtab("prepare", str(marc / "en" / "train.csv"), "--test-input",
-            str(marc / "en" / "test.csv"), "--prompt-template", "{review_body}",
-            "--completion-field", "stars", "--out", str(data), "--yes", "--force",
-            *profile["prepare"])
+    trimtab(
+        "prepare",
+        str(marc / "en" / "train.csv"),
+        "--test-input",
+        str(marc / "en" / "test.csv"),
+        "--prompt-template",
+        "{review_body}",
+        "--completion-field",
+        "stars",
+        "--out",
+        str(data),
+        "--yes",
+        "--force",
+        *profile["prepare"],
+    )
     step("2. fine-tune")
     runs = []
     for name, (config, overrides) in profile["runs"].items():
@@ -84,8 +114,19 @@ def main() -> int:
             trimtab("train", config, "--data", str(data), f"run_dir={run}", *overrides)
     step("3. evaluate every run, and the base decoder zero- and few-shot, on the test split")
     report = out / "report"
-    trimtab("eval", *map(str, runs), "--data", str(data), "--baselines",
-            "--instruction", INSTRUCTION, "--out", str(report), "--force", *profile["eval"])
+    trimtab(
+        "eval",
+        *map(str, runs),
+        "--data",
+        str(data),
+        "--baselines",
+        "--instruction",
+        INSTRUCTION,
+        "--out",
+        str(report),
+        "--force",
+        *profile["eval"],
+    )
     if args.docs or args.profile == "full":
         write_docs(report, ROOT / "docs")
     return 0
@@ -99,8 +140,11 @@ def trimtab(*argv: str) -> None:
     """Run one trimtab command as a user would, stopping the case study if it fails."""
     command = [str(Path(sys.executable).with_name("trimtab")), *argv]
     print("$ trimtab " + shlex.join(argv), flush=True)
-    env = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824",
-           **os.environ}
+    env = {
+        "MALLOC_MMAP_THRESHOLD_": "1073741824",
+        "MALLOC_TRIM_THRESHOLD_": "1073741824",
+        **os.environ,
+    }
     code = subprocess.call(command, env=env)
     if code:
         raise SystemExit(code)
@@ -147,17 +191,22 @@ def write_docs(report_dir: Path, docs: Path) -> None:
             f"{c.get('invalid', '—')} | "
             f"{_f(median.get('accuracy'))} / {_f(median.get('mae'))} | "
             f"{_minutes(t.get('seconds'))} | {_n(t.get('tokens_per_s'))} | "
-            f"{r['examples_per_s']:.1f} |")
+            f"{r['examples_per_s']:.1f} |"
+        )
     lines += ["", "## Plots", ""]
     for png in sorted(plots.glob("*.png")):
         lines.append(f"![{png.stem}](case-study/{png.name})")
-    lines += ["", "The full report (per-class scores, confusion matrices, loss curves) is "
-              "`runs/case-study/report/report.html`.", ""]
+    lines += [
+        "",
+        "The full report (per-class scores, confusion matrices, loss curves) is "
+        "`runs/case-study/report/report.html`.",
+        "",
+    ]
     target = docs / "case-study.md"
     # Hand-written findings below the marker survive a re-run; the figures above are redone.
     old = target.read_text(encoding="utf-8") if target.is_file() else ""
     if FINDINGS in old:
-        lines += ["", old[old.index(FINDINGS):].rstrip(), ""]
+        lines += ["", old[old.index(FINDINGS) :].rstrip(), ""]
     target.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {docs / 'case-study.md'}")
 

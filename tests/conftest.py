@@ -61,12 +61,16 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(CORPUS * 5, trainer)
     folder = tmp_path_factory.mktemp("tiny-tokenizer")
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(
-        folder)
+        folder
+    )
     return folder
 
 
@@ -83,22 +87,43 @@ def _tiny_model_dir(tmp_path_factory, tokenizer_dir: Path, kind: str) -> Path:
     import shutil
 
     import torch
-    from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForMaskedLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     vocab = len(tokenizer)
     if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.eos_token_id))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                tie_word_embeddings=True,
+                eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.eos_token_id,
+            )
+        )
     else:
-        model = BertForMaskedLM(BertConfig(
-            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=256))
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=256,
+            )
+        )
     folder = tmp_path_factory.mktemp(f"tiny-{kind}")
     model.save_pretrained(folder, safe_serialization=True)
     for f in tokenizer_dir.iterdir():
@@ -127,8 +152,11 @@ def reviews(tmp_path: Path) -> Path:
     that the words give away."""
     import json
 
-    rows = [{"prompt": f"review {i}: {REVIEW_WORDS[s]}\n\n###\n\n", "completion": f" {s}"}
-            for i in range(64) for s in (("5",) if i % 2 else ("1",))]
+    rows = [
+        {"prompt": f"review {i}: {REVIEW_WORDS[s]}\n\n###\n\n", "completion": f" {s}"}
+        for i in range(64)
+        for s in (("5",) if i % 2 else ("1",))
+    ]
     folder = tmp_path / "data"
     folder.mkdir()
     for name, part in (("train", rows[:48]), ("valid", rows[48:])):

@@ -20,14 +20,33 @@ def report_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "report"
     (folder / "plots").mkdir(parents=True)
     (folder / "plots" / "comparison.png").write_bytes(b"\x89PNG fake")
-    (folder / "report.json").write_text(json.dumps({
-        "created": "2026-11-22T06:00:00", "trimtab_version": "0.1.0", "data": "test.jsonl",
-        "results": [{"label": "minilm-full", "kind": "fine-tuned", "mode": "classification head",
-                     "n": 5000, "examples_per_s": 120.0,
-                     "classification": {"accuracy": 0.5612, "accuracy_ci95": [0.55, 0.57],
-                                        "mae": 0.52, "off_by_one_accuracy": 0.91,
-                                        "macro_f1": 0.55, "invalid": 0},
-                     "training": {"seconds": 357.2, "tokens_per_s": 2888.3}}]}))
+    (folder / "report.json").write_text(
+        json.dumps(
+            {
+                "created": "2026-11-22T06:00:00",
+                "trimtab_version": "0.1.0",
+                "data": "test.jsonl",
+                "results": [
+                    {
+                        "label": "minilm-full",
+                        "kind": "fine-tuned",
+                        "mode": "classification head",
+                        "n": 5000,
+                        "examples_per_s": 120.0,
+                        "classification": {
+                            "accuracy": 0.5612,
+                            "accuracy_ci95": [0.55, 0.57],
+                            "mae": 0.52,
+                            "off_by_one_accuracy": 0.91,
+                            "macro_f1": 0.55,
+                            "invalid": 0,
+                        },
+                        "training": {"seconds": 357.2, "tokens_per_s": 2888.3},
+                    }
+                ],
+            }
+        )
+    )
     return folder
 
 
@@ -35,8 +54,9 @@ def test_docs_page_has_each_runs_figures_and_copies_the_plots(tmp_path):
     script = load_script()
     script.write_docs(report_folder(tmp_path), tmp_path / "docs")
     page = (tmp_path / "docs" / "case-study.md").read_text()
-    assert "| minilm-full | fine-tuned | classification head | 0.561 [0.550, 0.570] | 0.520 |" \
-        in page
+    assert (
+        "| minilm-full | fine-tuned | classification head | 0.561 [0.550, 0.570] | 0.520 |" in page
+    )
     assert "— / — | 6.0 min | 2,888 |" in page
     assert (tmp_path / "docs" / "case-study" / "comparison.png").is_file()
     assert "![comparison](case-study/comparison.png)" in page

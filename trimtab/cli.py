@@ -28,52 +28,100 @@ def unescape(value: str) -> str:
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "prepare", help="check, fix and split data into fine-tuning files",
+        "prepare",
+        help="check, fix and split data into fine-tuning files",
         description="Read labelled or raw data, run quality checks (offering fixes), split it "
-                    "and write train/valid/test JSONL plus report.json. Backslash escapes (\\n, "
-                    "\\t) in templates, separator, stop and system are expanded.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help=".jsonl .json .csv .tsv .parquet .xlsx .txt, optionally .gz")
+        "and write train/valid/test JSONL plus report.json. Backslash escapes (\\n, "
+        "\\t) in templates, separator, stop and system are expanded.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help=".jsonl .json .csv .tsv .parquet .xlsx .txt, optionally .gz",
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--valid-input", dest="valid_inputs", action="append", default=[],
-                   metavar="FILE", help="a file used as the validation split as is")
-    p.add_argument("--test-input", dest="test_inputs", action="append", default=[],
-                   metavar="FILE", help="a file used as the test split as is")
+    p.add_argument(
+        "--valid-input",
+        dest="valid_inputs",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file used as the validation split as is",
+    )
+    p.add_argument(
+        "--test-input",
+        dest="test_inputs",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file used as the test split as is",
+    )
     m = p.add_argument_group("mapping")
     m.add_argument("--prompt-template", help='e.g. "{review_title}\\n\\n{review_body}"')
     m.add_argument("--completion-field", help="column holding the completion (label)")
     m.add_argument("--completion-template", help="completion built from columns")
     m.add_argument("--text-field", help="column of raw text (unsupervised data)")
     f = p.add_argument_group("format")
-    f.add_argument("--format", choices=["auto", "prompt-completion", "chat", "text"],
-                   default="auto")
+    f.add_argument(
+        "--format", choices=["auto", "prompt-completion", "chat", "text"], default="auto"
+    )
     f.add_argument("--system", help="system message for --format chat")
-    f.add_argument("--task", default="auto", choices=[
-        "auto", "classification", "conditional-generation", "open-ended-generation",
-        "language-modeling"])
-    f.add_argument("--separator", help="suffix for every prompt (default: \\n\\n###\\n\\n, or "
-                                       "another that never occurs in the data)")
+    f.add_argument(
+        "--task",
+        default="auto",
+        choices=[
+            "auto",
+            "classification",
+            "conditional-generation",
+            "open-ended-generation",
+            "language-modeling",
+        ],
+    )
+    f.add_argument(
+        "--separator",
+        help="suffix for every prompt (default: \\n\\n###\\n\\n, or "
+        "another that never occurs in the data)",
+    )
     f.add_argument("--stop", help="suffix for every completion of a generation task")
     k = p.add_argument_group("checks and splits")
-    k.add_argument("--model", default="smollm2-135m",
-                   help="base model whose tokenizer counts tokens ('none' to skip)")
+    k.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="base model whose tokenizer counts tokens ('none' to skip)",
+    )
     k.add_argument("--max-length", type=int, default=512)
-    k.add_argument("--valid-size", type=float, default=None,
-                   help="fraction (<1) or number (default 0.1, or 0 with --valid-input)")
-    k.add_argument("--test-size", type=float, default=None,
-                   help="fraction (<1) or number (default 0.1, or 0 with --test-input)")
+    k.add_argument(
+        "--valid-size",
+        type=float,
+        default=None,
+        help="fraction (<1) or number (default 0.1, or 0 with --valid-input)",
+    )
+    k.add_argument(
+        "--test-size",
+        type=float,
+        default=None,
+        help="fraction (<1) or number (default 0.1, or 0 with --test-input)",
+    )
     k.add_argument("--seed", type=int, default=42)
     k.add_argument("--no-stratify", dest="stratify", action="store_false")
-    k.add_argument("--balance", choices=["none", "down", "up"], default="none",
-                   help="down- or up-sample the training split to equal classes")
+    k.add_argument(
+        "--balance",
+        choices=["none", "down", "up"],
+        default="none",
+        help="down- or up-sample the training split to equal classes",
+    )
     k.add_argument("--sample", type=int, help="keep a random sample of N examples")
     d = p.add_argument_group("decisions")
-    d.add_argument("--yes", "-y", action="store_true",
-                   help="accept every recommended fix without asking")
-    d.add_argument("--fix", action="append", default=[], metavar="ID[,ID]",
-                   help="apply these fixes")
-    d.add_argument("--skip-fix", action="append", default=[], metavar="ID[,ID]",
-                   help="never apply these fixes")
+    d.add_argument(
+        "--yes", "-y", action="store_true", help="accept every recommended fix without asking"
+    )
+    d.add_argument(
+        "--fix", action="append", default=[], metavar="ID[,ID]", help="apply these fixes"
+    )
+    d.add_argument(
+        "--skip-fix", action="append", default=[], metavar="ID[,ID]", help="never apply these fixes"
+    )
     d.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(handler=_run_prepare)
 
@@ -82,7 +130,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from trimtab.data import PrepareOptions, prepare
     from trimtab.data.report import format_check, question, render
 
-    values: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
+    values: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if k not in ("handler", "command")
+    }
     for key in ("prompt_template", "completion_template", "separator", "stop", "system"):
         if values[key] is not None:
             values[key] = unescape(values[key])
@@ -106,13 +156,18 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="fine-tune a model (full, freeze or LoRA; sft, lm or classify)",
+        "train",
+        help="fine-tune a model (full, freeze or LoRA; sft, lm or classify)",
         description="Train from a YAML config and/or key=value overrides (dotted keys, e.g. "
-                    "optim.lr=1e-4 method.name=full data.task=classify). Every problem in the "
-                    "config is reported at once, before any model is loaded.")
+        "optim.lr=1e-4 method.name=full data.task=classify). Every problem in the "
+        "config is reported at once, before any model is loaded.",
+    )
     p.add_argument("args", nargs="*", metavar="CONFIG.yaml|key=value")
-    p.add_argument("--data", metavar="DIR",
-                   help="a folder written by trimtab prepare: sets data.train and data.valid")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a folder written by trimtab prepare: sets data.train and data.valid",
+    )
     p.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_run_train)
@@ -136,8 +191,9 @@ def _run_train(args: argparse.Namespace) -> int:
             base["data"]["valid"] = str(folder / "valid.jsonl")
     if args.resume:
         if files or overrides or args.data:
-            raise ConfigError(["--resume continues a run with its saved config; "
-                               "give no config file or overrides"])
+            raise ConfigError(
+                ["--resume continues a run with its saved config; give no config file or overrides"]
+            )
         result = train(None, resume=Path(args.resume), progress=not args.quiet)
     else:
         config = load_config(Path(files[0]) if files else None, overrides, base)
@@ -167,8 +223,10 @@ def _run_models_list(args: argparse.Namespace) -> int:
     entries = list_models(Path(args.runs))
     print(f"{'name':<44} {'kind':<8} {'source':<8} {'ready':<6} description")
     for e in entries:
-        print(f"{e.name:<44} {e.kind:<8} {e.source:<8} {'yes' if e.ready else 'no':<6} "
-              f"{e.description}")
+        print(
+            f"{e.name:<44} {e.kind:<8} {e.source:<8} {'yes' if e.ready else 'no':<6} "
+            f"{e.description}"
+        )
     return 0
 
 
@@ -183,8 +241,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a run's model as standalone weights")
     p.add_argument("run", help="a run folder (or its final/ folder)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--merge", action="store_true",
-                   help="merge LoRA adapters into the base weights (full model)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge LoRA adapters into the base weights (full model)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(handler=_run_export)
 
@@ -200,29 +261,57 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate fine-tuned runs and base models on a test file",
+        "eval",
+        help="evaluate fine-tuned runs and base models on a test file",
         description="Evaluate fine-tuned runs and base models on the same prepared test file "
         "and compare them in one table. A base model is a baseline: zero-shot (an instruction "
-        "before the text) and few-shot (--shots solved training examples as well).")
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="a run folder (or its final/), a known model name or a model folder")
-    p.add_argument("--data", required=True,
-                   help="a folder written by trimtab prepare (its test.jsonl) or a .jsonl file")
-    p.add_argument("--mode", choices=["score", "generate", "both"], default="score",
-                   help="classification by label scoring (one pass, no text generated), by "
-                   "generating and parsing an answer, or both (default: score)")
-    p.add_argument("--baselines", action="store_true",
-                   help="also evaluate each run's base model zero-shot and few-shot")
-    p.add_argument("--shots", type=int, default=5,
-                   help="training examples in the few-shot prompt (0: no few-shot; default 5)")
-    p.add_argument("--instruction",
-                   help="the baselines' task description; {labels} is replaced by the labels")
+        "before the text) and few-shot (--shots solved training examples as well).",
+    )
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="a run folder (or its final/), a known model name or a model folder",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a folder written by trimtab prepare (its test.jsonl) or a .jsonl file",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["score", "generate", "both"],
+        default="score",
+        help="classification by label scoring (one pass, no text generated), by "
+        "generating and parsing an answer, or both (default: score)",
+    )
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also evaluate each run's base model zero-shot and few-shot",
+    )
+    p.add_argument(
+        "--shots",
+        type=int,
+        default=5,
+        help="training examples in the few-shot prompt (0: no few-shot; default 5)",
+    )
+    p.add_argument(
+        "--instruction", help="the baselines' task description; {labels} is replaced by the labels"
+    )
     p.add_argument("--limit", type=int, help="evaluate the first N examples only")
-    p.add_argument("--baseline-limit", type=int,
-                   help="evaluate base models (zero/few-shot) on the first N examples only")
+    p.add_argument(
+        "--baseline-limit",
+        type=int,
+        help="evaluate base models (zero/few-shot) on the first N examples only",
+    )
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=512,
-                   help="tokens per example; longer prompts lose their start")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="tokens per example; longer prompts lose their start",
+    )
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--out", help="write the report folder here (report.html/.md/.json, plots/)")
     p.add_argument("--force", action="store_true", help="replace an existing report folder")
@@ -239,22 +328,36 @@ def _run_eval(args: argparse.Namespace) -> int:
     from trimtab.evaluation.comparison import EvalOptions, run_eval
     from trimtab.generation.sampling import SamplingParams
 
-    sampling = {k: getattr(args, k) for k in SamplingParams.model_fields
-                if getattr(args, k, None) is not None}
+    sampling = {
+        k: getattr(args, k)
+        for k in SamplingParams.model_fields
+        if getattr(args, k, None) is not None
+    }
     options = EvalOptions.parse(
-        models=args.models, data=Path(args.data), mode=args.mode, baselines=args.baselines,
-        shots=args.shots, instruction=args.instruction, limit=args.limit,
+        models=args.models,
+        data=Path(args.data),
+        mode=args.mode,
+        baselines=args.baselines,
+        shots=args.shots,
+        instruction=args.instruction,
+        limit=args.limit,
         baseline_limit=args.baseline_limit,
-        batch_size=args.batch_size, max_length=args.max_length, precision=args.precision,
-        out=Path(args.out) if args.out else None, force=args.force, seed=args.shot_seed,
-        sampling=sampling or None)
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        precision=args.precision,
+        out=Path(args.out) if args.out else None,
+        force=args.force,
+        seed=args.shot_seed,
+        sampling=sampling or None,
+    )
     run_eval(options)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trimtab", description="Self-hosted fine-tuning of open language models.")
+        prog="trimtab", description="Self-hosted fine-tuning of open language models."
+    )
     parser.add_argument("--version", action="version", version=f"trimtab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)

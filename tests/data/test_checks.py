@@ -40,8 +40,9 @@ SEP = SEPARATOR_CANDIDATES[0]  # "\n\n###\n\n"
 
 def supervised(pairs: list[tuple[str, str]], task: str | None = None, **kw: Any) -> State:
     """A prompt-completion State; example n (1-based) sits at d.jsonl:n."""
-    examples = [Example(file="d.jsonl", line=i, prompt=p, completion=c)
-                for i, (p, c) in enumerate(pairs, 1)]
+    examples = [
+        Example(file="d.jsonl", line=i, prompt=p, completion=c) for i, (p, c) in enumerate(pairs, 1)
+    ]
     return State(examples, "supervised", "prompt-completion", task=task, **kw)
 
 
@@ -51,9 +52,10 @@ def texts(items: list[str], **kw: Any) -> State:
 
 
 def chats(conversations: list[list[tuple[str, str]]], **kw: Any) -> State:
-    examples = [Example(file="d.jsonl", line=i,
-                        messages=[{"role": r, "content": c} for r, c in conv])
-                for i, conv in enumerate(conversations, 1)]
+    examples = [
+        Example(file="d.jsonl", line=i, messages=[{"role": r, "content": c} for r, c in conv])
+        for i, conv in enumerate(conversations, 1)
+    ]
     return State(examples, "chat", "chat", **kw)
 
 
@@ -83,8 +85,9 @@ def test_quantity_below_100_is_a_warning_with_advice():
 def test_quantity_from_100_is_ok_and_advice_depends_on_size():
     r = check_quantity(supervised([(f"p{i}", " c") for i in range(100)]))
     assert (r.status, r.count) == ("ok", 100)
-    assert r.message == ("100 examples: enough to start; each doubling of the data tends to "
-                         "raise quality linearly")
+    assert r.message == (
+        "100 examples: enough to start; each doubling of the data tends to raise quality linearly"
+    )
     big = check_quantity(supervised([(f"p{i}", " c") for i in range(1000)]))
     assert (big.status, big.count) == ("ok", 1000)
     assert big.message == "1,000 examples: a healthy amount of data"
@@ -156,8 +159,12 @@ def test_control_character_fix_strips_text():
 
 
 def test_control_character_fix_strips_chat_content():
-    state = chats([[("system", "be\x00 nice"), ("user", "hi\x7f"), ("assistant", "hello\x07!")],
-                   [("user", "ok"), ("assistant", "fine")]])
+    state = chats(
+        [
+            [("system", "be\x00 nice"), ("user", "hi\x7f"), ("assistant", "hello\x07!")],
+            [("user", "ok"), ("assistant", "fine")],
+        ]
+    )
     r = check_control_characters(state)
     assert (r.status, r.count, r.locations) == ("warning", 1, ["d.jsonl:1"])
     r.fix.apply(state)
@@ -182,8 +189,9 @@ def test_empty_fields_none_is_ok():
 
 
 def test_empty_and_whitespace_completions_and_prompts_are_flagged():
-    state = supervised([("a", " ok"), ("b", ""), ("c", " \n\t"), ("", " lonely"), ("  ", " x"),
-                        ("f", " fine")])
+    state = supervised(
+        [("a", " ok"), ("b", ""), ("c", " \n\t"), ("", " lonely"), ("  ", " x"), ("f", " fine")]
+    )
     r = check_empty_fields(state)
     assert (r.status, r.count) == ("warning", 4)
     assert r.locations == ["d.jsonl:2", "d.jsonl:3", "d.jsonl:4", "d.jsonl:5"]
@@ -217,9 +225,13 @@ def test_open_ended_generation_still_flags_empty_completions():
 
 
 def test_empty_chat_message_is_flagged():
-    state = chats([[("user", "hi"), ("assistant", "hello")],
-                   [("user", "   "), ("assistant", "what?")],
-                   [("user", "q"), ("assistant", "")]])
+    state = chats(
+        [
+            [("user", "hi"), ("assistant", "hello")],
+            [("user", "   "), ("assistant", "what?")],
+            [("user", "q"), ("assistant", "")],
+        ]
+    )
     r = check_empty_fields(state)
     assert (r.status, r.count, r.locations) == ("warning", 2, ["d.jsonl:2", "d.jsonl:3"])
     assert r.details == {"empty_messages": 2}
@@ -286,8 +298,11 @@ def test_task_type_reports_inferred_classification_with_labels():
     assert (r.id, r.status, r.fix) == ("task-type", "info", None)
     assert state.task == "classification"
     assert r.message == "classification with 2 labels: 'neg', 'pos'"
-    assert r.details == {"inferred": "classification", "task": "classification",
-                         "labels": ["neg", "pos"]}
+    assert r.details == {
+        "inferred": "classification",
+        "task": "classification",
+        "labels": ["neg", "pos"],
+    }
 
 
 def test_requested_task_overrides_and_message_says_what_data_looks_like():
@@ -333,8 +348,14 @@ def test_exact_duplicate_texts_and_conversations():
 
 
 def test_near_duplicates_ignore_case_spacing_and_punctuation():
-    state = supervised([("Is it good?", " Yes."), ("is  it GOOD", " yes"),
-                        ("Is it good?!", "Yes!"), ("Is it bad?", " Yes.")])
+    state = supervised(
+        [
+            ("Is it good?", " Yes."),
+            ("is  it GOOD", " yes"),
+            ("Is it good?!", "Yes!"),
+            ("Is it bad?", " Yes."),
+        ]
+    )
     r = check_near_duplicates(state)
     assert (r.id, r.status, r.count) == ("near-duplicates", "warning", 2)
     assert r.locations == ["d.jsonl:2", "d.jsonl:3"]
@@ -344,8 +365,9 @@ def test_near_duplicates_ignore_case_spacing_and_punctuation():
 
 
 def test_different_words_are_not_near_duplicates():
-    r = check_near_duplicates(supervised([("good movie", " pos"), ("bad movie", " pos"),
-                                          ("good movie", " neg")]))
+    r = check_near_duplicates(
+        supervised([("good movie", " pos"), ("bad movie", " pos"), ("good movie", " neg")])
+    )
     assert (r.status, r.count) == ("ok", 0)
 
 
@@ -356,9 +378,17 @@ def test_no_contradictions_is_ok():
 
 
 def test_contradictions_same_normalised_prompt_different_completion():
-    state = supervised([("Great product!", " pos"), ("fine", " pos"), ("great  PRODUCT", " neg"),
-                        ("meh", " neg"), ("Fine.", " pos"), ("great product", " pos")],
-                       "classification")
+    state = supervised(
+        [
+            ("Great product!", " pos"),
+            ("fine", " pos"),
+            ("great  PRODUCT", " neg"),
+            ("meh", " neg"),
+            ("Fine.", " pos"),
+            ("great product", " pos"),
+        ],
+        "classification",
+    )
     r = check_contradictions(state)
     assert (r.status, r.count) == ("warning", 3)
     assert r.locations == ["d.jsonl:1", "d.jsonl:3", "d.jsonl:6"]
@@ -388,8 +418,14 @@ def test_mixed_case_is_ok():
 
 
 def test_a_few_all_caps_examples_are_info_without_fix():
-    state = supervised([("THIS IS TERRIBLE", " neg"), ("a normal mixed case review", " pos"),
-                        ("another quite long review here", " pos"), ("OK", " pos")])
+    state = supervised(
+        [
+            ("THIS IS TERRIBLE", " neg"),
+            ("a normal mixed case review", " pos"),
+            ("another quite long review here", " pos"),
+            ("OK", " pos"),
+        ]
+    )
     r = check_uppercase(state)
     assert (r.status, r.count, r.locations) == ("info", 1, ["d.jsonl:1"])
     assert r.details["all_caps_examples"] == 1
@@ -397,8 +433,7 @@ def test_a_few_all_caps_examples_are_info_without_fix():
 
 
 def test_mostly_upper_case_is_a_warning_with_optional_lowercase_fix():
-    state = supervised([("THIS IS TERRIBLE", " NEG"), ("GREAT PRODUCT", " POS"),
-                        ("Fine", " pos")])
+    state = supervised([("THIS IS TERRIBLE", " NEG"), ("GREAT PRODUCT", " POS"), ("Fine", " pos")])
     r = check_uppercase(state)
     assert r.status == "warning"
     assert r.details["uppercase_share"] > 1 / 3
@@ -441,8 +476,13 @@ def test_prompts_without_common_prefix_are_ok():
 
 
 def test_common_prompt_prefix_is_info_with_optional_fix():
-    state = supervised([("Classify: good movie", " pos"), ("Classify: bad film", " neg"),
-                        ("Classify: okay", " pos")])
+    state = supervised(
+        [
+            ("Classify: good movie", " pos"),
+            ("Classify: bad film", " neg"),
+            ("Classify: okay", " pos"),
+        ]
+    )
     r = check_prompt_prefix(state)
     assert (r.status, r.count) == ("info", 3)
     assert r.details == {"prefix": "Classify: "}
@@ -452,8 +492,13 @@ def test_common_prompt_prefix_is_info_with_optional_fix():
 
 
 def test_prompt_prefix_stops_at_a_word_boundary():
-    state = supervised([("Classify: good movie", " pos"), ("Classify: great film", " pos"),
-                        ("Classify: garbage", " neg")])
+    state = supervised(
+        [
+            ("Classify: good movie", " pos"),
+            ("Classify: great film", " pos"),
+            ("Classify: garbage", " neg"),
+        ]
+    )
     r = check_prompt_prefix(state)
     assert r.details == {"prefix": "Classify: "}
 
@@ -473,8 +518,10 @@ def test_default_separator_is_appended_to_every_prompt():
 
 def test_separator_in_the_data_picks_a_candidate_that_occurs_nowhere():
     # the default appears in one prompt, the second candidate in one completion
-    state = supervised([(f"a{SEP}b", " x"), ("c", f" y{SEPARATOR_CANDIDATES[1]}z"), ("d", " w")],
-                       "conditional-generation")
+    state = supervised(
+        [(f"a{SEP}b", " x"), ("c", f" y{SEPARATOR_CANDIDATES[1]}z"), ("d", " w")],
+        "conditional-generation",
+    )
     assert choose_separator(state) == SEPARATOR_CANDIDATES[2]
     r = check_prompt_suffix(state)
     assert r.details == {"separator": SEPARATOR_CANDIDATES[2]}
@@ -490,8 +537,9 @@ def test_numbered_separators_are_used_when_all_candidates_occur():
 
 
 def test_prepared_prompts_are_recognised_and_not_suffixed_twice():
-    state = supervised([("good movie", " pos"), ("bad film", " neg"), ("okay", " pos")],
-                       "classification")
+    state = supervised(
+        [("good movie", " pos"), ("bad film", " neg"), ("okay", " pos")], "classification"
+    )
     check_prompt_suffix(state).fix.apply(state)
     prepared = prompts(state)
     # a second prepare of the written data: fresh state, same prompts
@@ -503,8 +551,10 @@ def test_prepared_prompts_are_recognised_and_not_suffixed_twice():
 
 
 def test_existing_common_suffix_is_used_as_separator():
-    state = supervised([("Review: fine\nSentiment:", " pos"), ("Review: bad\nSentiment:", " neg")],
-                       "classification")
+    state = supervised(
+        [("Review: fine\nSentiment:", " pos"), ("Review: bad\nSentiment:", " neg")],
+        "classification",
+    )
     r = check_prompt_suffix(state)
     assert (r.status, r.fix) == ("ok", None)
     assert state.separator == "\nSentiment:"
@@ -518,15 +568,22 @@ def test_common_suffix_that_also_occurs_inside_a_prompt_is_not_a_separator():
 
 
 def test_recognised_separator_is_not_extended_by_a_shared_last_character():
-    state = supervised([("What is 2+2?" + SEP, " 4"), ("Who wrote Hamlet?" + SEP, " Shakespeare"),
-                        ("Capital of France?" + SEP, " Paris")], "conditional-generation")
+    state = supervised(
+        [
+            ("What is 2+2?" + SEP, " 4"),
+            ("Who wrote Hamlet?" + SEP, " Shakespeare"),
+            ("Capital of France?" + SEP, " Paris"),
+        ],
+        "conditional-generation",
+    )
     check_prompt_suffix(state)
     assert state.separator == SEP
 
 
 def test_requested_separator_is_appended():
-    state = supervised([("good", " pos"), ("bad", " neg")], "classification",
-                       requested_separator=" ->")
+    state = supervised(
+        [("good", " pos"), ("bad", " neg")], "classification", requested_separator=" ->"
+    )
     r = check_prompt_suffix(state)
     assert (r.status, r.details) == ("info", {"separator": " ->"})
     r.fix.apply(state)
@@ -535,8 +592,9 @@ def test_requested_separator_is_appended():
 
 
 def test_requested_separator_already_present_is_ok():
-    state = supervised([("good ->", " pos"), ("bad ->", " neg")], "classification",
-                       requested_separator=" ->")
+    state = supervised(
+        [("good ->", " pos"), ("bad ->", " neg")], "classification", requested_separator=" ->"
+    )
     r = check_prompt_suffix(state)
     assert (r.status, r.fix) == ("ok", None)
     assert state.separator == " ->"
@@ -544,8 +602,11 @@ def test_requested_separator_already_present_is_ok():
 
 
 def test_requested_separator_inside_the_data_is_an_error():
-    state = supervised([("good", " pos"), ("a -> b", " neg"), ("c", " x -> y")],
-                       "classification", requested_separator=" ->")
+    state = supervised(
+        [("good", " pos"), ("a -> b", " neg"), ("c", " x -> y")],
+        "classification",
+        requested_separator=" ->",
+    )
     r = check_prompt_suffix(state)
     assert (r.status, r.count, r.locations) == ("error", 2, ["d.jsonl:2", "d.jsonl:3"])
     assert r.fix is None
@@ -616,15 +677,18 @@ def test_generation_stop_skips_candidates_found_in_completions():
 
 
 def test_stop_falls_back_to_a_numbered_marker_when_every_candidate_occurs():
-    state = supervised([("q1", " line one\nline two"), ("q2", " the END of it"),
-                        ("q3", " other ###END? no")], "conditional-generation")
+    state = supervised(
+        [("q1", " line one\nline two"), ("q2", " the END of it"), ("q3", " other ###END? no")],
+        "conditional-generation",
+    )
     r = check_completion_suffix(state)
     assert r.details == {"stop": STOP_CANDIDATES[-1] + "1"} == {"stop": " ###END1"}
 
 
 def test_existing_common_stop_is_recognised():
-    state = supervised([("q1", " Hello there END"), ("q2", " Fine thanks END")],
-                       "conditional-generation")
+    state = supervised(
+        [("q1", " Hello there END"), ("q2", " Fine thanks END")], "conditional-generation"
+    )
     r = check_completion_suffix(state)
     assert (r.status, r.fix) == ("ok", None)
     assert state.stop == " END"
@@ -632,8 +696,10 @@ def test_existing_common_stop_is_recognised():
 
 
 def test_prepared_newline_stop_is_recognised_and_not_appended_twice():
-    state = supervised([("q1", " Hello there"), ("q2", " Fine thanks"), ("q3", " ok then")],
-                       "conditional-generation")
+    state = supervised(
+        [("q1", " Hello there"), ("q2", " Fine thanks"), ("q3", " ok then")],
+        "conditional-generation",
+    )
     check_completion_suffix(state).fix.apply(state)
     prepared = completions(state)
     assert prepared == [" Hello there\n", " Fine thanks\n", " ok then\n"]
@@ -644,11 +710,13 @@ def test_prepared_newline_stop_is_recognised_and_not_appended_twice():
 
 
 def test_common_suffix_that_occurs_inside_completions_is_not_the_stop():
-    state = supervised([("q1", " Hello there. How are you."), ("q2", " Fine. Thanks.")],
-                       "conditional-generation")
+    state = supervised(
+        [("q1", " Hello there. How are you."), ("q2", " Fine. Thanks.")], "conditional-generation"
+    )
     check_completion_suffix(state)
     assert state.stop is None or not any(
-        state.stop in ex.completion[:-len(state.stop)] for ex in state.examples)
+        state.stop in ex.completion[: -len(state.stop)] for ex in state.examples
+    )
 
 
 def test_requested_stop_is_appended_even_for_classification():
@@ -661,16 +729,18 @@ def test_requested_stop_is_appended_even_for_classification():
 
 
 def test_requested_stop_already_present_is_ok():
-    state = supervised([("a", " pos END"), ("b", " neg END")], "conditional-generation",
-                       requested_stop=" END")
+    state = supervised(
+        [("a", " pos END"), ("b", " neg END")], "conditional-generation", requested_stop=" END"
+    )
     r = check_completion_suffix(state)
     assert (r.status, r.fix) == ("ok", None)
     assert state.stop == " END"
 
 
 def test_requested_stop_inside_completions_is_an_error():
-    state = supervised([("a", " the END is near"), ("b", " fine")], "conditional-generation",
-                       requested_stop=" END")
+    state = supervised(
+        [("a", " the END is near"), ("b", " fine")], "conditional-generation", requested_stop=" END"
+    )
     r = check_completion_suffix(state)
     assert (r.status, r.count, r.locations, r.fix) == ("error", 1, ["d.jsonl:1"], None)
     assert completions(state) == [" the END is near", " fine"]
@@ -712,8 +782,13 @@ def test_no_leading_space_check_for_chat_or_text():
 
 # --- the sequence prepare runs ---------------------------------------------------------------
 
-FORMAT_CHECKS = (check_prompt_prefix, check_prompt_suffix, check_completion_prefix,
-                 check_completion_suffix, check_leading_space)
+FORMAT_CHECKS = (
+    check_prompt_prefix,
+    check_prompt_suffix,
+    check_completion_prefix,
+    check_completion_suffix,
+    check_leading_space,
+)
 
 
 def run_format_checks(state: State) -> list[str]:
@@ -728,8 +803,14 @@ def run_format_checks(state: State) -> list[str]:
 
 
 def test_preparing_prepared_classification_data_changes_nothing():
-    raw = [("great movie", "pos"), ("bad film", "neg"), ("okay", "pos"), ("awful", "neg"),
-           ("lovely", "pos"), ("boring", "neg")]
+    raw = [
+        ("great movie", "pos"),
+        ("bad film", "neg"),
+        ("okay", "pos"),
+        ("awful", "neg"),
+        ("lovely", "pos"),
+        ("boring", "neg"),
+    ]
     state = supervised(raw, "classification")
     assert run_format_checks(state) == ["add-separator", "add-leading-space"]
     prepared = list(zip(prompts(state), completions(state)))
@@ -753,9 +834,16 @@ def test_preparing_prepared_generation_data_with_end_stop_changes_nothing():
     assert (again.separator, again.stop) == (SEP, " END")
 
 
-@pytest.mark.parametrize("text", [
-    "Didn't WORK -- at all!!", "snake_case stays, (brackets) go", "Tabs\tand\nnewlines  ",
-    "Ünïcode’s “quotes” fold too", "UPPER lower MiXeD 123"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Didn't WORK -- at all!!",
+        "snake_case stays, (brackets) go",
+        "Tabs\tand\nnewlines  ",
+        "Ünïcode’s “quotes” fold too",
+        "UPPER lower MiXeD 123",
+    ],
+)
 def test_ascii_fast_path_normalises_like_the_general_one(text):
     import re as _re
 

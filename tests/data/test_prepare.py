@@ -1,4 +1,4 @@
-"""The prepare stage as a whole, through its Python API: decisions, reports, determinism, atomicity."""
+"""The prepare stage through its Python API: decisions, reports, determinism, atomicity."""
 
 from __future__ import annotations
 
@@ -31,16 +31,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def reviews(tmp_path: Path) -> Path:
     """60 labelled reviews (10 distinct per label pattern) plus one exact duplicate."""
-    rows = [{"body": f"{text} Order {i}.", "stars": stars}
-            for i in range(10) for text, stars in REVIEWS]
+    rows = [
+        {"body": f"{text} Order {i}.", "stars": stars} for i in range(10) for text, stars in REVIEWS
+    ]
     rows.append(dict(rows[3]))
     return write_jsonl(tmp_path / "reviews.jsonl", rows)
 
 
-def options(tmp_path: Path, inputs: list[Path], tokenizer: Path | str = "none",
-            **kw) -> PrepareOptions:
-    values = {"inputs": inputs, "out": tmp_path / "out", "model": str(tokenizer),
-              "prompt_template": "{body}", "completion_field": "stars"} | kw
+def options(
+    tmp_path: Path, inputs: list[Path], tokenizer: Path | str = "none", **kw
+) -> PrepareOptions:
+    values = {
+        "inputs": inputs,
+        "out": tmp_path / "out",
+        "model": str(tokenizer),
+        "prompt_template": "{body}",
+        "completion_field": "stars",
+    } | kw
     return PrepareOptions.parse(values)
 
 
@@ -51,8 +58,11 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_writes_split_files_in_openai_format_with_separator_and_leading_space(tmp_path, reviews):
     result = prepare(options(tmp_path, [reviews]))
     out = tmp_path / "out"
-    rows = read_jsonl(out / "train.jsonl") + read_jsonl(out / "valid.jsonl") + read_jsonl(
-        out / "test.jsonl")
+    rows = (
+        read_jsonl(out / "train.jsonl")
+        + read_jsonl(out / "valid.jsonl")
+        + read_jsonl(out / "test.jsonl")
+    )
     assert len(rows) == 60  # the duplicate is removed by the recommended default
     assert all(r["prompt"].endswith("\n\n###\n\n") for r in rows)
     assert {r["completion"] for r in rows} == {" 1", " 3", " 5"}
@@ -125,17 +135,35 @@ def test_optional_fix_applies_only_when_asked_for(tmp_path, reviews):
     assert next(r for r in result.checks if r.id == "uppercase").fix is None
 
 
-def test_report_json_lists_every_check_with_counts_and_locations(tmp_path, reviews,
-                                                                  tiny_tokenizer_dir):
+def test_report_json_lists_every_check_with_counts_and_locations(
+    tmp_path, reviews, tiny_tokenizer_dir
+):
     prepare(options(tmp_path, [reviews], tiny_tokenizer_dir))
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     ids = [c["id"] for c in report["checks"]]
-    for expected in ("quantity", "extra-fields", "invalid-utf8", "control-characters",
-                     "empty-fields", "task-type", "duplicates", "near-duplicates",
-                     "contradictions", "uppercase", "prompt-prefix", "prompt-suffix",
-                     "completion-prefix", "completion-suffix", "leading-space", "token-lengths",
-                     "long-examples", "multi-token-labels", "class-balance", "leakage",
-                     "class-quantity"):
+    for expected in (
+        "quantity",
+        "extra-fields",
+        "invalid-utf8",
+        "control-characters",
+        "empty-fields",
+        "task-type",
+        "duplicates",
+        "near-duplicates",
+        "contradictions",
+        "uppercase",
+        "prompt-prefix",
+        "prompt-suffix",
+        "completion-prefix",
+        "completion-suffix",
+        "leading-space",
+        "token-lengths",
+        "long-examples",
+        "multi-token-labels",
+        "class-balance",
+        "leakage",
+        "class-quantity",
+    ):
         assert expected in ids
     dup = next(c for c in report["checks"] if c["id"] == "duplicates")
     assert dup["count"] == 1
@@ -185,16 +213,33 @@ def test_failure_while_writing_leaves_no_partial_files(tmp_path, reviews, monkey
 
 def test_options_report_every_problem_at_once(tmp_path, reviews):
     with pytest.raises(ConfigError) as e:
-        PrepareOptions.parse({"inputs": [reviews], "out": tmp_path / "o",
-                              "completion_field": "a", "completion_template": "{b}",
-                              "valid_size": 0.6, "test_size": 0.5, "fix": ["nonsense"],
-                              "system": "be brief", "max_length": 0})
+        PrepareOptions.parse(
+            {
+                "inputs": [reviews],
+                "out": tmp_path / "o",
+                "completion_field": "a",
+                "completion_template": "{b}",
+                "valid_size": 0.6,
+                "test_size": 0.5,
+                "fix": ["nonsense"],
+                "system": "be brief",
+                "max_length": 0,
+            }
+        )
     assert "max_length" in str(e.value)  # pydantic's own type/range errors come first...
     with pytest.raises(ConfigError) as e:
-        PrepareOptions.parse({"inputs": [reviews], "out": tmp_path / "o",
-                              "completion_field": "a", "completion_template": "{b}",
-                              "valid_size": 0.6, "test_size": 0.5, "fix": ["nonsense"],
-                              "system": "be brief"})
+        PrepareOptions.parse(
+            {
+                "inputs": [reviews],
+                "out": tmp_path / "o",
+                "completion_field": "a",
+                "completion_template": "{b}",
+                "valid_size": 0.6,
+                "test_size": 0.5,
+                "fix": ["nonsense"],
+                "system": "be brief",
+            }
+        )
     problems = e.value.problems  # ...then every cross-option problem together
     assert len(problems) == 4
     assert any("not both" in p for p in problems)
@@ -210,21 +255,27 @@ def test_valid_and_test_sizes_accept_counts(tmp_path, reviews):
 
 def test_test_input_is_kept_whole_and_leakage_is_removed_from_train(tmp_path, reviews):
     # The same review as in train, rated differently: not a duplicate, but a leak.
-    test = write_jsonl(tmp_path / "test.jsonl", [{"body": "Great product, works as described. "
-                                                          "Order 0.", "stars": "4"},
-                                                 {"body": "Unseen review text.", "stars": "1"}])
+    test = write_jsonl(
+        tmp_path / "test.jsonl",
+        [
+            {"body": "Great product, works as described. Order 0.", "stars": "4"},
+            {"body": "Unseen review text.", "stars": "1"},
+        ],
+    )
     result = prepare(options(tmp_path, [reviews], test_inputs=[test]))
     assert result.report["counts"]["test"] == 2
     leak = next(r for r in result.checks if r.id == "leakage")
     assert leak.status == "warning" and leak.applied
     train = read_jsonl(tmp_path / "out" / "train.jsonl")
-    assert not any(r["prompt"].startswith("Great product, works as described. Order 0.")
-                   for r in train)
+    assert not any(
+        r["prompt"].startswith("Great product, works as described. Order 0.") for r in train
+    )
 
 
 def test_balance_down_equalises_training_classes_only(tmp_path):
     rows = [{"body": f"good {i}", "stars": "5"} for i in range(30)] + [
-        {"body": f"bad {i}", "stars": "1"} for i in range(10)]
+        {"body": f"bad {i}", "stars": "1"} for i in range(10)
+    ]
     data = write_jsonl(tmp_path / "skewed.jsonl", rows)
     result = prepare(options(tmp_path, [data], balance="down", valid_size=0.2, test_size=0))
     report = result.report
@@ -243,23 +294,36 @@ def test_chat_output_from_prompt_completion_with_system_message(tmp_path, review
 
 
 def test_chat_messages_pass_through(tmp_path):
-    convo = [{"messages": [{"role": "user", "content": f"Rate: review {i}"},
-                           {"role": "assistant", "content": str(i % 5 + 1)}]} for i in range(20)]
+    convo = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Rate: review {i}"},
+                {"role": "assistant", "content": str(i % 5 + 1)},
+            ]
+        }
+        for i in range(20)
+    ]
     data = write_jsonl(tmp_path / "chat.jsonl", convo)
-    result = prepare(PrepareOptions.parse({"inputs": [data], "out": tmp_path / "out",
-                                           "model": "none"}))
+    result = prepare(
+        PrepareOptions.parse({"inputs": [data], "out": tmp_path / "out", "model": "none"})
+    )
     assert result.report["format"] == "chat"
-    rows = sum((read_jsonl(tmp_path / "out" / f"{s}.jsonl") for s in ("train", "valid", "test")),
-               [])
+    rows = sum(
+        (read_jsonl(tmp_path / "out" / f"{s}.jsonl") for s in ("train", "valid", "test")), []
+    )
     assert sorted(r["messages"][0]["content"] for r in rows) == sorted(
-        c["messages"][0]["content"] for c in convo)
+        c["messages"][0]["content"] for c in convo
+    )
 
 
 def test_raw_text_for_unsupervised_training(tmp_path, tiny_tokenizer_dir):
     data = tmp_path / "corpus.txt"
     data.write_text("\n".join(f"line of text number {i}" for i in range(30)) + "\n\n")
-    result = prepare(PrepareOptions.parse({"inputs": [data], "out": tmp_path / "out",
-                                           "model": str(tiny_tokenizer_dir)}))
+    result = prepare(
+        PrepareOptions.parse(
+            {"inputs": [data], "out": tmp_path / "out", "model": str(tiny_tokenizer_dir)}
+        )
+    )
     assert (result.report["mode"], result.report["task"]) == ("text", "language-modeling")
     rows = read_jsonl(tmp_path / "out" / "train.jsonl")
     assert set(rows[0]) == {"text"} and result.report["counts"]["kept"] == 30
@@ -267,14 +331,15 @@ def test_raw_text_for_unsupervised_training(tmp_path, tiny_tokenizer_dir):
 
 def test_sample_keeps_a_seeded_random_subset(tmp_path, reviews):
     a = prepare(options(tmp_path, [reviews], sample=20, out=tmp_path / "a"))
-    b = prepare(options(tmp_path, [reviews], sample=20, out=tmp_path / "b"))
+    prepare(options(tmp_path, [reviews], sample=20, out=tmp_path / "b"))
     assert a.report["counts"]["read"] == 20
     assert (tmp_path / "a/train.jsonl").read_bytes() == (tmp_path / "b/train.jsonl").read_bytes()
 
 
 def test_requested_separator_inside_the_data_is_an_error_naming_lines(tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [{"body": f"a -> b {i}", "stars": "1"}
-                                              for i in range(5)])
+    data = write_jsonl(
+        tmp_path / "d.jsonl", [{"body": f"a -> b {i}", "stars": "1"} for i in range(5)]
+    )
     with pytest.raises(DataError) as e:
         prepare(options(tmp_path, [data], separator=" -> "))
     assert f"{data}:1" in str(e.value)
@@ -291,10 +356,19 @@ def test_unknown_model_fails_before_reading_data(tmp_path):
 
 @pytest.mark.real_model
 def test_marc_case_study_with_the_real_smollm2_tokenizer(tmp_path, marc):
-    result = prepare(PrepareOptions.parse({
-        "inputs": [marc / "en" / "train.csv"], "test_inputs": [marc / "en" / "test.csv"],
-        "prompt_template": "{review_body}", "completion_field": "stars",
-        "out": tmp_path / "out", "model": "smollm2-135m", "yes": True}))
+    result = prepare(
+        PrepareOptions.parse(
+            {
+                "inputs": [marc / "en" / "train.csv"],
+                "test_inputs": [marc / "en" / "test.csv"],
+                "prompt_template": "{review_body}",
+                "completion_field": "stars",
+                "out": tmp_path / "out",
+                "model": "smollm2-135m",
+                "yes": True,
+            }
+        )
+    )
     report = result.report
     assert report["task"] == "classification"
     assert report["counts"]["test"] == 5000

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from trimtab.data.readers import FORMATS, Record, detect_format, read_records
-from trimtab.errors import MAX_PROBLEMS
 from trimtab.data.writers import jsonl
-from trimtab.errors import DataError, TrimtabError
+from trimtab.errors import MAX_PROBLEMS, DataError, TrimtabError
 
 FFFD = "\ufffd"
 
@@ -47,8 +46,12 @@ def parquet_bytes(columns: dict[str, list]) -> bytes:
     return buffer.getvalue()
 
 
-def xlsx_bytes(rows: list[list], *, cells: dict[str, object] | None = None,
-               extra_sheet: list[list] | None = None) -> bytes:
+def xlsx_bytes(
+    rows: list[list],
+    *,
+    cells: dict[str, object] | None = None,
+    extra_sheet: list[list] | None = None,
+) -> bytes:
     import openpyxl
 
     workbook = openpyxl.Workbook()
@@ -71,24 +74,28 @@ def xlsx_bytes(rows: list[list], *, cells: dict[str, object] | None = None,
 SAMPLES: dict[str, bytes] = {
     "jsonl": b'{"text": "one"}\n\n{"text": "two"}\n',
     "json": b'[\n  {"text": "one"},\n\n  {"text": "two"}\n]\n',
-    "csv": b'text\none\n\ntwo\n',
-    "tsv": b'text\tlabel\none\t1\n\ntwo\t2\n',
-    "txt": b'one\n\ntwo\n',
+    "csv": b"text\none\n\ntwo\n",
+    "tsv": b"text\tlabel\none\t1\n\ntwo\t2\n",
+    "txt": b"one\n\ntwo\n",
 }
 SAMPLE_LINES = {"jsonl": [1, 3], "json": [2, 4], "csv": [2, 4], "tsv": [2, 4], "txt": [1, 3]}
 
 
 # --- Format detection ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("data.jsonl", ("jsonl", False)),
-    ("data.JSON", ("json", False)),
-    ("data.csv.gz", ("csv", True)),
-    ("data.TSV.GZ", ("tsv", True)),
-    ("my.reviews.v2.parquet", ("parquet", False)),
-    ("sheet.xlsx.gz", ("xlsx", True)),
-    ("notes.txt", ("txt", False)),
-])
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("data.jsonl", ("jsonl", False)),
+        ("data.JSON", ("json", False)),
+        ("data.csv.gz", ("csv", True)),
+        ("data.TSV.GZ", ("tsv", True)),
+        ("my.reviews.v2.parquet", ("parquet", False)),
+        ("sheet.xlsx.gz", ("xlsx", True)),
+        ("notes.txt", ("txt", False)),
+    ],
+)
 def test_detect_format_reads_the_extension_and_an_optional_gz(name, expected):
     assert detect_format(Path(name)) == expected
 
@@ -106,15 +113,21 @@ def test_detect_format_rejects_unsupported_extensions_naming_the_file_and_the_ch
 
 # --- JSON Lines ---------------------------------------------------------------------------------
 
+
 def test_jsonl_records_carry_1_based_physical_line_numbers_and_skip_blank_lines(tmp_path):
-    path = write(tmp_path, "d.jsonl",
-                 '{"prompt": "a", "completion": "1"}\n\n   \n{"prompt": "b", "completion": 2}\r\n'
-                 '{"prompt": "ü", "completion": null}')
+    path = write(
+        tmp_path,
+        "d.jsonl",
+        '{"prompt": "a", "completion": "1"}\n\n   \n{"prompt": "b", "completion": 2}\r\n'
+        '{"prompt": "ü", "completion": null}',
+    )
     records = read_records(path)
     assert lines_of(records) == [1, 4, 5]
-    assert fields_of(records) == [{"prompt": "a", "completion": "1"},
-                                  {"prompt": "b", "completion": 2},
-                                  {"prompt": "ü", "completion": None}]
+    assert fields_of(records) == [
+        {"prompt": "a", "completion": "1"},
+        {"prompt": "b", "completion": 2},
+        {"prompt": "ü", "completion": None},
+    ]
     assert all(r.file == str(path) and not r.bad_utf8 for r in records)
     assert records[1].where == f"{path}:4"
 
@@ -127,18 +140,22 @@ def test_jsonl_keeps_nested_values_as_parsed_json(tmp_path):
 
 # --- JSON arrays and JSON Lines named .json -----------------------------------------------------
 
+
 def test_json_array_element_spanning_several_lines_gets_its_first_line(tmp_path):
-    path = write(tmp_path, "d.json",
-                 '[\n'
-                 '  {"text": "one"},\n'
-                 '  {\n'
-                 '    "text": "two",\n'
-                 '    "label": 2\n'
-                 '  },\n'
-                 '\n'
-                 '  {"text":\n'
-                 '   "three"}\n'
-                 ']\n')
+    path = write(
+        tmp_path,
+        "d.json",
+        "[\n"
+        '  {"text": "one"},\n'
+        "  {\n"
+        '    "text": "two",\n'
+        '    "label": 2\n'
+        "  },\n"
+        "\n"
+        '  {"text":\n'
+        '   "three"}\n'
+        "]\n",
+    )
     records = read_records(path)
     assert lines_of(records) == [2, 3, 8]
     assert fields_of(records) == [{"text": "one"}, {"text": "two", "label": 2}, {"text": "three"}]
@@ -169,12 +186,19 @@ def test_marc_original_json_file_is_json_lines_with_string_stars(marc):
     assert lines_of(records) == [1, 2, 3, 4, 5]
     assert all(r.file == str(path) and not r.bad_utf8 for r in records)
     first = records[0].fields
-    assert set(first) == {"review_id", "product_id", "reviewer_id", "stars", "review_body",
-                          "review_title", "language", "product_category"}
+    assert set(first) == {
+        "review_id",
+        "product_id",
+        "reviewer_id",
+        "stars",
+        "review_body",
+        "review_title",
+        "language",
+        "product_category",
+    }
     assert first["review_id"] == "en_0964290"
     assert first["review_body"].startswith("Arrived broken. Manufacturer defect.")
-    assert all(isinstance(r.fields["stars"], str) and r.fields["stars"] in "12345"
-               for r in records)
+    assert all(isinstance(r.fields["stars"], str) and r.fields["stars"] in "12345" for r in records)
     assert {r.fields["language"] for r in records} == {"en"}
 
 
@@ -190,24 +214,24 @@ def test_every_marc_original_fixture_file_reads_five_records(marc):
 
 # --- CSV and TSV --------------------------------------------------------------------------------
 
+
 def test_csv_rows_are_keyed_by_header_and_numbered_by_physical_line(tmp_path):
-    path = write(tmp_path, "d.csv", " text , label\nhello,1\n\n\"a, b\",2\n\"say \"\"hi\"\"\",3\n")
+    path = write(tmp_path, "d.csv", ' text , label\nhello,1\n\n"a, b",2\n"say ""hi""",3\n')
     records = read_records(path)
     assert lines_of(records) == [2, 4, 5]
-    assert fields_of(records) == [{"text": "hello", "label": "1"},
-                                  {"text": "a, b", "label": "2"},
-                                  {"text": 'say "hi"', "label": "3"}]
+    assert fields_of(records) == [
+        {"text": "hello", "label": "1"},
+        {"text": "a, b", "label": "2"},
+        {"text": 'say "hi"', "label": "3"},
+    ]
 
 
 def test_csv_quoted_field_with_embedded_newlines_starts_at_its_first_line(tmp_path):
-    path = write(tmp_path, "d.csv",
-                 'text,label\n'
-                 'plain,1\n'
-                 '"first line\n'
-                 'second line\n'
-                 '\n'
-                 'fourth line",2\n'
-                 'after,3\n')
+    path = write(
+        tmp_path,
+        "d.csv",
+        'text,label\nplain,1\n"first line\nsecond line\n\nfourth line",2\nafter,3\n',
+    )
     records = read_records(path)
     assert lines_of(records) == [2, 3, 7]
     assert records[1].fields == {"text": "first line\nsecond line\n\nfourth line", "label": "2"}
@@ -222,11 +246,13 @@ def test_csv_with_crlf_line_ends_numbers_lines_and_keeps_embedded_crlf(tmp_path)
 
 
 def test_tsv_splits_on_tabs_not_commas(tmp_path):
-    path = write(tmp_path, "d.tsv", 'text\tlabel\nhello, world\t1\n\nbye\t2\n')
+    path = write(tmp_path, "d.tsv", "text\tlabel\nhello, world\t1\n\nbye\t2\n")
     records = read_records(path)
     assert lines_of(records) == [2, 4]
-    assert fields_of(records) == [{"text": "hello, world", "label": "1"},
-                                  {"text": "bye", "label": "2"}]
+    assert fields_of(records) == [
+        {"text": "hello, world", "label": "1"},
+        {"text": "bye", "label": "2"},
+    ]
 
 
 def test_marc_train_csv_reads_all_12465_rows(marc):
@@ -239,7 +265,8 @@ def test_marc_train_csv_reads_all_12465_rows(marc):
     assert {r.fields["stars"] for r in records} == {"1", "2", "3", "4", "5"}
     assert records[0].fields["row_index"] == "6"
     assert records[0].fields["review_body"] == (
-        "Ordered 2 they shipped 1 promised by certain day, then the next day, then the next day.")
+        "Ordered 2 they shipped 1 promised by certain day, then the next day, then the next day."
+    )
     assert not any(r.bad_utf8 for r in records)
     assert not any(v.endswith("\r") for r in records for v in r.fields.values())
 
@@ -254,30 +281,47 @@ def test_marc_test_csv_reads_all_5000_rows(marc):
 
 # --- Parquet, xlsx, txt -------------------------------------------------------------------------
 
+
 def test_parquet_rows_are_numbered_from_1_and_keep_their_types(tmp_path):
-    path = write(tmp_path, "d.parquet", parquet_bytes(
-        {"text": ["a", "b", "c"], "stars": [5, None, 3], "score": [0.5, 1.0, 2.5]}))
+    path = write(
+        tmp_path,
+        "d.parquet",
+        parquet_bytes({"text": ["a", "b", "c"], "stars": [5, None, 3], "score": [0.5, 1.0, 2.5]}),
+    )
     records = read_records(path)
     assert lines_of(records) == [1, 2, 3]
-    assert fields_of(records) == [{"text": "a", "stars": 5, "score": 0.5},
-                                  {"text": "b", "stars": None, "score": 1.0},
-                                  {"text": "c", "stars": 3, "score": 2.5}]
+    assert fields_of(records) == [
+        {"text": "a", "stars": 5, "score": 0.5},
+        {"text": "b", "stars": None, "score": 1.0},
+        {"text": "c", "stars": 3, "score": 2.5},
+    ]
 
 
 def test_xlsx_line_is_the_sheet_row_with_the_header_in_row_1(tmp_path):
-    path = write(tmp_path, "d.xlsx", xlsx_bytes(
-        [["text", "stars"], ["good", 5], [None, None], ["bad", 1.5], ["yes", True]],
-        cells={"A8": "late"}))
+    path = write(
+        tmp_path,
+        "d.xlsx",
+        xlsx_bytes(
+            [["text", "stars"], ["good", 5], [None, None], ["bad", 1.5], ["yes", True]],
+            cells={"A8": "late"},
+        ),
+    )
     records = read_records(path)
     assert lines_of(records) == [2, 4, 5, 8]
-    assert fields_of(records) == [{"text": "good", "stars": 5}, {"text": "bad", "stars": 1.5},
-                                  {"text": "yes", "stars": True},
-                                  {"text": "late", "stars": None}]
+    assert fields_of(records) == [
+        {"text": "good", "stars": 5},
+        {"text": "bad", "stars": 1.5},
+        {"text": "yes", "stars": True},
+        {"text": "late", "stars": None},
+    ]
 
 
 def test_xlsx_reads_only_the_first_sheet(tmp_path):
-    path = write(tmp_path, "d.xlsx", xlsx_bytes([["text"], ["first"]],
-                                                extra_sheet=[["text"], ["second"], ["more"]]))
+    path = write(
+        tmp_path,
+        "d.xlsx",
+        xlsx_bytes([["text"], ["first"]], extra_sheet=[["text"], ["second"], ["more"]]),
+    )
     assert fields_of(read_records(path)) == [{"text": "first"}]
 
 
@@ -285,11 +329,15 @@ def test_txt_has_one_example_per_line_and_skips_blank_lines(tmp_path):
     path = write(tmp_path, "d.txt", "first line\r\n\n   \n  indented stays\nlast without newline")
     records = read_records(path)
     assert lines_of(records) == [1, 4, 5]
-    assert fields_of(records) == [{"text": "first line"}, {"text": "  indented stays"},
-                                  {"text": "last without newline"}]
+    assert fields_of(records) == [
+        {"text": "first line"},
+        {"text": "  indented stays"},
+        {"text": "last without newline"},
+    ]
 
 
 # --- gzip and BOM -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", sorted(SAMPLES))
 def test_gzip_compressed_text_formats_read_like_the_plain_file(tmp_path, fmt):
@@ -336,6 +384,7 @@ def test_utf8_bom_inside_gzip_is_accepted(tmp_path):
 
 # --- Unreadable files ---------------------------------------------------------------------------
 
+
 def test_missing_file_names_the_file(tmp_path):
     path = tmp_path / "nope.jsonl"
     error = read_error(path)
@@ -355,8 +404,9 @@ def test_unsupported_extension_is_rejected_before_reading(tmp_path):
     assert str(error).startswith(f"{path}: unsupported file type '.xls'")
 
 
-@pytest.mark.parametrize("name", ["d.jsonl", "d.json", "d.csv", "d.tsv", "d.txt", "d.parquet",
-                                  "d.xlsx"])
+@pytest.mark.parametrize(
+    "name", ["d.jsonl", "d.json", "d.csv", "d.tsv", "d.txt", "d.parquet", "d.xlsx"]
+)
 @pytest.mark.parametrize("content", [b"", b"  \n\r\n\t \n"], ids=["0-bytes", "whitespace"])
 def test_empty_file_says_so_and_names_the_file(tmp_path, name, content):
     path = write(tmp_path, name, content)
@@ -368,13 +418,16 @@ def test_empty_gzip_content_is_an_empty_file(tmp_path):
     assert str(read_error(path)) == f"{path}: file is empty"
 
 
-@pytest.mark.parametrize(("name", "content"), [
-    ("header-only.csv", "text,label\n"),
-    ("header-and-blank-lines.tsv", "text\tlabel\n\n\n"),
-    ("empty-array.json", "[]"),
-    ("empty-array-spaced.json", "\n[ \n ]\n"),
-    ("bom-only.jsonl", "\ufeff\n"),
-])
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("header-only.csv", "text,label\n"),
+        ("header-and-blank-lines.tsv", "text\tlabel\n\n\n"),
+        ("empty-array.json", "[]"),
+        ("empty-array-spaced.json", "\n[ \n ]\n"),
+        ("bom-only.jsonl", "\ufeff\n"),
+    ],
+)
 def test_file_without_records_is_an_error_naming_the_file(tmp_path, name, content):
     path = write(tmp_path, name, content)
     assert str(read_error(path)) == f"{path}: no examples found in the file"
@@ -394,6 +447,7 @@ def test_parquet_with_zero_rows_has_no_examples(tmp_path):
 
 # --- JSON errors --------------------------------------------------------------------------------
 
+
 def test_invalid_json_line_is_reported_with_file_and_line(tmp_path):
     path = write(tmp_path, "d.jsonl", '{"a": 1}\n\n{"a": 2,}\n{"a": 3}\n')
     error = read_error(path)
@@ -409,7 +463,8 @@ def test_json_lines_line_that_is_not_an_object_is_reported(tmp_path):
     error = read_error(path)
     assert [str(p) for p in error.problems] == [
         f"{path}:2: expected a JSON object, got an array",
-        f"{path}:3: expected a JSON object, got a string"]
+        f"{path}:3: expected a JSON object, got a string",
+    ]
 
 
 def test_pretty_printed_single_object_in_json_file_says_the_shape_is_unsupported(tmp_path):
@@ -417,7 +472,8 @@ def test_pretty_printed_single_object_in_json_file_says_the_shape_is_unsupported
     error = read_error(path)
     assert [str(p) for p in error.problems] == [
         f"{path}:1: holds a single JSON object; expected an array of objects or one object "
-        "per line (JSON Lines)"]
+        "per line (JSON Lines)"
+    ]
 
 
 def test_json_array_element_that_is_not_an_object_names_its_line(tmp_path):
@@ -425,7 +481,8 @@ def test_json_array_element_that_is_not_an_object_names_its_line(tmp_path):
     error = read_error(path)
     assert [str(p) for p in error.problems] == [
         f"{path}:3: expected a JSON object in the array, got a number",
-        f"{path}:5: expected a JSON object in the array, got null"]
+        f"{path}:5: expected a JSON object in the array, got null",
+    ]
 
 
 def test_invalid_json_inside_an_array_names_the_line_of_the_error(tmp_path):
@@ -483,6 +540,7 @@ def test_exactly_20_bad_lines_are_all_listed_without_a_summary(tmp_path):
 
 # --- CSV/TSV errors -----------------------------------------------------------------------------
 
+
 def test_csv_error_names_file_and_line_of_the_short_row(tmp_path):
     path = write(tmp_path, "d.csv", 'text,label\n"multi\nline",1\nshort\nok,2\n')
     assert str(read_error(path)) == f"{path}:4: 1 fields, but the header has 2"
@@ -532,21 +590,23 @@ def test_tsv_duplicate_and_empty_header_columns_are_reported_together(tmp_path):
     error = read_error(path)
     assert [str(p) for p in error.problems] == [
         f"{path}:1: empty column name in the header",
-        f"{path}:1: column 'a' appears twice in the header"]
+        f"{path}:1: column 'a' appears twice in the header",
+    ]
 
 
 def test_csv_whose_first_line_names_no_column_needs_a_header(tmp_path):
     path = write(tmp_path, "d.csv", " , \n1,2\n")
     assert str(read_error(path)) == (
-        f"{path}:1: the first line must be a header naming the columns")
+        f"{path}:1: the first line must be a header naming the columns"
+    )
 
 
 # --- Encoding and binary errors -----------------------------------------------------------------
 
+
 def test_binary_file_with_nul_bytes_is_rejected(tmp_path):
     path = write(tmp_path, "d.csv", b"text,label\nab\x00cd,1\n")
-    assert str(read_error(path)) == (
-        f"{path}: file is binary, not text (it contains NUL bytes)")
+    assert str(read_error(path)) == (f"{path}: file is binary, not text (it contains NUL bytes)")
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
@@ -567,15 +627,19 @@ def test_mostly_undecodable_file_is_not_utf8_and_names_the_first_bad_line(tmp_pa
     path = write(tmp_path, "d.csv", latin1)
     error = read_error(path)
     assert error.problems[0].line == 3
-    assert str(error) == (f"{path}:3: file is not UTF-8 text (3 of 5 lines fail to decode); "
-                          "convert it to UTF-8")
+    assert str(error) == (
+        f"{path}:3: file is not UTF-8 text (3 of 5 lines fail to decode); convert it to UTF-8"
+    )
 
 
-@pytest.mark.parametrize(("name", "content"), [
-    ("not-gzip.jsonl.gz", b'{"a": 1}\n'),
-    ("bad-method.csv.gz", b"\x1f\x8b not really gzip"),
-    ("truncated.txt.gz", gzip.compress(b"hello\nworld\n" * 50)[:-12]),
-])
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("not-gzip.jsonl.gz", b'{"a": 1}\n'),
+        ("bad-method.csv.gz", b"\x1f\x8b not really gzip"),
+        ("truncated.txt.gz", gzip.compress(b"hello\nworld\n" * 50)[:-12]),
+    ],
+)
 def test_corrupt_gzip_is_reported(tmp_path, name, content):
     path = write(tmp_path, name, content)
     assert str(read_error(path)).startswith(f"{path}: not a valid gzip file: ")
@@ -584,9 +648,11 @@ def test_corrupt_gzip_is_reported(tmp_path, name, content):
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "fake-magic"])
 def test_corrupt_parquet_is_reported(tmp_path, damage):
     good = parquet_bytes({"text": ["a", "b"]})
-    content = {"garbage": b"this is not parquet at all",
-               "truncated": good[: len(good) // 2],
-               "fake-magic": b"PAR1" + b"x" * 20 + b"PAR1"}[damage]
+    content = {
+        "garbage": b"this is not parquet at all",
+        "truncated": good[: len(good) // 2],
+        "fake-magic": b"PAR1" + b"x" * 20 + b"PAR1",
+    }[damage]
     path = write(tmp_path, "d.parquet", content)
     assert str(read_error(path)).startswith(f"{path}: not a valid Parquet file: ")
 
@@ -601,9 +667,11 @@ def _zip_without_workbook() -> bytes:
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "zip-without-workbook"])
 def test_corrupt_xlsx_is_reported(tmp_path, damage):
     good = xlsx_bytes([["text"], ["a"]])
-    content = {"garbage": b"not a workbook",
-               "truncated": good[: len(good) // 2],
-               "zip-without-workbook": _zip_without_workbook()}[damage]
+    content = {
+        "garbage": b"not a workbook",
+        "truncated": good[: len(good) // 2],
+        "zip-without-workbook": _zip_without_workbook(),
+    }[damage]
     path = write(tmp_path, "d.xlsx", content)
     assert str(read_error(path)).startswith(f"{path}: not a valid .xlsx workbook: ")
 
@@ -626,8 +694,7 @@ def test_xlsx_with_corrupt_xml_inside_is_a_data_error(tmp_path, member):
 
 def test_xlsx_whose_first_row_is_empty_needs_a_header(tmp_path):
     path = write(tmp_path, "d.xlsx", xlsx_bytes([], cells={"A3": "text", "A4": "a"}))
-    assert str(read_error(path)) == (
-        f"{path}:1: the first row must be a header naming the columns")
+    assert str(read_error(path)) == (f"{path}:1: the first row must be a header naming the columns")
 
 
 def test_xlsx_duplicate_header_column_is_reported_not_silently_dropped(tmp_path):
@@ -638,9 +705,11 @@ def test_xlsx_duplicate_header_column_is_reported_not_silently_dropped(tmp_path)
 
 # --- Invalid UTF-8 in single lines --------------------------------------------------------------
 
+
 def test_jsonl_line_with_invalid_utf8_is_flagged_and_decoded_with_replacement(tmp_path):
-    path = write(tmp_path, "d.jsonl",
-                 b'{"text": "ok"}\n{"text": "bad \xff\xfe byte"}\n{"text": "fine"}\n')
+    path = write(
+        tmp_path, "d.jsonl", b'{"text": "ok"}\n{"text": "bad \xff\xfe byte"}\n{"text": "fine"}\n'
+    )
     records = read_records(path)
     assert [r.bad_utf8 for r in records] == [False, True, False]
     assert records[1].line == 2
@@ -651,14 +720,21 @@ def test_jsonl_line_with_invalid_utf8_is_flagged_and_decoded_with_replacement(tm
 def test_csv_row_with_invalid_utf8_is_flagged(tmp_path):
     path = write(tmp_path, "d.csv", b"text,label\nok,1\nbad \xc3,2\nfine,3\nalso,4\n")
     records = read_records(path)
-    assert [(r.line, r.bad_utf8) for r in records] == [(2, False), (3, True), (4, False),
-                                                       (5, False)]
+    assert [(r.line, r.bad_utf8) for r in records] == [
+        (2, False),
+        (3, True),
+        (4, False),
+        (5, False),
+    ]
     assert records[1].fields == {"text": f"bad {FFFD}", "label": "2"}
 
 
 def test_multi_line_csv_record_touching_a_bad_line_is_flagged(tmp_path):
-    path = write(tmp_path, "d.csv",
-                 b'text,label\n"starts fine\nthen \xff breaks\nends fine",1\nnext,2\nlast,3\n')
+    path = write(
+        tmp_path,
+        "d.csv",
+        b'text,label\n"starts fine\nthen \xff breaks\nends fine",1\nnext,2\nlast,3\n',
+    )
     records = read_records(path)
     assert [(r.line, r.bad_utf8) for r in records] == [(2, True), (5, False), (6, False)]
     assert records[0].fields["text"] == f"starts fine\nthen {FFFD} breaks\nends fine"
@@ -672,21 +748,25 @@ def test_txt_line_with_invalid_utf8_is_flagged(tmp_path):
 
 
 def test_gzip_jsonl_line_with_invalid_utf8_is_flagged(tmp_path):
-    path = write(tmp_path, "d.jsonl.gz",
-                 gzip.compress(b'{"t": "a"}\n{"t": "\xff"}\n{"t": "b"}\n{"t": "c"}\n'))
+    path = write(
+        tmp_path,
+        "d.jsonl.gz",
+        gzip.compress(b'{"t": "a"}\n{"t": "\xff"}\n{"t": "b"}\n{"t": "c"}\n'),
+    )
     assert [r.bad_utf8 for r in read_records(path)] == [False, True, False, False]
 
 
 def test_json_array_element_starting_on_a_bad_line_is_flagged(tmp_path):
     path = write(tmp_path, "d.json", b'[\n{"t": "\xff"},\n{"t": "b"},\n{"t": "c"}\n]\n')
-    assert [(r.line, r.bad_utf8) for r in read_records(path)] == [(2, True), (3, False),
-                                                                  (4, False)]
+    assert [(r.line, r.bad_utf8) for r in read_records(path)] == [(2, True), (3, False), (4, False)]
 
 
 def test_json_array_element_spanning_a_bad_line_is_flagged(tmp_path):
-    path = write(tmp_path, "d.json",
-                 b'[\n{"t": "a"},\n{"t":\n  "bad \xff"},\n'
-                 b'{"t": "b"},\n{"t": "c"},\n{"t": "d"}\n]\n')
+    path = write(
+        tmp_path,
+        "d.json",
+        b'[\n{"t": "a"},\n{"t":\n  "bad \xff"},\n{"t": "b"},\n{"t": "c"},\n{"t": "d"}\n]\n',
+    )
     records = read_records(path)
     assert records[1].fields["t"] == f"bad {FFFD}"
     assert records[1].bad_utf8
@@ -694,9 +774,11 @@ def test_json_array_element_spanning_a_bad_line_is_flagged(tmp_path):
 
 # --- Unicode line separators (str.splitlines is broader than a file's line ends) ----------------
 
+
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
 def test_jsonl_written_by_trimtab_reads_back_when_text_holds_unicode_line_separators(
-        tmp_path, separator):
+    tmp_path, separator
+):
     rows = [{"text": f"before{separator}after"}, {"text": "next"}]
     path = write(tmp_path, "d.jsonl", jsonl(rows))
     records = read_records(path)

@@ -21,10 +21,14 @@ from trimtab.data.splits import (
 )
 
 
-def supervised(pairs: list[tuple[str, str]], task: str | None = "classification",
-               splits: list[str | None] | None = None) -> State:
-    examples = [Example(file="d.jsonl", line=i, prompt=p, completion=c)
-                for i, (p, c) in enumerate(pairs, 1)]
+def supervised(
+    pairs: list[tuple[str, str]],
+    task: str | None = "classification",
+    splits: list[str | None] | None = None,
+) -> State:
+    examples = [
+        Example(file="d.jsonl", line=i, prompt=p, completion=c) for i, (p, c) in enumerate(pairs, 1)
+    ]
     for ex, split in zip(examples, splits or []):
         ex.split = split
     return State(examples, "supervised", "prompt-completion", task=task)
@@ -32,8 +36,7 @@ def supervised(pairs: list[tuple[str, str]], task: str | None = "classification"
 
 def labelled(counts: dict[str, int]) -> State:
     """A classification state with ``counts[label]`` examples per label, distinct prompts."""
-    pairs = [(f"review {label} {i}", f" {label}") for label, n in counts.items()
-             for i in range(n)]
+    pairs = [(f"review {label} {i}", f" {label}") for label, n in counts.items() for i in range(n)]
     return supervised(pairs)
 
 
@@ -93,16 +96,18 @@ def test_allocate_never_gives_a_stratum_more_than_it_has():
 
 
 def test_split_sizes_from_fractions():
-    state = supervised([(f"question {i}", f" answer {i}") for i in range(100)],
-                       "conditional-generation")
+    state = supervised(
+        [(f"question {i}", f" answer {i}") for i in range(100)], "conditional-generation"
+    )
     splits = split_examples(state, 0.1, 0.2, seed=1, stratify=True)
     assert sizes(splits) == {"train": 70, "valid": 10, "test": 20}
     assert sorted(where(splits)) == list(range(1, 101))  # every example exactly once
 
 
 def test_split_sizes_from_counts():
-    state = supervised([(f"question {i}", f" answer {i}") for i in range(50)],
-                       "conditional-generation")
+    state = supervised(
+        [(f"question {i}", f" answer {i}") for i in range(50)], "conditional-generation"
+    )
     splits = split_examples(state, 7, 3, seed=1, stratify=False)
     assert sizes(splits) == {"train": 40, "valid": 7, "test": 3}
 
@@ -125,7 +130,8 @@ def test_stratified_split_keeps_each_label_share():
             expected = total / n * len(splits[name])
             assert abs(got[label] - expected) <= 1, (name, label, got[label], expected)
     assert labels(state, splits["train"]) + labels(state, splits["valid"]) + labels(
-        state, splits["test"]) == Counter(counts)
+        state, splits["test"]
+    ) == Counter(counts)
 
 
 def test_stratification_only_for_classification():
@@ -141,8 +147,11 @@ def test_stratification_only_for_classification():
 def test_same_normalised_prompt_never_lands_in_two_splits():
     pairs = []
     for i in range(40):
-        pairs += [(f"Review {i}: great!", " pos"), (f"review {i} GREAT", " pos"),
-                  (f"  REVIEW {i}:   great...", " pos")]
+        pairs += [
+            (f"Review {i}: great!", " pos"),
+            (f"review {i} GREAT", " pos"),
+            (f"  REVIEW {i}:   great...", " pos"),
+        ]
     for i in range(40):
         pairs.append((f"unique {i}", " neg"))
     state = supervised(pairs)
@@ -240,8 +249,11 @@ def test_internal_valid_example_leaking_into_a_given_test_file_is_removed_from_v
     pairs = [("same prompt", " a"), ("Same prompt.", " b")] + [(f"p{i}", " a") for i in range(8)]
     state = supervised(pairs, splits=[None, "test"] + [None] * 8)
     state.splits = split_examples(state, 0, 0, seed=0, stratify=False)
-    state.splits["valid"].append(state.splits["train"].pop(
-        next(i for i, ex in enumerate(state.splits["train"]) if ex.line == 1)))
+    state.splits["valid"].append(
+        state.splits["train"].pop(
+            next(i for i, ex in enumerate(state.splits["train"]) if ex.line == 1)
+        )
+    )
     r = check_leakage(state)
     assert (r.status, r.details["removable"], r.locations) == ("warning", 1, ["d.jsonl:1"])
     r.fix.apply(state)
@@ -250,8 +262,9 @@ def test_internal_valid_example_leaking_into_a_given_test_file_is_removed_from_v
 
 
 def test_leakage_not_applicable_for_open_ended_generation():
-    state = supervised([("", " story")] * 4, "open-ended-generation",
-                       splits=["test", None, None, None])
+    state = supervised(
+        [("", " story")] * 4, "open-ended-generation", splits=["test", None, None, None]
+    )
     state.splits = split_examples(state, 0, 0, seed=0, stratify=False)
     r = check_leakage(state)
     assert (r.status, r.count) == ("ok", 0)
@@ -274,8 +287,10 @@ def test_balance_down_samples_every_class_to_the_smallest():
     train_before = {id(ex) for ex in state.splits["train"]}
     result = balance_train(state, "down", seed=0)
     smallest = min(before.values())
-    assert result == {"before": dict(sorted(before.items())),
-                      "after": {k: smallest for k in sorted(before)}}
+    assert result == {
+        "before": dict(sorted(before.items())),
+        "after": {k: smallest for k in sorted(before)},
+    }
     assert labels(state, state.splits["train"]) == {k: smallest for k in before}
     assert len({id(ex) for ex in state.splits["train"]}) == len(state.splits["train"])
     assert {id(ex) for ex in state.splits["train"]} <= train_before
@@ -319,13 +334,16 @@ def test_no_balance_for_none_or_non_classification():
 # --- class balance and quantity --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("counts", "status", "ratio"), [
-    ({"a": 3, "b": 3}, "ok", 1.0),
-    ({"a": 3, "b": 2}, "ok", 1.5),
-    ({"a": 4, "b": 2, "c": 3}, "info", 2.0),
-    ({"a": 9, "b": 3}, "info", 3.0),
-    ({"a": 7, "b": 2}, "warning", 3.5),
-])
+@pytest.mark.parametrize(
+    ("counts", "status", "ratio"),
+    [
+        ({"a": 3, "b": 3}, "ok", 1.0),
+        ({"a": 3, "b": 2}, "ok", 1.5),
+        ({"a": 4, "b": 2, "c": 3}, "info", 2.0),
+        ({"a": 9, "b": 3}, "info", 3.0),
+        ({"a": 7, "b": 2}, "warning", 3.5),
+    ],
+)
 def test_class_balance_thresholds(counts, status, ratio):
     r = check_class_balance(labelled(counts))
     assert (r.id, r.status, r.fix) == ("class-balance", status, None)
@@ -335,8 +353,10 @@ def test_class_balance_thresholds(counts, status, ratio):
 
 def test_class_balance_message_lists_counts():
     r = check_class_balance(labelled({"b": 2, "a": 7}))
-    assert r.message == ("largest/smallest class 3.50: 'a': 7, 'b': 2; --balance down or up "
-                         "evens out the training split")
+    assert r.message == (
+        "largest/smallest class 3.50: 'a': 7, 'b': 2; --balance down or up "
+        "evens out the training split"
+    )
 
 
 def test_class_balance_only_for_classification():
@@ -351,8 +371,9 @@ def test_classes_with_few_training_examples_get_advice():
     r = check_class_quantity(state)
     assert (r.id, r.status, r.count) == ("class-quantity", "warning", 2)
     assert r.details == {"train_counts": {"a": 120, "b": 40, "c": 99}, "recommended_min": 100}
-    assert r.message == ("2 classes have fewer than 100 training examples: 'b' needs 60 more, "
-                         "'c' needs 1 more")
+    assert r.message == (
+        "2 classes have fewer than 100 training examples: 'b' needs 60 more, 'c' needs 1 more"
+    )
 
 
 def test_classes_with_enough_training_examples_are_ok():
@@ -393,7 +414,8 @@ def test_class_with_no_training_examples_is_reported():
 def test_marc_train_split_is_stratified_across_five_labels(marc):
     records = read_records(marc / "en" / "train.csv")
     examples, unused = build_examples(
-        records, Mapping(prompt_template="{review_body}", completion_field="stars"), "supervised")
+        records, Mapping(prompt_template="{review_body}", completion_field="stars"), "supervised"
+    )
     assert unused == ["row_index"]
     state = State(examples, "supervised", "prompt-completion")
     assert infer_task(state) == "classification"

@@ -14,11 +14,11 @@ from transformers import AutoTokenizer
 from trimtab.data.checks import State
 from trimtab.data.examples import Example
 from trimtab.data.tokens import (
+    TokenCounts,
     _stats,
     check_long_examples,
     check_multi_token_labels,
     check_token_lengths,
-    TokenCounts,
     count_tokens,
     example_lengths,
     measure,
@@ -38,22 +38,29 @@ def n_tokens(tokenizer: Any, text: str) -> int:
     return len(ids(tokenizer, text))
 
 
-def supervised(pairs: list[tuple[str, str]], task: str | None = None, fmt: str =
-               "prompt-completion", **kw: Any) -> State:
-    examples = [Example(file="d.jsonl", line=i, prompt=p, completion=c)
-                for i, (p, c) in enumerate(pairs, 1)]
+def supervised(
+    pairs: list[tuple[str, str]], task: str | None = None, fmt: str = "prompt-completion", **kw: Any
+) -> State:
+    examples = [
+        Example(file="d.jsonl", line=i, prompt=p, completion=c) for i, (p, c) in enumerate(pairs, 1)
+    ]
     return State(examples, "supervised", fmt, task=task, **kw)
 
 
 def texts(items: list[str]) -> State:
-    return State([Example(file="d.jsonl", line=i, text=t) for i, t in enumerate(items, 1)],
-                 "text", "text", task="language-modeling")
+    return State(
+        [Example(file="d.jsonl", line=i, text=t) for i, t in enumerate(items, 1)],
+        "text",
+        "text",
+        task="language-modeling",
+    )
 
 
 def chats(conversations: list[list[tuple[str, str]]]) -> State:
-    examples = [Example(file="d.jsonl", line=i,
-                        messages=[{"role": r, "content": c} for r, c in conv])
-                for i, conv in enumerate(conversations, 1)]
+    examples = [
+        Example(file="d.jsonl", line=i, messages=[{"role": r, "content": c} for r, c in conv])
+        for i, conv in enumerate(conversations, 1)
+    ]
     return State(examples, "chat", "chat", task="conditional-generation")
 
 
@@ -75,8 +82,14 @@ class SlowTokenizer:
         return self.specials
 
 
-REVIEWS = ["Great product, works as described.", "Terrible. It broke after one day.",
-           "", "I love it!", "Great product, works as described.", "ünïcödé ✓ 🙂"]
+REVIEWS = [
+    "Great product, works as described.",
+    "Terrible. It broke after one day.",
+    "",
+    "I love it!",
+    "Great product, works as described.",
+    "ünïcödé ✓ 🙂",
+]
 
 
 # --- count_tokens ----------------------------------------------------------------------------
@@ -107,8 +120,10 @@ def test_label_with_leading_space_is_two_tokens(tok):
 def test_example_lengths_supervised_counts_prompt_and_completion(tok):
     state = supervised([("Great product\n\n###\n\n", " 5"), ("It broke.\n\n###\n\n", " 1")])
     prompts, completions = example_lengths(state, tok)
-    assert prompts == [n_tokens(tok, "Great product\n\n###\n\n"),
-                       n_tokens(tok, "It broke.\n\n###\n\n")]
+    assert prompts == [
+        n_tokens(tok, "Great product\n\n###\n\n"),
+        n_tokens(tok, "It broke.\n\n###\n\n"),
+    ]
     assert completions == [2, 2]
 
 
@@ -122,14 +137,25 @@ def test_example_lengths_add_special_tokens_to_the_prompt(tok):
 def test_example_lengths_text_has_no_completion(tok):
     state = texts(["I love it! My daughter uses it every day.", "short"])
     prompts, completions = example_lengths(state, tok)
-    assert prompts == [n_tokens(tok, "I love it! My daughter uses it every day."),
-                       n_tokens(tok, "short")]
+    assert prompts == [
+        n_tokens(tok, "I love it! My daughter uses it every day."),
+        n_tokens(tok, "short"),
+    ]
     assert completions == [0, 0]
 
 
 def test_example_lengths_chat_context_without_template(tok):
-    state = chats([[("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"),
-                    ("user", "Rate it"), ("assistant", "It is okay")]])
+    state = chats(
+        [
+            [
+                ("system", "Be brief."),
+                ("user", "Hi"),
+                ("assistant", "Hello!"),
+                ("user", "Rate it"),
+                ("assistant", "It is okay"),
+            ]
+        ]
+    )
     prompts, completions = example_lengths(state, tok)
     context = "system: Be brief.\nuser: Hi\nassistant: Hello!\nuser: Rate it\n"
     assert prompts == [n_tokens(tok, context)]
@@ -137,8 +163,10 @@ def test_example_lengths_chat_context_without_template(tok):
 
 
 def test_example_lengths_chat_uses_the_chat_template(tok):
-    tok.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     state = chats([[("user", "Hi there"), ("assistant", "Hello!")]])
     prompts, completions = example_lengths(state, tok)
     assert prompts == [n_tokens(tok, "<user>Hi there<assistant>")]
@@ -175,8 +203,9 @@ def test_stats_are_nearest_rank_percentiles():
 
 
 def test_token_lengths_within_max_length_is_ok(tok):
-    state = supervised([("Great product", " 5"), ("It broke", " 1"), ("I love it", " 5")],
-                       "classification")
+    state = supervised(
+        [("Great product", " 5"), ("It broke", " 1"), ("I love it", " 5")], "classification"
+    )
     lengths = example_lengths(state, tok)
     r = check_token_lengths("tiny", 512, counted(state, lengths, 512))
     assert (r.id, r.status, r.count, r.fix) == ("token-lengths", "ok", 0, None)
@@ -186,9 +215,14 @@ def test_token_lengths_within_max_length_is_ok(tok):
     assert r.details["completion"] == {"p50": 2, "p95": 2, "max": 2}
     assert r.details["tokens"] == sum(totals)
     assert (r.details["model"], r.details["max_length"], r.details["over_max_length"]) == (
-        "tiny", 512, 0)
-    assert r.message == (f"tiny: p50 {totals[1]}, p95 {totals[2]}, max {totals[2]} tokens per "
-                         "example; 0 of 3 exceed --max-length 512")
+        "tiny",
+        512,
+        0,
+    )
+    assert r.message == (
+        f"tiny: p50 {totals[1]}, p95 {totals[2]}, max {totals[2]} tokens per "
+        "example; 0 of 3 exceed --max-length 512"
+    )
 
 
 def test_token_lengths_over_max_length_is_a_warning():
@@ -204,7 +238,6 @@ def test_token_lengths_over_max_length_is_a_warning():
 
 
 def test_token_lengths_skipped_without_tokenizer():
-    state = supervised([("a", " b")])
     r = check_token_lengths("none", 512, None)
     assert (r.status, r.count, r.details) == ("info", 0, {})
     assert r.message == "skipped: no tokenizer (--model none)"
@@ -301,12 +334,15 @@ def test_labels_with_leading_space_are_two_tokens(tok):
     assert (r.id, r.status, r.count, r.fix) == ("multi-token-labels", "info", 5, None)
     assert r.details == {"tokens": {f" {k}": [" ", str(k)] for k in range(1, 6)}}
     assert r.message.startswith(
-        "5 of 5 labels are more than one tiny token (e.g. ' 1' → [' ', '1'])")
+        "5 of 5 labels are more than one tiny token (e.g. ' 1' → [' ', '1'])"
+    )
 
 
 def test_labels_the_tokenizer_keeps_whole_are_ok(tok):
-    state = supervised([("a", " the"), ("b", " it"), ("c", " the"), ("d", " it"), ("e", " the"),
-                        ("f", " it")], "classification")
+    state = supervised(
+        [("a", " the"), ("b", " it"), ("c", " the"), ("d", " it"), ("e", " the"), ("f", " it")],
+        "classification",
+    )
     r = check_multi_token_labels(state, tok, "tiny")
     assert (r.status, r.count) == ("ok", 0)
     assert r.details == {"tokens": {" it": [" it"], " the": [" the"]}}

@@ -11,8 +11,7 @@ import pytest
 
 from trimtab.data import writers
 from trimtab.data.examples import Example
-from trimtab.data.writers import (OUTPUT_FILES, check_output_dir, jsonl, to_record,
-                                  write_atomically)
+from trimtab.data.writers import OUTPUT_FILES, check_output_dir, jsonl, to_record, write_atomically
 from trimtab.errors import OutputExistsError, TrimtabError
 
 OLD_TIME = 1_000_000_000  # 2001: any rewrite would move the mtime far from this
@@ -44,29 +43,40 @@ def old_outputs(folder: Path) -> dict[str, tuple[str, int]]:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
-    return {p.name: (p.read_text(encoding="utf-8"), p.stat().st_mtime_ns)
-            for p in sorted(folder.iterdir())}
+    return {
+        p.name: (p.read_text(encoding="utf-8"), p.stat().st_mtime_ns)
+        for p in sorted(folder.iterdir())
+    }
 
 
 # --- to_record ----------------------------------------------------------------------------------
 
+
 def test_prompt_completion_record_has_exactly_prompt_and_completion():
     assert to_record(supervised(), "supervised", "prompt-completion", system="ignored") == {
-        "prompt": "Review: good\nStars:", "completion": " 5"}
+        "prompt": "Review: good\nStars:",
+        "completion": " 5",
+    }
 
 
 def test_chat_record_from_supervised_example_with_a_system_message():
     assert to_record(supervised(), "supervised", "chat", system="Rate the review.") == {
-        "messages": [{"role": "system", "content": "Rate the review."},
-                     {"role": "user", "content": "Review: good\nStars:"},
-                     {"role": "assistant", "content": " 5"}]}
+        "messages": [
+            {"role": "system", "content": "Rate the review."},
+            {"role": "user", "content": "Review: good\nStars:"},
+            {"role": "assistant", "content": " 5"},
+        ]
+    }
 
 
 @pytest.mark.parametrize("system", [None, ""])
 def test_chat_record_from_supervised_example_without_a_system_message(system):
     assert to_record(supervised(), "supervised", "chat", system=system) == {
-        "messages": [{"role": "user", "content": "Review: good\nStars:"},
-                     {"role": "assistant", "content": " 5"}]}
+        "messages": [
+            {"role": "user", "content": "Review: good\nStars:"},
+            {"role": "assistant", "content": " 5"},
+        ]
+    }
 
 
 def test_chat_examples_pass_their_messages_through_unchanged():
@@ -83,15 +93,19 @@ def test_text_record_from_text_example():
 
 def test_text_record_from_supervised_example_is_prompt_then_completion():
     assert to_record(supervised(), "supervised", "text", system="ignored") == {
-        "text": "Review: good\nStars: 5"}
+        "text": "Review: good\nStars: 5"
+    }
 
 
 # --- jsonl --------------------------------------------------------------------------------------
 
+
 def test_jsonl_writes_one_json_object_per_line():
-    records = [{"prompt": "line one\nline two", "completion": " 5"},
-               {"messages": [{"role": "user", "content": "q"}]},
-               {"text": 'quote " and backslash \\'}]
+    records = [
+        {"prompt": "line one\nline two", "completion": " 5"},
+        {"messages": [{"role": "user", "content": "q"}]},
+        {"text": 'quote " and backslash \\'},
+    ]
     out = jsonl(records)
     assert out.endswith("\n")
     lines = out.split("\n")[:-1]
@@ -111,6 +125,7 @@ def test_jsonl_of_no_records_is_empty():
 
 # --- write_atomically: success ------------------------------------------------------------------
 
+
 def test_write_atomically_creates_a_new_folder_with_every_file(tmp_path):
     out = tmp_path / "deep" / "er" / "out"
     write_atomically(out, FILES, force=False)
@@ -124,7 +139,7 @@ def test_write_atomically_creates_a_new_folder_with_every_file(tmp_path):
 def test_write_atomically_writes_utf8_with_unix_line_ends(tmp_path):
     out = tmp_path / "out"
     write_atomically(out, {"train.jsonl": jsonl([{"text": "é\r\nü"}]) + "x\n"}, force=False)
-    assert (out / "train.jsonl").read_bytes() == '{"text": "é\\r\\nü"}\nx\n'.encode("utf-8")
+    assert (out / "train.jsonl").read_bytes() == '{"text": "é\\r\\nü"}\nx\n'.encode()
 
 
 def test_write_atomically_stages_in_a_hidden_sibling_folder(tmp_path, monkeypatch):
@@ -164,8 +179,9 @@ def test_write_atomically_refuses_to_overwrite_outputs_without_force(tmp_path):
     with pytest.raises(OutputExistsError) as info:
         write_atomically(out, FILES, force=False)
     message = str(info.value)
-    assert message.startswith(f"{out}: already holds train.jsonl, valid.jsonl, test.jsonl, "
-                              "report.json")
+    assert message.startswith(
+        f"{out}: already holds train.jsonl, valid.jsonl, test.jsonl, report.json"
+    )
     assert "--force" in message
     assert isinstance(info.value, TrimtabError) and info.value.exit_code == 2
     assert snapshot(out) == before
@@ -205,12 +221,13 @@ def test_existing_folder_gets_report_json_last(tmp_path, monkeypatch):
     monkeypatch.setattr(writers.os, "replace", recording_replace)
     files = {"report.json": "{}\n", "train.jsonl": "", "valid.jsonl": "", "test.jsonl": ""}
     write_atomically(out, files, force=True)
-    placed = [name for name in order[len(files):]]  # the first moves put the old files aside
+    placed = [name for name in order[len(files) :]]  # the first moves put the old files aside
     assert placed[-1] == "report.json"
     assert sorted(placed) == sorted(files)
 
 
 # --- write_atomically: failures -----------------------------------------------------------------
+
 
 def fail_on_second(monkeypatch, target: str) -> None:
     """Make os.fsync or open raise on the second file written."""
@@ -273,6 +290,7 @@ def test_output_path_that_is_a_regular_file_is_an_error(tmp_path):
 
 # --- check_output_dir ---------------------------------------------------------------------------
 
+
 def test_check_output_dir_accepts_a_missing_folder_and_creates_nothing(tmp_path):
     check_output_dir(tmp_path / "new", force=False)
     assert list(tmp_path.iterdir()) == []
@@ -291,7 +309,8 @@ def test_check_output_dir_lists_only_the_outputs_that_exist(tmp_path):
     with pytest.raises(OutputExistsError) as info:
         check_output_dir(out, force=False)
     assert str(info.value) == (
-        f"{out}: already holds valid.jsonl, test.jsonl; use --force to overwrite")
+        f"{out}: already holds valid.jsonl, test.jsonl; use --force to overwrite"
+    )
 
 
 def test_failure_while_swapping_restores_every_old_file(tmp_path, monkeypatch):
@@ -309,12 +328,15 @@ def test_failure_while_swapping_restores_every_old_file(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(writers.os, "replace", flaky_replace)
-    files = {name: f"new {name}\n" for name in ("train.jsonl", "valid.jsonl", "test.jsonl",
-                                                 "report.json")}
+    files = {
+        name: f"new {name}\n"
+        for name in ("train.jsonl", "valid.jsonl", "test.jsonl", "report.json")
+    }
     with pytest.raises(OSError):
         write_atomically(out, files, force=True)
     assert {p.name: p.read_text() for p in out.iterdir()} == {
-        name: f"old {name}\n" for name in files}
+        name: f"old {name}\n" for name in files
+    }
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

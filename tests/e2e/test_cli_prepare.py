@@ -16,16 +16,26 @@ import pytest
 TRIMTAB = [sys.executable, "-m", "trimtab"]
 
 
-def run(*args: str, cwd: Path, stdin: int | None = subprocess.DEVNULL,
-        timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*TRIMTAB, *args], cwd=cwd, stdin=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+def run(
+    *args: str, cwd: Path, stdin: int | None = subprocess.DEVNULL, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*TRIMTAB, *args],
+        cwd=cwd,
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    rows = [{"title": f"Title {i}", "body": f"Review number {i} says {word}.", "stars": s}
-            for i, (word, s) in enumerate([("great", 5), ("bad", 1), ("fine", 3)] * 20)]
+    rows = [
+        {"title": f"Title {i}", "body": f"Review number {i} says {word}.", "stars": s}
+        for i, (word, s) in enumerate([("great", 5), ("bad", 1), ("fine", 3)] * 20)
+    ]
     rows.append(dict(rows[0]))  # one exact duplicate
     path = tmp_path / "reviews.csv"
     lines = ["title,body,stars"] + [f'{r["title"]},"{r["body"]}",{r["stars"]}' for r in rows]
@@ -39,8 +49,19 @@ def test_version_and_module_entry_point(tmp_path):
 
 
 def test_prepare_writes_files_and_prints_a_readable_report(tmp_path, data):
-    result = run("prepare", str(data), "--prompt-template", r"{title}\n\n{body}",
-                 "--completion-field", "stars", "--out", "out", "--model", "none", cwd=tmp_path)
+    result = run(
+        "prepare",
+        str(data),
+        "--prompt-template",
+        r"{title}\n\n{body}",
+        "--completion-field",
+        "stars",
+        "--out",
+        "out",
+        "--model",
+        "none",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "Class balance" in result.stdout and "Reproduce with:" in result.stdout
     first = json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])
@@ -50,10 +71,26 @@ def test_prepare_writes_files_and_prints_a_readable_report(tmp_path, data):
 
 def test_not_a_terminal_never_waits_and_takes_the_recommended_defaults(tmp_path, data):
     # stdin is an open pipe that never sends anything: a question would hang until timeout.
-    proc = subprocess.Popen([*TRIMTAB, "prepare", str(data), "--prompt-template", "{body}",
-                             "--completion-field", "stars", "--out", "out", "--model", "none"],
-                            cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *TRIMTAB,
+            "prepare",
+            str(data),
+            "--prompt-template",
+            "{body}",
+            "--completion-field",
+            "stars",
+            "--out",
+            "out",
+            "--model",
+            "none",
+        ],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         proc.wait(timeout=60)
     finally:
@@ -61,17 +98,34 @@ def test_not_a_terminal_never_waits_and_takes_the_recommended_defaults(tmp_path,
     assert proc.returncode == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     dup = next(c for c in report["checks"] if c["id"] == "duplicates")
-    assert dup["fix"] == {"id": "drop-duplicates", "description": dup["fix"]["description"],
-                          "recommended": True, "applied": True, "decided_by": "default"}
+    assert dup["fix"] == {
+        "id": "drop-duplicates",
+        "description": dup["fix"]["description"],
+        "recommended": True,
+        "applied": True,
+        "decided_by": "default",
+    }
 
 
 def test_in_a_terminal_each_fix_is_asked_and_the_answer_is_kept(tmp_path, data):
     """Answer 'n' to dropping duplicates and Enter (the default) to everything else."""
-    command = [*TRIMTAB, "prepare", str(data), "--prompt-template", "{body}",
-               "--completion-field", "stars", "--out", "out", "--model", "none"]
+    command = [
+        *TRIMTAB,
+        "prepare",
+        str(data),
+        "--prompt-template",
+        "{body}",
+        "--completion-field",
+        "stars",
+        "--out",
+        "out",
+        "--model",
+        "none",
+    ]
     master, slave = pty.openpty()
-    proc = subprocess.Popen(command, cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave,
-                            close_fds=True)
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave, close_fds=True
+    )
     os.close(slave)
     seen, questions = b"", []
     deadline = time.monotonic() + 60
@@ -116,8 +170,19 @@ def test_missing_field_exits_2_naming_file_line_and_field(tmp_path):
 
 
 def test_unknown_template_column_exits_2_listing_columns(tmp_path, data):
-    result = run("prepare", str(data), "--prompt-template", "{review_body}",
-                 "--completion-field", "stars", "--out", "out", "--model", "none", cwd=tmp_path)
+    result = run(
+        "prepare",
+        str(data),
+        "--prompt-template",
+        "{review_body}",
+        "--completion-field",
+        "stars",
+        "--out",
+        "out",
+        "--model",
+        "none",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "unknown column 'review_body' in --prompt-template" in result.stderr
     assert "body, stars, title" in result.stderr
@@ -139,17 +204,41 @@ def test_missing_and_empty_files_exit_2(tmp_path):
 
 
 def test_bad_options_are_all_reported_at_once(tmp_path, data):
-    result = run("prepare", str(data), "--out", "out", "--completion-field", "a",
-                 "--completion-template", "{b}", "--valid-size", "0.7", "--test-size", "0.4",
-                 "--fix", "bogus", cwd=tmp_path)
+    result = run(
+        "prepare",
+        str(data),
+        "--out",
+        "out",
+        "--completion-field",
+        "a",
+        "--completion-template",
+        "{b}",
+        "--valid-size",
+        "0.7",
+        "--test-size",
+        "0.4",
+        "--fix",
+        "bogus",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "not both" in result.stderr and "nothing for training" in result.stderr
     assert "unknown fix bogus" in result.stderr
 
 
 def test_existing_outputs_need_force(tmp_path, data):
-    args = ("prepare", str(data), "--prompt-template", "{body}", "--completion-field", "stars",
-            "--out", "out", "--model", "none")
+    args = (
+        "prepare",
+        str(data),
+        "--prompt-template",
+        "{body}",
+        "--completion-field",
+        "stars",
+        "--out",
+        "out",
+        "--model",
+        "none",
+    )
     assert run(*args, cwd=tmp_path).returncode == 0
     before = (tmp_path / "out" / "train.jsonl").read_bytes()
     result = run(*args, cwd=tmp_path)
@@ -161,12 +250,26 @@ def test_existing_outputs_need_force(tmp_path, data):
 @pytest.mark.real_model
 def test_marc_original_format_title_and_body_with_the_real_tokenizer(tmp_path, marc):
     fixtures = marc / "fixtures"
-    result = run("prepare", str(fixtures / "dataset_en_train.json"),
-                 "--valid-input", str(fixtures / "dataset_en_dev.json"),
-                 "--test-input", str(fixtures / "dataset_en_test.json"),
-                 "--prompt-template", r"{review_title}\n\n{review_body}",
-                 "--completion-field", "stars", "--task", "classification",
-                 "--valid-size", "0", "--out", "out", "--yes", cwd=tmp_path)
+    result = run(
+        "prepare",
+        str(fixtures / "dataset_en_train.json"),
+        "--valid-input",
+        str(fixtures / "dataset_en_dev.json"),
+        "--test-input",
+        str(fixtures / "dataset_en_test.json"),
+        "--prompt-template",
+        r"{review_title}\n\n{review_body}",
+        "--completion-field",
+        "stars",
+        "--task",
+        "classification",
+        "--valid-size",
+        "0",
+        "--out",
+        "out",
+        "--yes",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "Token lengths (smollm2-135m)" in result.stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text())

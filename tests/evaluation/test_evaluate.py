@@ -5,21 +5,44 @@ from pathlib import Path
 import pytest
 
 from trimtab.evaluation.evaluate import (
-    evaluate_classification, evaluate_language_model, load_eval_data, load_for_eval)
+    evaluate_classification,
+    evaluate_language_model,
+    load_eval_data,
+    load_for_eval,
+)
 from trimtab.training import load_config, train
 
 
 def run(data: Path, model: Path, out: Path, *extra: str):
-    return train(load_config(None, [f"data.train={data / 'train.jsonl'}",
-                                    f"data.valid={data / 'valid.jsonl'}", f"model.name={model}",
-                                    f"run_dir={out}", "batch_size=8", *extra]), progress=False)
+    return train(
+        load_config(
+            None,
+            [
+                f"data.train={data / 'train.jsonl'}",
+                f"data.valid={data / 'valid.jsonl'}",
+                f"model.name={model}",
+                f"run_dir={out}",
+                "batch_size=8",
+                *extra,
+            ],
+        ),
+        progress=False,
+    )
 
 
 def test_classify_run_is_scored_with_its_head(tmp_path, reviews, tiny_bert_dir):
-    run(reviews, tiny_bert_dir, tmp_path / "run", "data.task=classify", "method.name=full",
-        "epochs=6", "optim.lr=0.003")
-    outcome = evaluate_classification(load_for_eval(tmp_path / "run"),
-                                      load_eval_data(reviews / "valid.jsonl"))
+    run(
+        reviews,
+        tiny_bert_dir,
+        tmp_path / "run",
+        "data.task=classify",
+        "method.name=full",
+        "epochs=6",
+        "optim.lr=0.003",
+    )
+    outcome = evaluate_classification(
+        load_for_eval(tmp_path / "run"), load_eval_data(reviews / "valid.jsonl")
+    )
     report = outcome.classification
     assert outcome.mode == "classification head"
     assert (report.n, report.accuracy, report.invalid) == (16, 1.0, 0)
@@ -37,16 +60,17 @@ def test_lora_run_is_scored_by_label_log_probability(tmp_path, reviews, tiny_lla
 
 
 def test_base_model_is_scored_zero_shot(reviews, tiny_llama_dir):
-    report = evaluate_classification(load_for_eval(tiny_llama_dir),
-                                     load_eval_data(reviews / "valid.jsonl", limit=6)
-                                     ).classification
+    report = evaluate_classification(
+        load_for_eval(tiny_llama_dir), load_eval_data(reviews / "valid.jsonl", limit=6)
+    ).classification
     assert report.n == 6 and sum(map(sum, report.confusion)) == 6
 
 
 def test_prepared_folder_gives_its_test_file_and_training_file(reviews):
     (reviews / "test.jsonl").write_text((reviews / "valid.jsonl").read_text())
     (reviews / "report.json").write_text(
-        '{"task": "classification", "separator": "\\n\\n###\\n\\n", "stop": null}')
+        '{"task": "classification", "separator": "\\n\\n###\\n\\n", "stop": null}'
+    )
     data = load_eval_data(reviews)
     assert data.path == reviews / "test.jsonl" and data.train == reviews / "train.jsonl"
     assert data.labels == ["1", "5"] and data.separator == "\n\n###\n\n"
@@ -92,13 +116,16 @@ def test_language_model_loss_is_the_mean_completion_token_loss(reviews, tiny_lla
 
 
 def test_plain_text_is_scored_on_every_token(tmp_path, tiny_llama_dir):
-    (tmp_path / "t.jsonl").write_text('{"text": "the cat sat on the mat"}\n'
-                                      '{"text": "a dog ran in the park"}\n')
+    (tmp_path / "t.jsonl").write_text(
+        '{"text": "the cat sat on the mat"}\n{"text": "a dog ran in the park"}\n'
+    )
     model = load_for_eval(tiny_llama_dir)
-    lm = evaluate_language_model(model, load_eval_data(tmp_path / "t.jsonl"),
-                                 bf16=False).language_model
-    ids = [model.tokenizer(t)["input_ids"] for t in ("the cat sat on the mat",
-                                                      "a dog ran in the park")]
+    lm = evaluate_language_model(
+        model, load_eval_data(tmp_path / "t.jsonl"), bf16=False
+    ).language_model
+    ids = [
+        model.tokenizer(t)["input_ids"] for t in ("the cat sat on the mat", "a dog ran in the park")
+    ]
     # every token after the first of each document, plus its EOS
     assert lm["tokens"] == sum(len(i) for i in ids)
     assert lm["loss"] > 0 and lm["perplexity"] > 1
@@ -107,11 +134,18 @@ def test_plain_text_is_scored_on_every_token(tmp_path, tiny_llama_dir):
 def test_classification_head_has_no_language_model_loss(tmp_path, reviews, tiny_bert_dir):
     from trimtab.errors import TrimtabError
 
-    run(reviews, tiny_bert_dir, tmp_path / "run", "data.task=classify", "method.name=full",
-        "epochs=1")
+    run(
+        reviews,
+        tiny_bert_dir,
+        tmp_path / "run",
+        "data.task=classify",
+        "method.name=full",
+        "epochs=1",
+    )
     with pytest.raises(TrimtabError, match="no language-model loss"):
-        evaluate_language_model(load_for_eval(tmp_path / "run"),
-                                load_eval_data(reviews / "valid.jsonl"))
+        evaluate_language_model(
+            load_for_eval(tmp_path / "run"), load_eval_data(reviews / "valid.jsonl")
+        )
 
 
 def test_median_decision_minimises_absolute_error_not_accuracy():

@@ -62,6 +62,7 @@ def test_mismatched_lengths_are_an_error():
 
 # --- open-ended generation ------------------------------------------------------------------
 
+
 def test_rouge_l_of_one_substituted_word():
     from trimtab.evaluation.metrics import rouge_l
 

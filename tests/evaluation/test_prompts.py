@@ -1,7 +1,12 @@
 """Baseline prompts (zero- and few-shot) and reading labels out of generated answers."""
 
 from trimtab.evaluation.prompts import (
-    Shot, baseline_prompts, parse_label, pick_shots, strip_separator)
+    Shot,
+    baseline_prompts,
+    parse_label,
+    pick_shots,
+    strip_separator,
+)
 
 LABELS = ["1", "2", "3", "4", "5"]
 
@@ -66,22 +71,31 @@ def test_shots_stop_when_the_examples_run_out():
 
 
 def test_zero_shot_chat_prompt_puts_the_instruction_in_the_system_turn():
-    prompts, labels = baseline_prompts(ChatTokenizer(), ["Great!"], LABELS,
-                                       instruction="Rate it: {labels}.")
+    prompts, labels = baseline_prompts(
+        ChatTokenizer(), ["Great!"], LABELS, instruction="Rate it: {labels}."
+    )
     assert prompts == ["<system>Rate it: 1, 2, 3, 4, 5.</><user>Great!</><assistant>"]
     assert labels == LABELS  # the assistant's answer starts with the bare label
 
 
 def test_few_shot_chat_prompt_shows_each_example_as_an_exchange():
-    prompts, _ = baseline_prompts(ChatTokenizer(), ["Meh"], LABELS,
-                                  shots=[Shot("Bad", "1"), Shot("Good", "5")])
-    assert prompts[0].endswith("<user>Bad</><assistant>1</><user>Good</><assistant>5</>"
-                               "<user>Meh</><assistant>")
+    prompts, _ = baseline_prompts(
+        ChatTokenizer(), ["Meh"], LABELS, shots=[Shot("Bad", "1"), Shot("Good", "5")]
+    )
+    assert prompts[0].endswith(
+        "<user>Bad</><assistant>1</><user>Good</><assistant>5</><user>Meh</><assistant>"
+    )
 
 
 def test_plain_prompt_follows_the_training_format():
-    prompts, labels = baseline_prompts(PlainTokenizer(), ["Meh"], ["1", "5"],
-                                       instruction="Rate.", shots=[Shot("Bad", "1")],
-                                       separator="\n###\n", leading_space=True)
+    prompts, labels = baseline_prompts(
+        PlainTokenizer(),
+        ["Meh"],
+        ["1", "5"],
+        instruction="Rate.",
+        shots=[Shot("Bad", "1")],
+        separator="\n###\n",
+        leading_space=True,
+    )
     assert prompts == ["Rate.\n\nBad\n###\n 1\n\nMeh\n###\n"]
     assert labels == [" 1", " 5"]

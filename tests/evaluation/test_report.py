@@ -37,43 +37,81 @@ def classification_from(confusion: list[list[int]], labels: list[str]) -> dict:
 
 def make_report() -> dict:
     fine_tuned = {
-        "label": "smollm2-135m lora", "model": "runs/case-study/runs/smollm2-lora",
-        "kind": "fine-tuned", "base_model": "smollm2-135m", "method": "lora", "task": "sft",
-        "mode": "label scoring", "n": 500, "seconds": 12.5, "examples_per_s": 40.0,
+        "label": "smollm2-135m lora",
+        "model": "runs/case-study/runs/smollm2-lora",
+        "kind": "fine-tuned",
+        "base_model": "smollm2-135m",
+        "method": "lora",
+        "task": "sft",
+        "mode": "label scoring",
+        "n": 500,
+        "seconds": 12.5,
+        "examples_per_s": 40.0,
         "classification": classification_from(CONFUSION, LABELS),
-        "language_model": None, "generation": None,
+        "language_model": None,
+        "generation": None,
         "training": {"seconds": 600.0, "tokens_per_s": 1500.0, "train_examples": 11203},
-        "run": {"path": "runs/case-study/runs/smollm2-lora", "metrics": [
-            {"step": 10, "train_loss": 1.6}, {"step": 20, "train_loss": 1.4},
-            {"step": 25, "valid_loss": 1.3, "valid_accuracy": 0.45},
-            {"step": 30, "train_loss": 1.2},
-            {"step": 50, "valid_loss": 1.1, "valid_accuracy": 0.55}]},
+        "run": {
+            "path": "runs/case-study/runs/smollm2-lora",
+            "metrics": [
+                {"step": 10, "train_loss": 1.6},
+                {"step": 20, "train_loss": 1.4},
+                {"step": 25, "valid_loss": 1.3, "valid_accuracy": 0.45},
+                {"step": 30, "train_loss": 1.2},
+                {"step": 50, "valid_loss": 1.1, "valid_accuracy": 0.55},
+            ],
+        },
     }
     zero_shot = {
-        "label": "smollm2-135m zero-shot", "model": "smollm2-135m", "kind": "zero-shot",
-        "base_model": "smollm2-135m", "method": None, "task": "sft", "mode": "generation",
-        "n": 500, "seconds": 30.0, "examples_per_s": 16.7,
+        "label": "smollm2-135m zero-shot",
+        "model": "smollm2-135m",
+        "kind": "zero-shot",
+        "base_model": "smollm2-135m",
+        "method": None,
+        "task": "sft",
+        "mode": "generation",
+        "n": 500,
+        "seconds": 30.0,
+        "examples_per_s": 16.7,
         "classification": classification_from([[30, 70], [10, 90]], ["neg", "pos"]),
         "language_model": None,
         "generation": {"exact_match": 0.4, "rouge_l": 0.55, "n": 50},
-        "training": None, "run": None,
+        "training": None,
+        "run": None,
     }
     lm = {
-        "label": "smollm2-135m lm", "model": "runs/lm", "kind": "fine-tuned",
-        "base_model": "smollm2-135m", "method": "full", "task": "lm", "mode": "loss",
-        "n": 100, "seconds": 2.0, "examples_per_s": 50.0, "classification": None,
+        "label": "smollm2-135m lm",
+        "model": "runs/lm",
+        "kind": "fine-tuned",
+        "base_model": "smollm2-135m",
+        "method": "full",
+        "task": "lm",
+        "mode": "loss",
+        "n": 100,
+        "seconds": 2.0,
+        "examples_per_s": 50.0,
+        "classification": None,
         "language_model": {"loss": 1.23, "perplexity": 3.42, "tokens": 1000},
-        "generation": None, "training": None, "run": None,
+        "generation": None,
+        "training": None,
+        "run": None,
     }
-    return {"trimtab_version": "0.1.0", "created": "2026-11-22T05:30:00",
-            "data": "runs/demo/data/marc-en/test.jsonl",
-            "command": "trimtab eval runs/x smollm2-135m --data runs/demo/data/marc-en/test.jsonl",
-            "results": [fine_tuned, zero_shot, lm]}
+    return {
+        "trimtab_version": "0.1.0",
+        "created": "2026-11-22T05:30:00",
+        "data": "runs/demo/data/marc-en/test.jsonl",
+        "command": "trimtab eval runs/x smollm2-135m --data runs/demo/data/marc-en/test.jsonl",
+        "results": [fine_tuned, zero_shot, lm],
+    }
 
 
-EXPECTED_PLOTS = {"comparison.png", "accuracy-by-checkpoint.png",
-                  "confusion-smollm2-135m-lora.png", "confusion-smollm2-135m-zero-shot.png",
-                  "loss-smollm2-135m-lora.png"}
+EXPECTED_PLOTS = {
+    "comparison.png",
+    "accuracy-by-checkpoint.png",
+    "confusion-smollm2-135m-lora.png",
+    "confusion-smollm2-135m-zero-shot.png",
+    "loss-smollm2-135m-lora.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +129,9 @@ def files_under(folder: Path) -> set[str]:
 
 def test_folder_holds_exactly_the_report_files_and_plots(written):
     _, out = written
-    assert files_under(out) == ({"report.json", "report.md", "report.html"}
-                                | {f"plots/{name}" for name in EXPECTED_PLOTS})
+    assert files_under(out) == (
+        {"report.json", "report.md", "report.html"} | {f"plots/{name}" for name in EXPECTED_PLOTS}
+    )
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
@@ -151,7 +190,7 @@ def test_html_is_one_self_contained_file_with_every_plot_embedded(written):
     assert "http://" not in page and "https://" not in page
     assert 'src="plots' not in page and "<script" not in page
     assert page.count("data:image/png;base64,") == len(EXPECTED_PLOTS)
-    assert "<table>" in page and "<td class=\"num\">0.550 [" in page
+    assert "<table>" in page and '<td class="num">0.550 [' in page
     assert "<style>" in page and 'rel="stylesheet"' not in page
 
 
@@ -220,17 +259,37 @@ def test_result_without_classification_or_mae_is_reported_with_dashes(tmp_path):
     report = make_report()
     report["results"] = [
         {"label": "text labels", "model": "m1", "classification": text_labels},
-        {"label": "nothing", "model": "m2", "classification": None, "language_model": None,
-         "generation": None, "training": None, "run": None, "n": None, "seconds": None,
-         "examples_per_s": None},
-        {"label": "bad run", "model": "m3", "run": {"path": "runs/x", "metrics": [
-            {"step": 1, "train_loss": None}, {"step": None, "valid_loss": 1.0}]}},
+        {
+            "label": "nothing",
+            "model": "m2",
+            "classification": None,
+            "language_model": None,
+            "generation": None,
+            "training": None,
+            "run": None,
+            "n": None,
+            "seconds": None,
+            "examples_per_s": None,
+        },
+        {
+            "label": "bad run",
+            "model": "m3",
+            "run": {
+                "path": "runs/x",
+                "metrics": [{"step": 1, "train_loss": None}, {"step": None, "valid_loss": 1.0}],
+            },
+        },
     ]
     out = tmp_path / "r"
     write_report(report, out)
     # Only the one classification has something to plot: no loss or checkpoint plots.
-    assert files_under(out) == {"report.json", "report.md", "report.html",
-                                "plots/comparison.png", "plots/confusion-text-labels.png"}
+    assert files_under(out) == {
+        "report.json",
+        "report.md",
+        "report.html",
+        "plots/comparison.png",
+        "plots/confusion-text-labels.png",
+    }
     table = comparison_table(report).splitlines()
     text_row = [c.strip() for c in table[2].strip("|").split("|")]
     assert text_row[4] == "0.875 [" + text_row[4].split("[")[1] and text_row[6] == "—"
@@ -238,8 +297,13 @@ def test_result_without_classification_or_mae_is_reported_with_dashes(tmp_path):
 
 
 def test_a_report_without_results_still_writes_every_file(tmp_path):
-    report = {"trimtab_version": "0.1.0", "created": "2026-11-22T05:30:00", "data": "d.jsonl",
-              "command": "trimtab eval", "results": []}
+    report = {
+        "trimtab_version": "0.1.0",
+        "created": "2026-11-22T05:30:00",
+        "data": "d.jsonl",
+        "command": "trimtab eval",
+        "results": [],
+    }
     write_report(report, tmp_path / "r")
     assert files_under(tmp_path / "r") == {"report.json", "report.md", "report.html"}
     assert (tmp_path / "r" / "plots").is_dir()
@@ -252,8 +316,9 @@ def test_duplicate_labels_get_unique_filesystem_safe_slugs(tmp_path):
     write_report(report, tmp_path / "r")
     confusion = {p.name for p in (tmp_path / "r" / "plots").glob("confusion-*.png")}
     assert confusion == {"confusion-cafe-lora-1.png", "confusion-cafe-lora-1-2.png"}
-    assert report_module._slugs([{"label": "a"}, {"label": "A"}, {"label": "a-2"},
-                                 {"label": "日本"}]) == ["a", "a-2", "a-2-2", "result"]
+    assert report_module._slugs(
+        [{"label": "a"}, {"label": "A"}, {"label": "a-2"}, {"label": "日本"}]
+    ) == ["a", "a-2", "a-2-2", "result"]
 
 
 def test_every_figure_is_closed(tmp_path):
@@ -264,15 +329,15 @@ def test_every_figure_is_closed(tmp_path):
 
 
 def test_importing_the_module_does_not_import_matplotlib():
-    code = ("import sys, trimtab.evaluation.report; "
-            "sys.exit('matplotlib' in sys.modules)")
+    code = "import sys, trimtab.evaluation.report; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
 def test_median_decision_of_ordinal_labels_is_shown_beside_the_argmax(tmp_path):
     report = make_report()
     report["results"][0]["classification"]["extra"] = {
-        "median_decision": {"accuracy": 0.512, "mae": 0.456, "off_by_one_accuracy": 0.934}}
+        "median_decision": {"accuracy": 0.512, "mae": 0.456, "off_by_one_accuracy": 0.934}
+    }
     write_report(report, tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "accuracy 0.512, MAE 0.456, off-by-one 0.934" in md

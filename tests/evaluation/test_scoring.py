@@ -7,14 +7,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trimtab.evaluation.scoring import label_token_ids, score_labels
 
-PROMPTS = ["Great product, works well.\n\n###\n\n", "Terrible.\n\n###\n\n",
-           "It is okay for the price, nothing special, but the battery lasts.\n\n###\n\n"]
+PROMPTS = [
+    "Great product, works well.\n\n###\n\n",
+    "Terrible.\n\n###\n\n",
+    "It is okay for the price, nothing special, but the battery lasts.\n\n###\n\n",
+]
 
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_llama_dir):
-    return (AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval(),
-            AutoTokenizer.from_pretrained(tiny_llama_dir))
+    return (
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval(),
+        AutoTokenizer.from_pretrained(tiny_llama_dir),
+    )
 
 
 def brute_force(model, tokenizer, prompt: str, label: str) -> float:
@@ -27,13 +32,19 @@ def brute_force(model, tokenizer, prompt: str, label: str) -> float:
     return float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(tail)))
 
 
-@pytest.mark.parametrize("labels", [[" 1", " 2", " 3", " 4", " 5"],  # shared ' ': one pass
-                                    [" great", " bad", " okay then"]])  # per-label sequences
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [" 1", " 2", " 3", " 4", " 5"],  # shared ' ': one pass
+        [" great", " bad", " okay then"],
+    ],
+)  # per-label sequences
 def test_scores_equal_per_sequence_log_probabilities(model_and_tokenizer, labels):
     model, tokenizer = model_and_tokenizer
     scores = score_labels(model, tokenizer, PROMPTS, labels, batch_size=2)
-    expected = torch.tensor([[brute_force(model, tokenizer, p, lab) for lab in labels]
-                             for p in PROMPTS])
+    expected = torch.tensor(
+        [[brute_force(model, tokenizer, p, lab) for lab in labels] for p in PROMPTS]
+    )
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
 
 

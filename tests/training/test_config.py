@@ -27,11 +27,20 @@ def train_file(tmp_path: Path) -> Path:
 
 
 def test_overrides_become_nested_typed_values():
-    assert parse_overrides(["optim.lr=1e-4", "epochs=2", "method.name=full",
-                            "method.target_modules=[q_proj, v_proj]", "keep_best=false"]) == {
-        "optim": {"lr": 1e-4}, "epochs": 2, "method": {"name": "full",
-                                                        "target_modules": ["q_proj", "v_proj"]},
-        "keep_best": False}
+    assert parse_overrides(
+        [
+            "optim.lr=1e-4",
+            "epochs=2",
+            "method.name=full",
+            "method.target_modules=[q_proj, v_proj]",
+            "keep_best=false",
+        ]
+    ) == {
+        "optim": {"lr": 1e-4},
+        "epochs": 2,
+        "method": {"name": "full", "target_modules": ["q_proj", "v_proj"]},
+        "keep_best": False,
+    }
 
 
 def test_override_without_equals_is_an_error():
@@ -41,16 +50,26 @@ def test_override_without_equals_is_an_error():
 
 def test_yaml_then_overrides_then_validation(tmp_path, train_file):
     config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump({"data": {"train": str(train_file)},
-                                           "optim": {"lr": 0.001}, "epochs": 5}))
+    config_file.write_text(
+        yaml.safe_dump({"data": {"train": str(train_file)}, "optim": {"lr": 0.001}, "epochs": 5})
+    )
     config = load_config(config_file, ["epochs=2"])
     assert (config.epochs, config.optim.lr, config.data.train) == (2, 0.001, train_file)
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["optim.lr=2", "method.trainable_layers=2", "data.valid=nowhere.jsonl",
-                           "early_stopping_patience=3", "batch_size=6", "micro_batch_size=4"])
+        load_config(
+            None,
+            [
+                "optim.lr=2",
+                "method.trainable_layers=2",
+                "data.valid=nowhere.jsonl",
+                "early_stopping_patience=3",
+                "batch_size=6",
+                "micro_batch_size=4",
+            ],
+        )
     problems = e.value.problems
     assert any("data.train: required" in p for p in problems)
     assert len(problems) == len(set(problems))
@@ -63,8 +82,9 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 def test_type_errors_name_the_key_and_the_file(tmp_path, train_file):
     config_file = tmp_path / "bad.yaml"
-    config_file.write_text(f"data:\n  train: {train_file}\nepochs: many\nmethod:\n  name: magic\n"
-                           "typo_key: 1\n")
+    config_file.write_text(
+        f"data:\n  train: {train_file}\nepochs: many\nmethod:\n  name: magic\ntypo_key: 1\n"
+    )
     with pytest.raises(ConfigError) as e:
         load_config(config_file)
     text = str(e.value)
@@ -83,14 +103,16 @@ def test_missing_config_file_is_an_error(tmp_path):
         load_config(tmp_path / "none.yaml")
 
 
-@pytest.mark.parametrize(("n", "epochs"), [(10, 10), (20, 5), (1000, 3), (8333, 3),
-                                           (12000, 2), (100000, 1), (1, 25)])
+@pytest.mark.parametrize(
+    ("n", "epochs"), [(10, 10), (20, 5), (1000, 3), (8333, 3), (12000, 2), (100000, 1), (1, 25)]
+)
 def test_auto_epochs_follow_openai_rule(n, epochs):
     assert auto_epochs(n) == epochs
 
 
-@pytest.mark.parametrize(("n", "batch"), [(10, 1), (1000, 2), (11000, 16), (50000, 128),
-                                          (10_000_000, 256)])
+@pytest.mark.parametrize(
+    ("n", "batch"), [(10, 1), (1000, 2), (11000, 16), (50000, 128), (10_000_000, 256)]
+)
 def test_auto_batch_size_is_about_0_2_percent_as_a_power_of_two(n, batch):
     assert auto_batch_size(n) == batch
 
@@ -98,8 +120,11 @@ def test_auto_batch_size_is_about_0_2_percent_as_a_power_of_two(n, batch):
 def test_resolve_auto_fills_every_auto_and_keeps_explicit_values(train_file):
     config = load_config(None, [f"data.train={train_file}", "method.name=full", "epochs=4"])
     resolved = resolve_auto(config, 11000)
-    assert (resolved.epochs, resolved.batch_size, resolved.optim.lr) == (4, 16, auto_lr(
-        "full", "sft"))
+    assert (resolved.epochs, resolved.batch_size, resolved.optim.lr) == (
+        4,
+        16,
+        auto_lr("full", "sft"),
+    )
     assert config.batch_size == "auto"  # the original is untouched
 
 
@@ -110,8 +135,9 @@ def test_dump_round_trips(tmp_path, train_file):
     assert load_config(saved) == config
 
 
-@pytest.mark.parametrize("name", ["marc-smollm2-lora", "marc-minilm-classify",
-                                  "marc-minilm-freeze"])
+@pytest.mark.parametrize(
+    "name", ["marc-smollm2-lora", "marc-minilm-classify", "marc-minilm-freeze"]
+)
 def test_shipped_example_configs_validate(name, train_file):
     config_file = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
     config = load_config(config_file, [f"data.train={train_file}"])

@@ -18,21 +18,35 @@ from trimtab.errors import ConfigError, TrimtabError
 from trimtab.training import load_config, train
 from trimtab.training.loop import TrainingDiverged
 
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
 def config(data: Path, model: Path, run: Path, *extra: str):
-    return load_config(None, [f"data.train={data / 'train.jsonl'}",
-                              f"data.valid={data / 'valid.jsonl'}", f"model.name={model}",
-                              f"run_dir={run}", "epochs=2", "batch_size=8", "optim.lr=0.01",
-                              "log_every=1", *extra])
+    return load_config(
+        None,
+        [
+            f"data.train={data / 'train.jsonl'}",
+            f"data.valid={data / 'valid.jsonl'}",
+            f"model.name={model}",
+            f"run_dir={run}",
+            "epochs=2",
+            "batch_size=8",
+            "optim.lr=0.01",
+            "log_every=1",
+            *extra,
+        ],
+    )
 
 
 def trainable_tensors(final: Path) -> dict[str, torch.Tensor]:
-    name = "adapter_model.safetensors" if (final / "adapter_model.safetensors").exists() \
+    name = (
+        "adapter_model.safetensors"
+        if (final / "adapter_model.safetensors").exists()
         else "model.safetensors"
+    )
     return load_file(str(final / name))
 
 
@@ -40,12 +54,18 @@ def test_lora_sft_writes_a_self_describing_run_folder(tmp_path, reviews, tiny_ll
     result = train(config(reviews, tiny_llama_dir, tmp_path / "run"), progress=False)
     run = tmp_path / "run"
     assert {"config.yaml", "run.json", "metrics.jsonl", "checkpoints", "best", "final"} <= set(
-        os.listdir(run))
+        os.listdir(run)
+    )
     info = json.loads((run / "run.json").read_text())
     assert (info["status"], info["task"], info["method"]) == ("completed", "sft", "lora")
     assert 0 < info["trainable_parameters"] < info["total_parameters"]
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md",
-            "trimtab.json"} <= set(os.listdir(result.final))
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "README.md",
+        "trimtab.json",
+    } <= set(os.listdir(result.final))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "train_loss" in m]
     assert [m["step"] for m in steps] == list(range(1, 13))
@@ -58,9 +78,15 @@ def test_lora_sft_writes_a_self_describing_run_folder(tmp_path, reviews, tiny_ll
 
 
 def test_auto_hyperparameters_are_resolved_and_saved(tmp_path, reviews, tiny_llama_dir):
-    cfg = load_config(None, [f"data.train={reviews / 'train.jsonl'}",
-                             f"model.name={tiny_llama_dir}", f"run_dir={tmp_path / 'run'}",
-                             "max_steps=2"])
+    cfg = load_config(
+        None,
+        [
+            f"data.train={reviews / 'train.jsonl'}",
+            f"model.name={tiny_llama_dir}",
+            f"run_dir={tmp_path / 'run'}",
+            "max_steps=2",
+        ],
+    )
     train(cfg, progress=False)
     saved = load_config(tmp_path / "run" / "config.yaml")
     # 48 examples: 100 example-passes at least -> 3 epochs; 0.2% -> batch 1; LoRA's rate
@@ -68,24 +94,46 @@ def test_auto_hyperparameters_are_resolved_and_saved(tmp_path, reviews, tiny_lla
 
 
 def test_full_classify_on_an_encoder_learns_a_separable_task(tmp_path, reviews, tiny_bert_dir):
-    result = train(config(reviews, tiny_bert_dir, tmp_path / "run", "data.task=classify",
-                          "method.name=full", "epochs=6", "optim.lr=0.003"), progress=False)
+    result = train(
+        config(
+            reviews,
+            tiny_bert_dir,
+            tmp_path / "run",
+            "data.task=classify",
+            "method.name=full",
+            "epochs=6",
+            "optim.lr=0.003",
+        ),
+        progress=False,
+    )
     assert result.results["valid_accuracy"] == 1.0
     meta = json.loads((result.final / "trimtab.json").read_text())
     assert meta["labels"] == ["1", "5"] and meta["task"] == "classify"
 
 
-def test_freeze_caches_trunk_features_and_trains_only_the_head(tmp_path, reviews,
-                                                                tiny_bert_dir):
+def test_freeze_caches_trunk_features_and_trains_only_the_head(tmp_path, reviews, tiny_bert_dir):
     before = load_file(str(tiny_bert_dir / "model.safetensors"))
-    result = train(config(reviews, tiny_bert_dir, tmp_path / "run", "data.task=classify",
-                          "method.name=freeze", "optim.lr=0.01"), progress=False)
+    result = train(
+        config(
+            reviews,
+            tiny_bert_dir,
+            tmp_path / "run",
+            "data.task=classify",
+            "method.name=freeze",
+            "optim.lr=0.01",
+        ),
+        progress=False,
+    )
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["feature_cache"] is True
     after = load_file(str(result.final / "model.safetensors"))
     embeddings = next(k for k in after if "word_embeddings" in k)
-    assert torch.equal(after[embeddings], before[embeddings.replace("bert.", "bert.", 1)]
-                       if embeddings in before else after[embeddings])
+    assert torch.equal(
+        after[embeddings],
+        before[embeddings.replace("bert.", "bert.", 1)]
+        if embeddings in before
+        else after[embeddings],
+    )
     layer0 = [k for k in after if "encoder.layer.0." in k]
     assert layer0 and all(torch.equal(after[k], before[k]) for k in layer0 if k in before)
 
@@ -95,10 +143,20 @@ def test_lm_task_trains_on_packed_raw_text(tmp_path, tiny_llama_dir):
     data = tmp_path / "data"
     data.mkdir()
     write_jsonl(data / "train.jsonl", rows)
-    cfg = load_config(None, [f"data.train={data / 'train.jsonl'}", "data.task=lm",
-                             f"model.name={tiny_llama_dir}", "model.max_length=32",
-                             f"run_dir={tmp_path / 'run'}", "epochs=2", "batch_size=2",
-                             "method.name=full", "optim.lr=0.003"])
+    cfg = load_config(
+        None,
+        [
+            f"data.train={data / 'train.jsonl'}",
+            "data.task=lm",
+            f"model.name={tiny_llama_dir}",
+            "model.max_length=32",
+            f"run_dir={tmp_path / 'run'}",
+            "epochs=2",
+            "batch_size=2",
+            "method.name=full",
+            "optim.lr=0.003",
+        ],
+    )
     result = train(cfg, progress=False)
     assert result.results["steps"] > 0 and (result.final / "model.safetensors").exists()
 
@@ -106,16 +164,28 @@ def test_lm_task_trains_on_packed_raw_text(tmp_path, tiny_llama_dir):
 def test_sgd_with_momentum_and_an_l1_penalty_shrinks_weights(tmp_path, reviews, tiny_llama_dir):
     norms = {}
     for l1 in (0.0, 0.05):
-        result = train(config(reviews, tiny_llama_dir, tmp_path / f"run-{l1}", "method.name=full",
-                              "optim.optimizer=sgd", "optim.momentum=0.8", f"optim.l1={l1}",
-                              "optim.lr=0.05", "keep_best=false"), progress=False)
+        result = train(
+            config(
+                reviews,
+                tiny_llama_dir,
+                tmp_path / f"run-{l1}",
+                "method.name=full",
+                "optim.optimizer=sgd",
+                "optim.momentum=0.8",
+                f"optim.l1={l1}",
+                "optim.lr=0.05",
+                "keep_best=false",
+            ),
+            progress=False,
+        )
         weights = trainable_tensors(result.final)
         norms[l1] = sum(float(t.abs().sum()) for k, t in weights.items() if "layers" in k)
     assert norms[0.05] < norms[0.0]
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, reviews, tiny_llama_dir,
-                                                           monkeypatch):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, reviews, tiny_llama_dir, monkeypatch
+):
     from trimtab.training import loop
 
     real_forward = loop.Objective.forward
@@ -140,22 +210,40 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, reviews, ti
 
 
 def test_early_stopping_keeps_the_best_model(tmp_path, reviews, tiny_llama_dir):
-    result = train(config(reviews, tiny_llama_dir, tmp_path / "run", "epochs=10", "eval_every=1",
-                          "early_stopping_patience=2", "optim.lr=0.5", "optim.warmup=0",
-                          "max_loss=1e9", "optim.max_grad_norm=1000"), progress=False)
+    result = train(
+        config(
+            reviews,
+            tiny_llama_dir,
+            tmp_path / "run",
+            "epochs=10",
+            "eval_every=1",
+            "early_stopping_patience=2",
+            "optim.lr=0.5",
+            "optim.warmup=0",
+            "max_loss=1e9",
+            "optim.max_grad_norm=1000",
+        ),
+        progress=False,
+    )
     assert result.results["steps"] < 60
-    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-               if "valid_loss" in x]
+    metrics = [
+        json.loads(x)
+        for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if "valid_loss" in x
+    ]
     best = min(metrics, key=lambda m: m["valid_loss"])
     assert result.results["best_step"] == best["step"]
-    assert trainable_tensors(result.final).keys() == trainable_tensors(
-        tmp_path / "run" / "best").keys()
+    assert (
+        trainable_tensors(result.final).keys()
+        == trainable_tensors(tmp_path / "run" / "best").keys()
+    )
     for k, v in trainable_tensors(result.final).items():
         assert torch.equal(v, trainable_tensors(tmp_path / "run" / "best")[k])
 
 
-def test_existing_run_is_not_overwritten_and_missing_resume_is_an_error(tmp_path, reviews,
-                                                                        tiny_llama_dir):
+def test_existing_run_is_not_overwritten_and_missing_resume_is_an_error(
+    tmp_path, reviews, tiny_llama_dir
+):
     train(config(reviews, tiny_llama_dir, tmp_path / "run", "max_steps=1"), progress=False)
     with pytest.raises(TrimtabError, match="already exists"):
         train(config(reviews, tiny_llama_dir, tmp_path / "run"), progress=False)
@@ -165,32 +253,56 @@ def test_existing_run_is_not_overwritten_and_missing_resume_is_an_error(tmp_path
 
 def test_batch_size_larger_than_the_data_is_a_clear_error(tmp_path, reviews, tiny_llama_dir):
     with pytest.raises(ConfigError, match="larger than the 48 training examples"):
-        train(config(reviews, tiny_llama_dir, tmp_path / "run", "batch_size=64",
-                     "micro_batch_size=16"), progress=False)
+        train(
+            config(
+                reviews, tiny_llama_dir, tmp_path / "run", "batch_size=64", "micro_batch_size=16"
+            ),
+            progress=False,
+        )
 
 
 # --- resume after SIGKILL, and data parallel ----------------------------------------------------
+
 
 def cli(*args: str, **kw) -> list[str]:
     return [sys.executable, "-m", "trimtab", "train", *args]
 
 
 def train_args(data: Path, model: Path, run: Path) -> list[str]:
-    return [f"data.train={data / 'train.jsonl'}", f"data.valid={data / 'valid.jsonl'}",
-            f"model.name={model}", f"run_dir={run}", "epochs=3", "batch_size=4",
-            "optim.lr=0.01", "precision=fp32", "save_every=1", "keep_checkpoints=100",
-            "method.lora_dropout=0.1"]
+    return [
+        f"data.train={data / 'train.jsonl'}",
+        f"data.valid={data / 'valid.jsonl'}",
+        f"model.name={model}",
+        f"run_dir={run}",
+        "epochs=3",
+        "batch_size=4",
+        "optim.lr=0.01",
+        "precision=fp32",
+        "save_every=1",
+        "keep_checkpoints=100",
+        "method.lora_dropout=0.1",
+    ]
 
 
-def test_resume_after_sigkill_ends_bit_identical_to_an_uninterrupted_run(tmp_path, reviews,
-                                                                         tiny_llama_dir):
+def test_resume_after_sigkill_ends_bit_identical_to_an_uninterrupted_run(
+    tmp_path, reviews, tiny_llama_dir
+):
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     straight = tmp_path / "straight"
-    subprocess.run(cli(*train_args(reviews, tiny_llama_dir, straight), "--quiet"), check=True,
-                   env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        cli(*train_args(reviews, tiny_llama_dir, straight), "--quiet"),
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cli(*train_args(reviews, tiny_llama_dir, killed), "--quiet"),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cli(*train_args(reviews, tiny_llama_dir, killed), "--quiet"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     target = killed / "checkpoints" / "step-0000015"
     deadline = time.monotonic() + 240
     while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -199,16 +311,22 @@ def test_resume_after_sigkill_ends_bit_identical_to_an_uninterrupted_run(tmp_pat
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (killed / "final").exists()
-    resumed = subprocess.run(cli("--resume", str(killed), "--quiet"), env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        cli("--resume", str(killed), "--quiet"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     a = trainable_tensors(straight / "final")
     b = trainable_tensors(killed / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     lines = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert [m["step"] for m in lines(killed)] == [m["step"] for m in lines(straight)]
-    assert [m.get("train_loss") for m in lines(killed)] == [m.get("train_loss") for m in
-                                                            lines(straight)]
+    assert [m.get("train_loss") for m in lines(killed)] == [
+        m.get("train_loss") for m in lines(straight)
+    ]
 
 
 def free_port() -> int:
@@ -219,19 +337,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, reviews,
-                                                                    tiny_llama_dir):
-    common = [f"data.train={reviews / 'train.jsonl'}", f"model.name={tiny_llama_dir}",
-              "epochs=1", "batch_size=8", "optim.lr=0.01", "precision=fp32", "method.name=full",
-              "max_steps=4", "--quiet"]
+def test_two_processes_match_one_process_with_the_same_global_batch(
+    tmp_path, reviews, tiny_llama_dir
+):
+    common = [
+        f"data.train={reviews / 'train.jsonl'}",
+        f"model.name={tiny_llama_dir}",
+        "epochs=1",
+        "batch_size=8",
+        "optim.lr=0.01",
+        "precision=fp32",
+        "method.name=full",
+        "max_steps=4",
+        "--quiet",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    one = subprocess.run(cli(*common, f"run_dir={tmp_path / 'one'}", "micro_batch_size=8"),
-                         env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        cli(*common, f"run_dir={tmp_path / 'one'}", "micro_batch_size=8"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={free_port()}", "-m", "trimtab", "train", *common,
-                          f"run_dir={tmp_path / 'two'}", "micro_batch_size=4"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            "-m",
+            "trimtab",
+            "train",
+            *common,
+            f"run_dir={tmp_path / 'two'}",
+            "micro_batch_size=4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     info = json.loads((tmp_path / "two" / "run.json").read_text())
     assert info["world_size"] == 2
@@ -240,27 +387,45 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, re
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
-    loss = lambda run: [json.loads(x).get("train_loss") for x in  # noqa: E731
-                        (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    def loss(run: str) -> list[float | None]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x).get("train_loss") for x in lines]
+
     for x, y in zip(loss("one"), loss("two")):
         assert x == pytest.approx(y, rel=1e-4)
 
 
 # --- the CLI --------------------------------------------------------------------------------------
 
+
 def test_cli_trains_from_a_prepare_folder(tmp_path, reviews, tiny_llama_dir):
-    result = subprocess.run(cli("--data", str(reviews), f"model.name={tiny_llama_dir}",
-                                f"run_dir={tmp_path / 'run'}", "max_steps=2", "batch_size=4"),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        cli(
+            "--data",
+            str(reviews),
+            f"model.name={tiny_llama_dir}",
+            f"run_dir={tmp_path / 'run'}",
+            "max_steps=2",
+            "batch_size=4",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert f"run: {tmp_path / 'run'}" in result.stdout
     assert "step 2/2" in result.stderr  # plain progress lines when not in a terminal
 
 
 def test_cli_reports_every_config_problem_before_loading_a_model(tmp_path):
-    result = subprocess.run(cli("model.name=no-such-model", "optim.lr=7", "epochs=zero",
-                                "data.train=missing.jsonl"), capture_output=True, text=True,
-                            timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        cli("model.name=no-such-model", "optim.lr=7", "epochs=zero", "data.train=missing.jsonl"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "epochs" in result.stderr and "optim.lr" in result.stderr
     assert not (tmp_path / "runs").exists()
@@ -274,17 +439,30 @@ def test_real_smollm2_lora_and_minilm_classify_on_marc(tmp_path, marc):
     picked = [r for i, r in enumerate(rows) if i % 400 == 0][:32]
     data = tmp_path / "data"
     data.mkdir()
-    pairs = [{"prompt": r["review_body"] + "\n\n###\n\n", "completion": " " + r["stars"]}
-             for r in picked]  # the CSV is sorted by stars: every 400th row spans all five
+    pairs = [
+        {"prompt": r["review_body"] + "\n\n###\n\n", "completion": " " + r["stars"]} for r in picked
+    ]  # the CSV is sorted by stars: every 400th row spans all five
     write_jsonl(data / "train.jsonl", [p for j, p in enumerate(pairs) if j % 4 != 3])
     write_jsonl(data / "valid.jsonl", [p for j, p in enumerate(pairs) if j % 4 == 3])
-    for extra in (["model.name=smollm2-135m", "method.name=lora"],
-                  ["model.name=minilm-l6", "data.task=classify", "method.name=full"]):
-        result = train(load_config(None, [f"data.train={data / 'train.jsonl'}",
-                                          f"data.valid={data / 'valid.jsonl'}",
-                                          f"run_dir={tmp_path / extra[0].split('=')[1]}",
-                                          "epochs=1", "batch_size=8", "model.max_length=128",
-                                          *extra]), progress=False)
+    for extra in (
+        ["model.name=smollm2-135m", "method.name=lora"],
+        ["model.name=minilm-l6", "data.task=classify", "method.name=full"],
+    ):
+        result = train(
+            load_config(
+                None,
+                [
+                    f"data.train={data / 'train.jsonl'}",
+                    f"data.valid={data / 'valid.jsonl'}",
+                    f"run_dir={tmp_path / extra[0].split('=')[1]}",
+                    "epochs=1",
+                    "batch_size=8",
+                    "model.max_length=128",
+                    *extra,
+                ],
+            ),
+            progress=False,
+        )
         assert result.results["steps"] == 3 and result.results["valid_loss"] > 0
 
 
@@ -293,8 +471,11 @@ def test_lora_base_weights_in_bf16_give_the_same_autocast_outputs(tiny_llama_dir
     from trimtab.models.loading import load_model
     from trimtab.training.trainer import _frozen_linears_to_bf16
 
-    model = apply_method(load_model(str(tiny_llama_dir), "causal-lm").model,
-                         MethodSpec("lora", lora_r=4), "causal-lm").eval()
+    model = apply_method(
+        load_model(str(tiny_llama_dir), "causal-lm").model,
+        MethodSpec("lora", lora_r=4),
+        "causal-lm",
+    ).eval()
     ids = torch.randint(5, 200, (2, 12))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         before = model(input_ids=ids).logits.float()
@@ -305,43 +486,53 @@ def test_lora_base_weights_in_bf16_give_the_same_autocast_outputs(tiny_llama_dir
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
-def test_export_merge_writes_full_weights_with_the_adapter_outputs(tmp_path, reviews,
-                                                                   tiny_llama_dir):
+def test_export_merge_writes_full_weights_with_the_adapter_outputs(
+    tmp_path, reviews, tiny_llama_dir
+):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from trimtab.cli import main
 
-    result = train(config(reviews, tiny_llama_dir, tmp_path / "run", "max_steps=3",
-                          "precision=fp32"), progress=False)
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "merged"),
-                 "--merge"]) == 0
+    result = train(
+        config(reviews, tiny_llama_dir, tmp_path / "run", "max_steps=3", "precision=fp32"),
+        progress=False,
+    )
+    assert (
+        main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "merged"), "--merge"]) == 0
+    )
     assert (tmp_path / "merged" / "model.safetensors").exists()
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     ids = torch.randint(5, 200, (1, 10))
-    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
-                                        result.final).eval()
+    adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir), result.final
+    ).eval()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, adapter(input_ids=ids).logits,
-                                   rtol=1e-4, atol=1e-5)
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "merged"),
-                 "--merge"]) == 2  # exists: needs --force
+        torch.testing.assert_close(
+            merged(input_ids=ids).logits, adapter(input_ids=ids).logits, rtol=1e-4, atol=1e-5
+        )
+    assert (
+        main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "merged"), "--merge"]) == 2
+    )  # exists: needs --force
 
 
-def test_models_list_shows_known_models_and_finished_runs(tmp_path, reviews, tiny_llama_dir,
-                                                         capsys):
+def test_models_list_shows_known_models_and_finished_runs(
+    tmp_path, reviews, tiny_llama_dir, capsys
+):
     from trimtab.cli import main
 
-    train(config(reviews, tiny_llama_dir, tmp_path / "runs" / "mine", "max_steps=1"),
-          progress=False)
+    train(
+        config(reviews, tiny_llama_dir, tmp_path / "runs" / "mine", "max_steps=1"), progress=False
+    )
     assert main(["models", "list", "--runs", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "minilm-l6" in out and "mine" in out
 
 
-def test_unknown_model_and_malformed_data_fail_before_anything_is_written(tmp_path, reviews,
-                                                                          tiny_llama_dir):
+def test_unknown_model_and_malformed_data_fail_before_anything_is_written(
+    tmp_path, reviews, tiny_llama_dir
+):
     with pytest.raises(TrimtabError, match="no-such-model"):
         train(config(reviews, Path("no-such-model"), tmp_path / "run"), progress=False)
     bad = tmp_path / "bad"

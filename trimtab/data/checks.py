@@ -24,8 +24,9 @@ from trimtab.data.examples import Example, Mode
 from trimtab.errors import DataError, Problem
 
 Status = Literal["ok", "info", "warning", "error"]
-Task = Literal["classification", "conditional-generation", "open-ended-generation",
-               "language-modeling"]
+Task = Literal[
+    "classification", "conditional-generation", "open-ended-generation", "language-modeling"
+]
 OutputFormat = Literal["prompt-completion", "chat", "text"]
 
 MAX_LOCATIONS = 5  # example locations shown per check
@@ -38,8 +39,10 @@ MIN_PER_CLASS = 100  # OpenAI's advice: at least ~100 examples per class
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _PUNCT = re.compile(r"[^\w\s]+")
 _ASCII_PUNCT = string.punctuation.replace("_", "").encode()  # \w keeps the underscore
-_ASCII_FOLD = bytes.maketrans(string.ascii_uppercase.encode() + _ASCII_PUNCT,
-                              string.ascii_lowercase.encode() + b" " * len(_ASCII_PUNCT))
+_ASCII_FOLD = bytes.maketrans(
+    string.ascii_uppercase.encode() + _ASCII_PUNCT,
+    string.ascii_lowercase.encode() + b" " * len(_ASCII_PUNCT),
+)
 
 
 @dataclass
@@ -68,15 +71,24 @@ class CheckResult:
     decided_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "title": self.title, "status": self.status,
-                               "count": self.count, "message": self.message,
-                               "examples": self.locations}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "title": self.title,
+            "status": self.status,
+            "count": self.count,
+            "message": self.message,
+            "examples": self.locations,
+        }
         if self.details:
             out["details"] = self.details
         if self.fix is not None:
-            out["fix"] = {"id": self.fix.id, "description": self.fix.description,
-                          "recommended": self.fix.recommended, "applied": self.applied,
-                          "decided_by": self.decided_by}
+            out["fix"] = {
+                "id": self.fix.id,
+                "description": self.fix.description,
+                "recommended": self.fix.recommended,
+                "applied": self.applied,
+                "decided_by": self.decided_by,
+            }
         return out
 
 
@@ -171,11 +183,19 @@ def _texts(state: State, ex: Example) -> list[str]:
 def check_quantity(state: State) -> CheckResult:
     n = len(state.examples)
     if n < 100:
-        return CheckResult("quantity", "Number of examples", "warning",
-                           f"{n} examples: fine-tuning needs at least a few hundred; "
-                           "quality grows roughly linearly with each doubling of the data", n)
-    advice = ("enough to start; each doubling of the data tends to raise quality linearly"
-              if n < 1000 else "a healthy amount of data")
+        return CheckResult(
+            "quantity",
+            "Number of examples",
+            "warning",
+            f"{n} examples: fine-tuning needs at least a few hundred; "
+            "quality grows roughly linearly with each doubling of the data",
+            n,
+        )
+    advice = (
+        "enough to start; each doubling of the data tends to raise quality linearly"
+        if n < 1000
+        else "a healthy amount of data"
+    )
     return CheckResult("quantity", "Number of examples", "ok", f"{n:,} examples: {advice}", n)
 
 
@@ -183,28 +203,42 @@ def check_extra_fields(state: State) -> CheckResult:
     extra = state.unused_fields
     if not extra:
         return CheckResult("extra-fields", "Extra fields", "ok", "no unused fields")
-    return CheckResult("extra-fields", "Extra fields", "info",
-                       "not used by the mapping and not written: " + ", ".join(extra),
-                       len(extra), details={"fields": extra})
+    return CheckResult(
+        "extra-fields",
+        "Extra fields",
+        "info",
+        "not used by the mapping and not written: " + ", ".join(extra),
+        len(extra),
+        details={"fields": extra},
+    )
 
 
 def check_invalid_utf8(state: State) -> CheckResult:
     bad = [ex for ex in state.examples if ex.bad_utf8]
     if not bad:
         return CheckResult("invalid-utf8", "Invalid UTF-8", "ok", "all text is valid UTF-8")
-    return CheckResult("invalid-utf8", "Invalid UTF-8", "warning",
-                       f"{len(bad)} examples contain bytes that are not valid UTF-8 "
-                       "(decoded as U+FFFD)", len(bad), _locations(bad),
-                       fix=Fix("drop-invalid-utf8", f"Remove the {len(bad)} examples with "
-                               "invalid UTF-8", True, _drop(bad)))
+    return CheckResult(
+        "invalid-utf8",
+        "Invalid UTF-8",
+        "warning",
+        f"{len(bad)} examples contain bytes that are not valid UTF-8 (decoded as U+FFFD)",
+        len(bad),
+        _locations(bad),
+        fix=Fix(
+            "drop-invalid-utf8",
+            f"Remove the {len(bad)} examples with invalid UTF-8",
+            True,
+            _drop(bad),
+        ),
+    )
 
 
 def check_control_characters(state: State) -> CheckResult:
-    bad = [ex for ex in state.examples
-           if any(_CONTROL.search(t) for t in _texts(state, ex))]
+    bad = [ex for ex in state.examples if any(_CONTROL.search(t) for t in _texts(state, ex))]
     if not bad:
-        return CheckResult("control-characters", "Control characters", "ok",
-                           "no control characters")
+        return CheckResult(
+            "control-characters", "Control characters", "ok", "no control characters"
+        )
 
     def strip(s: State) -> None:
         ids = {id(ex) for ex in bad}
@@ -216,26 +250,39 @@ def check_control_characters(state: State) -> CheckResult:
                 for m in ex.messages or []:
                     m["content"] = _CONTROL.sub("", m["content"])
 
-    return CheckResult("control-characters", "Control characters", "warning",
-                       f"{len(bad)} examples contain control characters (other than tab and "
-                       "newline)", len(bad), _locations(bad),
-                       fix=Fix("strip-control-characters",
-                               f"Strip control characters from {len(bad)} examples", True, strip))
+    return CheckResult(
+        "control-characters",
+        "Control characters",
+        "warning",
+        f"{len(bad)} examples contain control characters (other than tab and newline)",
+        len(bad),
+        _locations(bad),
+        fix=Fix(
+            "strip-control-characters",
+            f"Strip control characters from {len(bad)} examples",
+            True,
+            strip,
+        ),
+    )
 
 
 def check_empty_fields(state: State) -> CheckResult:
     if state.mode == "supervised":
         empty_completion = [ex for ex in state.examples if not ex.completion.strip()]
         all_prompts_empty = all(not ex.prompt.strip() for ex in state.examples)
-        empty_prompt = [] if all_prompts_empty else [
-            ex for ex in state.examples if not ex.prompt.strip()]
+        empty_prompt = (
+            [] if all_prompts_empty else [ex for ex in state.examples if not ex.prompt.strip()]
+        )
         bad = empty_completion + [ex for ex in empty_prompt if ex.completion.strip()]
         details = {"empty_completions": len(empty_completion), "empty_prompts": len(empty_prompt)}
-        what = (f"{len(empty_completion)} empty or whitespace-only completions, "
-                f"{len(empty_prompt)} empty prompts")
+        what = (
+            f"{len(empty_completion)} empty or whitespace-only completions, "
+            f"{len(empty_prompt)} empty prompts"
+        )
     elif state.mode == "chat":
-        bad = [ex for ex in state.examples
-               if any(not m["content"].strip() for m in ex.messages or [])]
+        bad = [
+            ex for ex in state.examples if any(not m["content"].strip() for m in ex.messages or [])
+        ]
         details = {"empty_messages": len(bad)}
         what = f"{len(bad)} conversations with an empty message"
     else:
@@ -243,11 +290,19 @@ def check_empty_fields(state: State) -> CheckResult:
         details = {"empty_texts": len(bad)}
         what = f"{len(bad)} empty or whitespace-only texts"
     if not bad:
-        return CheckResult("empty-fields", "Empty fields", "ok", "no empty fields", 0,
-                           details=details)
-    return CheckResult("empty-fields", "Empty fields", "warning", what, len(bad), _locations(bad),
-                       details, Fix("drop-empty", f"Remove the {len(bad)} examples with empty "
-                                    "fields", True, _drop(bad)))
+        return CheckResult(
+            "empty-fields", "Empty fields", "ok", "no empty fields", 0, details=details
+        )
+    return CheckResult(
+        "empty-fields",
+        "Empty fields",
+        "warning",
+        what,
+        len(bad),
+        _locations(bad),
+        details,
+        Fix("drop-empty", f"Remove the {len(bad)} examples with empty fields", True, _drop(bad)),
+    )
 
 
 def infer_task(state: State) -> Task:
@@ -270,8 +325,11 @@ def check_task_type(state: State, requested: Task | None) -> CheckResult:
     details: dict[str, Any] = {"inferred": inferred, "task": state.task}
     message = f"{state.task}"
     if state.task == "classification":
-        message += f" with {len(labels)} label{'s' if len(labels) != 1 else ''}: " + ", ".join(
-            repr(k) for k in sorted(labels)[:10]) + (" ..." if len(labels) > 10 else "")
+        message += (
+            f" with {len(labels)} label{'s' if len(labels) != 1 else ''}: "
+            + ", ".join(repr(k) for k in sorted(labels)[:10])
+            + (" ..." if len(labels) > 10 else "")
+        )
         details["labels"] = sorted(labels)
     if requested and requested != inferred:
         message += f" (as requested; the data looks like {inferred})"
@@ -295,11 +353,20 @@ def check_duplicates(state: State) -> CheckResult:
             seen.add(key)
     if not dups:
         return CheckResult("duplicates", "Duplicates", "ok", "no duplicate examples")
-    return CheckResult("duplicates", "Duplicates", "warning",
-                       f"{len(dups)} examples repeat an earlier one exactly", len(dups),
-                       _locations(dups), fix=Fix("drop-duplicates", f"Remove {len(dups)} "
-                                                 "duplicates, keeping the first", True,
-                                                 _drop(dups)))
+    return CheckResult(
+        "duplicates",
+        "Duplicates",
+        "warning",
+        f"{len(dups)} examples repeat an earlier one exactly",
+        len(dups),
+        _locations(dups),
+        fix=Fix(
+            "drop-duplicates",
+            f"Remove {len(dups)} duplicates, keeping the first",
+            True,
+            _drop(dups),
+        ),
+    )
 
 
 def check_near_duplicates(state: State) -> CheckResult:
@@ -314,39 +381,67 @@ def check_near_duplicates(state: State) -> CheckResult:
             near.append(ex)
         variants.add(exact)
     if not near:
-        return CheckResult("near-duplicates", "Near-duplicates", "ok",
-                           "no near-duplicates after normalising case, spaces and punctuation")
-    return CheckResult("near-duplicates", "Near-duplicates", "warning",
-                       f"{len(near)} examples differ from an earlier one only in case, spaces or "
-                       "punctuation", len(near), _locations(near),
-                       fix=Fix("drop-near-duplicates", f"Remove {len(near)} near-duplicates, "
-                               "keeping the first", True, _drop(near)))
+        return CheckResult(
+            "near-duplicates",
+            "Near-duplicates",
+            "ok",
+            "no near-duplicates after normalising case, spaces and punctuation",
+        )
+    return CheckResult(
+        "near-duplicates",
+        "Near-duplicates",
+        "warning",
+        f"{len(near)} examples differ from an earlier one only in case, spaces or punctuation",
+        len(near),
+        _locations(near),
+        fix=Fix(
+            "drop-near-duplicates",
+            f"Remove {len(near)} near-duplicates, keeping the first",
+            True,
+            _drop(near),
+        ),
+    )
 
 
 def check_contradictions(state: State) -> CheckResult:
     if state.task in ("open-ended-generation", "language-modeling"):
-        return CheckResult("contradictions", "Contradictions", "ok",
-                           "not applicable: no prompts to contradict")
+        return CheckResult(
+            "contradictions", "Contradictions", "ok", "not applicable: no prompts to contradict"
+        )
     groups: dict[str, list[Example]] = defaultdict(list)
     for ex in state.examples:
         groups[state.prompt_key(ex)].append(ex)
-    conflicting = [g for g in groups.values()
-                   if len({state.normalized(state.completion_of(ex)) for ex in g}) > 1]
+    conflicting = [
+        g
+        for g in groups.values()
+        if len({state.normalized(state.completion_of(ex)) for ex in g}) > 1
+    ]
     if not conflicting:
-        return CheckResult("contradictions", "Contradictions", "ok",
-                           "no prompt appears with different completions")
+        return CheckResult(
+            "contradictions", "Contradictions", "ok", "no prompt appears with different completions"
+        )
     bad = [ex for g in conflicting for ex in g if not ex.split]  # held-out files stay whole
-    return CheckResult("contradictions", "Contradictions", "warning",
-                       f"{len(conflicting)} prompts appear with different completions "
-                       f"({len(bad)} examples)", len(bad), _locations(bad),
-                       {"prompts": len(conflicting)},
-                       Fix("drop-contradictions", f"Remove all {len(bad)} contradicting "
-                           "examples", False, _drop(bad)))
+    return CheckResult(
+        "contradictions",
+        "Contradictions",
+        "warning",
+        f"{len(conflicting)} prompts appear with different completions ({len(bad)} examples)",
+        len(bad),
+        _locations(bad),
+        {"prompts": len(conflicting)},
+        Fix(
+            "drop-contradictions",
+            f"Remove all {len(bad)} contradicting examples",
+            False,
+            _drop(bad),
+        ),
+    )
 
 
 def check_uppercase(state: State) -> CheckResult:
-    shouting = [ex for ex in state.examples
-                if any(len(t) >= 8 and t.isupper() for t in _texts(state, ex))]
+    shouting = [
+        ex for ex in state.examples if any(len(t) >= 8 and t.isupper() for t in _texts(state, ex))
+    ]
     # The dataset-wide share is estimated on an even sample: counting every character of a
     # large file in Python would dominate the run time, and the advice only needs the ratio.
     step = max(1, len(state.examples) // 20_000)
@@ -362,21 +457,37 @@ def check_uppercase(state: State) -> CheckResult:
     details = {"uppercase_share": round(share, 4), "all_caps_examples": len(shouting)}
     if share <= 1 / 3:
         status: Status = "info" if shouting else "ok"
-        return CheckResult("uppercase", "Upper-case text", status,
-                           f"{share:.1%} of letters are upper case; {len(shouting)} examples "
-                           "are all capitals", len(shouting), _locations(shouting), details)
+        return CheckResult(
+            "uppercase",
+            "Upper-case text",
+            status,
+            f"{share:.1%} of letters are upper case; {len(shouting)} examples are all capitals",
+            len(shouting),
+            _locations(shouting),
+            details,
+        )
 
     def lowercase(s: State) -> None:
         for ex in s.examples:
-            ex.prompt, ex.completion, ex.text = ex.prompt.lower(), ex.completion.lower(), \
-                ex.text.lower()
+            ex.prompt, ex.completion, ex.text = (
+                ex.prompt.lower(),
+                ex.completion.lower(),
+                ex.text.lower(),
+            )
             for m in ex.messages or []:
                 m["content"] = m["content"].lower()
 
-    return CheckResult("uppercase", "Upper-case text", "warning",
-                       f"{share:.1%} of letters are upper case: upper-case text tends to train "
-                       "worse than normal mixed case", len(shouting), _locations(shouting),
-                       details, Fix("lowercase", "Lower-case all text", False, lowercase))
+    return CheckResult(
+        "uppercase",
+        "Upper-case text",
+        "warning",
+        f"{share:.1%} of letters are upper case: upper-case text tends to train "
+        "worse than normal mixed case",
+        len(shouting),
+        _locations(shouting),
+        details,
+        Fix("lowercase", "Lower-case all text", False, lowercase),
+    )
 
 
 def _word_prefix(texts: list[str]) -> str:
@@ -392,14 +503,19 @@ def _free_of(marker: str, texts: list[str]) -> bool:
     return not any(marker in t for t in texts)
 
 
-def _existing_suffix(texts: list[str], others: list[str], candidates: tuple[str, ...]
-                     ) -> str | None:
+def _existing_suffix(
+    texts: list[str], others: list[str], candidates: tuple[str, ...]
+) -> str | None:
     """A suffix every text already ends with and that occurs nowhere else: a separator or stop
     written by an earlier prepare. Known candidates first; else the common suffix from its first
     whitespace on, so a shared last character (``?``, ``o``) is not taken for part of it."""
+
     def fits(suffix: str) -> bool:
-        return all(t.endswith(suffix) for t in texts) and _free_of(
-            suffix, [t[:-len(suffix)] for t in texts]) and _free_of(suffix, others)
+        return (
+            all(t.endswith(suffix) for t in texts)
+            and _free_of(suffix, [t[: -len(suffix)] for t in texts])
+            and _free_of(suffix, others)
+        )
 
     for candidate in candidates:
         if fits(candidate):
@@ -422,15 +538,21 @@ def _free_marker(candidates: tuple[str, ...], texts: list[str], numbered: str) -
     for candidate in list(candidates) + [numbered.format(i) for i in range(1, 1000)]:
         if _free_of(candidate, texts):
             return candidate
-    raise DataError(Problem("every candidate separator or stop occurs in the data; "
-                            "pass one with --separator or --stop"))
+    raise DataError(
+        Problem(
+            "every candidate separator or stop occurs in the data; "
+            "pass one with --separator or --stop"
+        )
+    )
 
 
 def choose_separator(state: State) -> str:
     """A prompt separator that occurs in no prompt or completion."""
-    return _free_marker(SEPARATOR_CANDIDATES, [t for ex in state.examples
-                                               for t in (ex.prompt, ex.completion)],
-                        SEPARATOR_NUMBERED)
+    return _free_marker(
+        SEPARATOR_CANDIDATES,
+        [t for ex in state.examples for t in (ex.prompt, ex.completion)],
+        SEPARATOR_NUMBERED,
+    )
 
 
 def check_prompt_prefix(state: State) -> CheckResult | None:
@@ -438,54 +560,92 @@ def check_prompt_prefix(state: State) -> CheckResult | None:
         return None
     prefix = _word_prefix([ex.prompt for ex in state.examples])
     if not prefix.strip():
-        return CheckResult("prompt-prefix", "Common prompt prefix", "ok",
-                           "prompts share no common prefix")
+        return CheckResult(
+            "prompt-prefix", "Common prompt prefix", "ok", "prompts share no common prefix"
+        )
 
     def remove(s: State) -> None:
         for ex in s.examples:
-            ex.prompt = ex.prompt[len(prefix):]
+            ex.prompt = ex.prompt[len(prefix) :]
 
-    return CheckResult("prompt-prefix", "Common prompt prefix", "info",
-                       f"every prompt starts with {prefix!r}: fine-tuning needs no instructions or "
-                       "examples in the prompt, only the input", len(state.examples),
-                       details={"prefix": prefix},
-                       fix=Fix("remove-prompt-prefix", f"Remove the prefix {prefix!r} from "
-                               "every prompt", False, remove))
+    return CheckResult(
+        "prompt-prefix",
+        "Common prompt prefix",
+        "info",
+        f"every prompt starts with {prefix!r}: fine-tuning needs no instructions or "
+        "examples in the prompt, only the input",
+        len(state.examples),
+        details={"prefix": prefix},
+        fix=Fix(
+            "remove-prompt-prefix", f"Remove the prefix {prefix!r} from every prompt", False, remove
+        ),
+    )
 
 
-def _suffix_check(state: State, *, id: str, title: str, field_name: str, others: list[str],
-                  requested: str | None, candidates: tuple[str, ...], numbered: str,
-                  why: str, fix_id: str, target: str) -> CheckResult:
+def _suffix_check(
+    state: State,
+    *,
+    id: str,
+    title: str,
+    field_name: str,
+    others: list[str],
+    requested: str | None,
+    candidates: tuple[str, ...],
+    numbered: str,
+    why: str,
+    fix_id: str,
+    target: str,
+) -> CheckResult:
     """Shared logic of the separator (prompts) and stop sequence (completions) checks."""
     texts = [getattr(ex, field_name) for ex in state.examples]
     existing = _existing_suffix(texts, others, (requested,) if requested else candidates)
     if existing is not None:
         setattr(state, target, existing)
-        return CheckResult(id, title, "ok", f"every {field_name} already ends with "
-                           f"{existing!r}, which occurs nowhere else", details={target: existing})
+        return CheckResult(
+            id,
+            title,
+            "ok",
+            f"every {field_name} already ends with {existing!r}, which occurs nowhere else",
+            details={target: existing},
+        )
     if requested:
-        inside = [ex for ex, t, o in zip(state.examples, texts, others or [""] * len(texts))
-                  if requested in t or requested in o]
+        inside = [
+            ex
+            for ex, t, o in zip(state.examples, texts, others or [""] * len(texts))
+            if requested in t or requested in o
+        ]
         if inside:
-            return CheckResult(id, title, "error",
-                               f"{requested!r} occurs inside {len(inside)} examples, so {why}; "
-                               "choose another or leave it unset", len(inside),
-                               _locations(inside))
+            return CheckResult(
+                id,
+                title,
+                "error",
+                f"{requested!r} occurs inside {len(inside)} examples, so {why}; "
+                "choose another or leave it unset",
+                len(inside),
+                _locations(inside),
+            )
         marker = requested
     else:
         marker = _free_marker(candidates, texts + others, numbered)
-    note = "" if requested or marker == candidates[0] else \
-        f" ({candidates[0]!r} occurs in the data)"
+    note = (
+        "" if requested or marker == candidates[0] else f" ({candidates[0]!r} occurs in the data)"
+    )
 
     def append(s: State) -> None:
         setattr(s, target, marker)
         for ex in s.examples:
             setattr(ex, field_name, getattr(ex, field_name) + marker)
 
-    return CheckResult(id, title, "info", f"every {field_name} needs the same ending, else "
-                       f"{why}; {marker!r} occurs nowhere in the data{note}", len(texts),
-                       details={target: marker},
-                       fix=Fix(fix_id, f"Append {marker!r} to every {field_name}", True, append))
+    return CheckResult(
+        id,
+        title,
+        "info",
+        f"every {field_name} needs the same ending, else "
+        f"{why}; {marker!r} occurs nowhere in the data{note}",
+        len(texts),
+        details={target: marker},
+        fix=Fix(fix_id, f"Append {marker!r} to every {field_name}", True, append),
+    )
 
 
 def check_prompt_suffix(state: State) -> CheckResult | None:
@@ -493,11 +653,18 @@ def check_prompt_suffix(state: State) -> CheckResult | None:
     if state.format != "prompt-completion" or state.task == "open-ended-generation":
         return None
     return _suffix_check(
-        state, id="prompt-suffix", title="Prompt separator", field_name="prompt",
-        others=[ex.completion for ex in state.examples], requested=state.requested_separator,
-        candidates=SEPARATOR_CANDIDATES, numbered=SEPARATOR_NUMBERED,
-        why="the model cannot tell where a prompt ends", fix_id="add-separator",
-        target="separator")
+        state,
+        id="prompt-suffix",
+        title="Prompt separator",
+        field_name="prompt",
+        others=[ex.completion for ex in state.examples],
+        requested=state.requested_separator,
+        candidates=SEPARATOR_CANDIDATES,
+        numbered=SEPARATOR_NUMBERED,
+        why="the model cannot tell where a prompt ends",
+        fix_id="add-separator",
+        target="separator",
+    )
 
 
 def check_completion_prefix(state: State) -> CheckResult | None:
@@ -507,19 +674,32 @@ def check_completion_prefix(state: State) -> CheckResult | None:
     prefix = _word_prefix(completions)
     # A prefix that is a whole completion is an answer (one label), not boilerplate.
     if not prefix.strip() or any(len(c.strip()) <= len(prefix.strip()) for c in completions):
-        return CheckResult("completion-prefix", "Common completion prefix", "ok",
-                           "completions share no common prefix")
-    lead = prefix[:len(prefix) - len(prefix.lstrip())]
+        return CheckResult(
+            "completion-prefix",
+            "Common completion prefix",
+            "ok",
+            "completions share no common prefix",
+        )
+    lead = prefix[: len(prefix) - len(prefix.lstrip())]
 
     def remove(s: State) -> None:
         for ex in s.examples:
-            ex.completion = lead + ex.completion[len(prefix):]
+            ex.completion = lead + ex.completion[len(prefix) :]
 
-    return CheckResult("completion-prefix", "Common completion prefix", "info",
-                       f"every completion starts with {prefix!r}: the completion should hold "
-                       "only the output", len(state.examples), details={"prefix": prefix},
-                       fix=Fix("remove-completion-prefix", f"Remove {prefix.strip()!r} from "
-                               "the start of every completion", False, remove))
+    return CheckResult(
+        "completion-prefix",
+        "Common completion prefix",
+        "info",
+        f"every completion starts with {prefix!r}: the completion should hold only the output",
+        len(state.examples),
+        details={"prefix": prefix},
+        fix=Fix(
+            "remove-completion-prefix",
+            f"Remove {prefix.strip()!r} from the start of every completion",
+            False,
+            remove,
+        ),
+    )
 
 
 def check_completion_suffix(state: State) -> CheckResult | None:
@@ -527,13 +707,25 @@ def check_completion_suffix(state: State) -> CheckResult | None:
     if state.format != "prompt-completion":
         return None
     if state.task == "classification" and state.requested_stop is None:
-        return CheckResult("completion-suffix", "Stop sequence", "ok",
-                           "classification: the answer is the label, no stop sequence needed")
+        return CheckResult(
+            "completion-suffix",
+            "Stop sequence",
+            "ok",
+            "classification: the answer is the label, no stop sequence needed",
+        )
     return _suffix_check(
-        state, id="completion-suffix", title="Stop sequence", field_name="completion",
-        others=[], requested=state.requested_stop, candidates=STOP_CANDIDATES,
-        numbered=STOP_NUMBERED, why="generation cannot tell when to stop", fix_id="add-stop",
-        target="stop")
+        state,
+        id="completion-suffix",
+        title="Stop sequence",
+        field_name="completion",
+        others=[],
+        requested=state.requested_stop,
+        candidates=STOP_CANDIDATES,
+        numbered=STOP_NUMBERED,
+        why="generation cannot tell when to stop",
+        fix_id="add-stop",
+        target="stop",
+    )
 
 
 def check_leading_space(state: State) -> CheckResult | None:
@@ -542,8 +734,9 @@ def check_leading_space(state: State) -> CheckResult | None:
     missing = [ex for ex in state.examples if ex.completion and not ex.completion[0].isspace()]
     if not missing:
         state.leading_space = True
-        return CheckResult("leading-space", "Leading space", "ok",
-                           "every completion starts with a space")
+        return CheckResult(
+            "leading-space", "Leading space", "ok", "every completion starts with a space"
+        )
 
     def add(s: State) -> None:
         s.leading_space = True
@@ -551,9 +744,14 @@ def check_leading_space(state: State) -> CheckResult | None:
             if ex.completion and not ex.completion[0].isspace():
                 ex.completion = " " + ex.completion
 
-    return CheckResult("leading-space", "Leading space", "info",
-                       f"{len(missing):,} completions do not start with a space; tokenizers "
-                       "usually attach the space to the next word, so a leading space matches "
-                       "how text continues", len(missing), _locations(missing),
-                       fix=Fix("add-leading-space", "Start every completion with a space", True,
-                               add))
+    return CheckResult(
+        "leading-space",
+        "Leading space",
+        "info",
+        f"{len(missing):,} completions do not start with a space; tokenizers "
+        "usually attach the space to the next word, so a leading space matches "
+        "how text continues",
+        len(missing),
+        _locations(missing),
+        fix=Fix("add-leading-space", "Start every completion with a space", True, add),
+    )

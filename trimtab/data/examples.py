@@ -51,8 +51,15 @@ class Mapping:
 
     @property
     def explicit(self) -> bool:
-        return any(v is not None for v in (self.prompt_template, self.completion_field,
-                                            self.completion_template, self.text_field))
+        return any(
+            v is not None
+            for v in (
+                self.prompt_template,
+                self.completion_field,
+                self.completion_template,
+                self.text_field,
+            )
+        )
 
 
 def template_fields(template: str) -> list[str]:
@@ -61,8 +68,10 @@ def template_fields(template: str) -> list[str]:
     for _, name, _, _ in string.Formatter().parse(template):
         if name is not None:
             if not name or any(c in name for c in ".[]"):
-                raise ValueError(f"template {template!r} has an empty or invalid field "
-                                 f"'{{{name}}}'; name a column, e.g. {{review_body}}")
+                raise ValueError(
+                    f"template {template!r} has an empty or invalid field "
+                    f"'{{{name}}}'; name a column, e.g. {{review_body}}"
+                )
             if name not in names:
                 names.append(name)
     return names
@@ -83,15 +92,21 @@ def infer_mode(mapping: Mapping, records: list[Record]) -> Mode:
     if "text" in keys:
         return "text"
     columns = ", ".join(repr(k) for k in keys) or "(none)"
-    raise DataError(Problem(
-        f"cannot tell how to build examples from the columns {columns}: give "
-        "--prompt-template and --completion-field (or --completion-template) for labelled data, "
-        "or --text-field for raw text; files with prompt/completion, messages or text fields need "
-        "no mapping", file=first.file, line=first.line))
+    raise DataError(
+        Problem(
+            f"cannot tell how to build examples from the columns {columns}: give "
+            "--prompt-template and --completion-field (or --completion-template) for labelled "
+            "data, or --text-field for raw text; files with prompt/completion, messages or text "
+            "fields need no mapping",
+            file=first.file,
+            line=first.line,
+        )
+    )
 
 
-def build_examples(records: list[Record], mapping: Mapping, mode: Mode,
-                   split: str | None = None) -> tuple[list[Example], list[str]]:
+def build_examples(
+    records: list[Record], mapping: Mapping, mode: Mode, split: str | None = None
+) -> tuple[list[Example], list[str]]:
     """Map records to examples; return them with the record fields the mapping left unused."""
     problems = ProblemList()
     problem = problems.add
@@ -102,8 +117,9 @@ def build_examples(records: list[Record], mapping: Mapping, mode: Mode,
         for r in records:
             messages = _validate_messages(r, problem)
             if messages is not None:
-                examples.append(Example(r.file, r.line, messages=messages, bad_utf8=r.bad_utf8,
-                                        split=split))
+                examples.append(
+                    Example(r.file, r.line, messages=messages, bad_utf8=r.bad_utf8, split=split)
+                )
     elif mode == "text":
         name = mapping.text_field or "text"
         used = {name}
@@ -111,8 +127,9 @@ def build_examples(records: list[Record], mapping: Mapping, mode: Mode,
         for r in records:
             value = _text_value(r, name, problem)
             if value is not None:
-                examples.append(Example(r.file, r.line, text=value, bad_utf8=r.bad_utf8,
-                                        split=split))
+                examples.append(
+                    Example(r.file, r.line, text=value, bad_utf8=r.bad_utf8, split=split)
+                )
     else:
         prompt_template = mapping.prompt_template or "{prompt}"
         if mapping.completion_template is not None:
@@ -122,16 +139,27 @@ def build_examples(records: list[Record], mapping: Mapping, mode: Mode,
         prompt_fields = template_fields(prompt_template)
         completion_fields = template_fields(completion_template)
         _check_columns(records, prompt_fields, "--prompt-template")
-        completion_option = ("--completion-template" if mapping.completion_template is not None
-                             else "--completion-field")
+        completion_option = (
+            "--completion-template"
+            if mapping.completion_template is not None
+            else "--completion-field"
+        )
         _check_columns(records, completion_fields, completion_option)
         used = set(prompt_fields) | set(completion_fields)
         for r in records:
             prompt = _render(r, prompt_template, prompt_fields, problem)
             completion = _render(r, completion_template, completion_fields, problem)
             if prompt is not None and completion is not None:
-                examples.append(Example(r.file, r.line, prompt=prompt, completion=completion,
-                                        bad_utf8=r.bad_utf8, split=split))
+                examples.append(
+                    Example(
+                        r.file,
+                        r.line,
+                        prompt=prompt,
+                        completion=completion,
+                        bad_utf8=r.bad_utf8,
+                        split=split,
+                    )
+                )
     problems.raise_if_any()
     unused = sorted({k for r in records for k in r.fields} - used)
     return examples, unused
@@ -145,9 +173,15 @@ def _check_columns(records: list[Record], names: list[str], option: str) -> None
     for name in names:
         if name not in present:
             first = records[0]
-            raise DataError(Problem(
-                f"unknown column '{name}' in {option}; the file has: "
-                + ", ".join(sorted(present)), file=first.file, line=first.line, field=name))
+            raise DataError(
+                Problem(
+                    f"unknown column '{name}' in {option}; the file has: "
+                    + ", ".join(sorted(present)),
+                    file=first.file,
+                    line=first.line,
+                    field=name,
+                )
+            )
 
 
 def _text_value(r: Record, name: str, problem) -> str | None:
@@ -166,12 +200,12 @@ def _text_value(r: Record, name: str, problem) -> str | None:
         return str(value)
     if isinstance(value, float):
         if value != value:  # NaN: how pandas and parquet files spell a missing value
-            problem(Problem("is empty (NaN); expected text", file=r.file, line=r.line,
-                            field=name))
+            problem(Problem("is empty (NaN); expected text", file=r.file, line=r.line, field=name))
             return None
         return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-    problem(Problem(f"expected text, got {type(value).__name__}", file=r.file, line=r.line,
-                    field=name))
+    problem(
+        Problem(f"expected text, got {type(value).__name__}", file=r.file, line=r.line, field=name)
+    )
     return None
 
 
@@ -206,14 +240,20 @@ def _validate_messages(r: Record, problem) -> list[dict[str, Any]] | None:
             continue
         role = m.get("role")
         if role not in CHAT_ROLES:
-            problem(Problem(f"role must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
-                            field=f"{at}.role", **where))
+            problem(
+                Problem(
+                    f"role must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
+                    field=f"{at}.role",
+                    **where,
+                )
+            )
             ok = False
         if not isinstance(m.get("content"), str):
             problem(Problem("content must be a string", field=f"{at}.content", **where))
             ok = False
     if ok and not any(m["role"] == "assistant" for m in messages):
-        problem(Problem("needs at least one assistant message to learn from", field="messages",
-                        **where))
+        problem(
+            Problem("needs at least one assistant message to learn from", field="messages", **where)
+        )
         ok = False
     return messages if ok else None

@@ -28,12 +28,24 @@ from trimtab.data import tokens as tk
 from trimtab.data.examples import Example, Mapping, build_examples, infer_mode, template_fields
 from trimtab.data.readers import detect_format, read_records
 from trimtab.data.writers import check_output_dir, jsonl, to_record, write_atomically
-from trimtab.errors import ConfigError, DataError, Problem, TrimtabError
+from trimtab.errors import ConfigError, DataError, Problem
 
-FIX_IDS = ("drop-invalid-utf8", "strip-control-characters", "drop-empty", "drop-duplicates",
-           "drop-near-duplicates", "drop-contradictions", "lowercase", "remove-prompt-prefix",
-           "add-separator", "remove-completion-prefix", "add-stop", "add-leading-space",
-           "drop-long", "drop-leaking")
+FIX_IDS = (
+    "drop-invalid-utf8",
+    "strip-control-characters",
+    "drop-empty",
+    "drop-duplicates",
+    "drop-near-duplicates",
+    "drop-contradictions",
+    "lowercase",
+    "remove-prompt-prefix",
+    "add-separator",
+    "remove-completion-prefix",
+    "add-stop",
+    "add-leading-space",
+    "drop-long",
+    "drop-leaking",
+)
 
 Ask = Callable[[c.CheckResult], bool]
 
@@ -53,8 +65,13 @@ class PrepareOptions(BaseModel):
     text_field: str | None = None
     format: Literal["auto", "prompt-completion", "chat", "text"] = "auto"
     system: str | None = None
-    task: Literal["auto", "classification", "conditional-generation", "open-ended-generation",
-                  "language-modeling"] = "auto"
+    task: Literal[
+        "auto",
+        "classification",
+        "conditional-generation",
+        "open-ended-generation",
+        "language-modeling",
+    ] = "auto"
     separator: str | None = None
     stop: str | None = None
     model: str = "smollm2-135m"
@@ -76,8 +93,12 @@ class PrepareOptions(BaseModel):
         try:
             options = cls.model_validate(values)
         except ValidationError as e:
-            raise ConfigError([f"{'.'.join(str(p) for p in err['loc']) or 'options'}: "
-                               f"{err['msg']}" for err in e.errors()]) from None
+            raise ConfigError(
+                [
+                    f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
+                    for err in e.errors()
+                ]
+            ) from None
         problems = options.problems()
         if problems:
             raise ConfigError(problems)
@@ -86,8 +107,7 @@ class PrepareOptions(BaseModel):
     @property
     def resolved_valid_size(self) -> float:
         """0.1 of the data, or none of it when a validation file is given."""
-        return self.valid_size if self.valid_size is not None else (
-            0 if self.valid_inputs else 0.1)
+        return self.valid_size if self.valid_size is not None else (0 if self.valid_inputs else 0.1)
 
     @property
     def resolved_test_size(self) -> float:
@@ -99,16 +119,20 @@ class PrepareOptions(BaseModel):
         out: list[str] = []
         if self.completion_field is not None and self.completion_template is not None:
             out.append("give --completion-field or --completion-template, not both")
-        if self.text_field is not None and any(v is not None for v in (
-                self.prompt_template, self.completion_field, self.completion_template)):
+        if self.text_field is not None and any(
+            v is not None
+            for v in (self.prompt_template, self.completion_field, self.completion_template)
+        ):
             out.append("--text-field (raw text) cannot be combined with prompt/completion options")
         for name in ("prompt_template", "completion_template"):
             template = getattr(self, name)
             if template is not None:
                 try:
                     if not template_fields(template):
-                        out.append(f"--{name.replace('_', '-')} {template!r} names no column; "
-                                   "use {column} placeholders")
+                        out.append(
+                            f"--{name.replace('_', '-')} {template!r} names no column; "
+                            "use {column} placeholders"
+                        )
                 except ValueError as e:
                     out.append(f"--{name.replace('_', '-')}: {e}")
         for name, size in (("valid-size", self.valid_size), ("test-size", self.test_size)):
@@ -151,14 +175,26 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     tokenizer_name = None if options.model == "none" else options.model
     if tokenizer_name:
         from trimtab.models import resolve_model
+
         resolve_model(tokenizer_name)  # an unknown name fails before the data is read
 
-    mapping = Mapping(options.prompt_template, options.completion_field,
-                      options.completion_template, options.text_field)
+    mapping = Mapping(
+        options.prompt_template,
+        options.completion_field,
+        options.completion_template,
+        options.text_field,
+    )
     examples, inputs, unused, mode = _read_all(options, mapping)
     fmt = _output_format(options, mode)
-    state = c.State(examples, mode, fmt, requested_separator=options.separator,
-                    requested_stop=options.stop, system=options.system, unused_fields=unused)
+    state = c.State(
+        examples,
+        mode,
+        fmt,
+        requested_separator=options.separator,
+        requested_stop=options.stop,
+        system=options.system,
+        unused_fields=unused,
+    )
     results: list[c.CheckResult] = []
 
     def run(result: c.CheckResult | None) -> None:
@@ -166,8 +202,10 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
             return
         if result.status == "error":
             where = [w.rpartition(":") for w in result.locations]
-            raise DataError([Problem(f"{result.title}: {result.message}")] + [
-                Problem("found here", file=file, line=int(line)) for file, _, line in where])
+            raise DataError(
+                [Problem(f"{result.title}: {result.message}")]
+                + [Problem("found here", file=file, line=int(line)) for file, _, line in where]
+            )
         if result.fix is not None:
             result.applied, result.decided_by = _decide(result, options, ask)
             if result.applied:
@@ -175,15 +213,28 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
         results.append(result)
 
     task = None if options.task == "auto" else options.task
-    for check in (c.check_quantity, c.check_extra_fields, c.check_invalid_utf8,
-                  c.check_control_characters, c.check_empty_fields):
+    for check in (
+        c.check_quantity,
+        c.check_extra_fields,
+        c.check_invalid_utf8,
+        c.check_control_characters,
+        c.check_empty_fields,
+    ):
         run(check(state))
     if not state.examples:
         raise DataError(Problem("no examples left after the fixes; nothing to write"))
     run(c.check_task_type(state, task))
-    for check in (c.check_duplicates, c.check_near_duplicates, c.check_contradictions,
-                  c.check_uppercase, c.check_prompt_prefix, c.check_prompt_suffix,
-                  c.check_completion_prefix, c.check_completion_suffix, c.check_leading_space):
+    for check in (
+        c.check_duplicates,
+        c.check_near_duplicates,
+        c.check_contradictions,
+        c.check_uppercase,
+        c.check_prompt_prefix,
+        c.check_prompt_suffix,
+        c.check_completion_prefix,
+        c.check_completion_suffix,
+        c.check_leading_space,
+    ):
         run(check(state))
 
     tokenizer = _load_tokenizer(tokenizer_name, chat=fmt == "chat")
@@ -195,43 +246,64 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     if not state.examples:
         raise DataError(Problem("no examples left after the fixes; nothing to write"))
 
-    state.splits = sp.split_examples(state, options.resolved_valid_size,
-                                     options.resolved_test_size,
-                                     options.seed, options.stratify)
+    state.splits = sp.split_examples(
+        state,
+        options.resolved_valid_size,
+        options.resolved_test_size,
+        options.seed,
+        options.stratify,
+    )
     run(sp.check_leakage(state))
     balance = sp.balance_train(state, options.balance, options.seed)
     run(sp.check_class_quantity(state))
 
-    files = {f"{name}.jsonl": jsonl([to_record(ex, mode, fmt, options.system)
-                                     for ex in state.splits[name]]) for name in sp.SPLITS}
+    files = {
+        f"{name}.jsonl": jsonl(
+            [to_record(ex, mode, fmt, options.system) for ex in state.splits[name]]
+        )
+        for name in sp.SPLITS
+    }
     report = _report(options, state, inputs, len(examples), results, balance)
     files["report.json"] = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     write_atomically(options.out, files, options.force)
     return PrepareResult(report, results, options.out)
 
 
-def _read_all(options: PrepareOptions, mapping: Mapping
-              ) -> tuple[list[Example], list[dict[str, Any]], list[str], Any]:
+def _read_all(
+    options: PrepareOptions, mapping: Mapping
+) -> tuple[list[Example], list[dict[str, Any]], list[str], Any]:
     examples: list[Example] = []
     inputs: list[dict[str, Any]] = []
     unused: set[str] = set()
     mode = None
-    sources = ([(p, None) for p in options.inputs] + [(p, "valid") for p in options.valid_inputs]
-               + [(p, "test") for p in options.test_inputs])
+    sources = (
+        [(p, None) for p in options.inputs]
+        + [(p, "valid") for p in options.valid_inputs]
+        + [(p, "test") for p in options.test_inputs]
+    )
     for path, split in sources:
         records = read_records(path)
         file_mode = infer_mode(mapping, records)
         if mode is None:
             mode = file_mode
         elif file_mode != mode:
-            raise DataError(Problem(f"holds {file_mode} data but earlier inputs hold {mode} data",
-                                    file=str(path)))
+            raise DataError(
+                Problem(
+                    f"holds {file_mode} data but earlier inputs hold {mode} data", file=str(path)
+                )
+            )
         got, extra = build_examples(records, mapping, file_mode, split)
         examples.extend(got)
         unused.update(extra)
-        inputs.append({"path": str(path), "split": split or "auto", "format":
-                       detect_format(path)[0], "records": len(records),
-                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        inputs.append(
+            {
+                "path": str(path),
+                "split": split or "auto",
+                "format": detect_format(path)[0],
+                "records": len(records),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            }
+        )
     if options.sample:
         main = [ex for ex in examples if ex.split is None]
         if options.sample < len(main):
@@ -243,11 +315,18 @@ def _read_all(options: PrepareOptions, mapping: Mapping
 def _output_format(options: PrepareOptions, mode: str) -> c.OutputFormat:
     if options.format == "auto":
         return {"supervised": "prompt-completion", "chat": "chat", "text": "text"}[mode]
-    allowed = {"supervised": ("prompt-completion", "chat", "text"), "chat": ("chat",),
-               "text": ("text",)}[mode]
+    allowed = {
+        "supervised": ("prompt-completion", "chat", "text"),
+        "chat": ("chat",),
+        "text": ("text",),
+    }[mode]
     if options.format not in allowed:
-        raise ConfigError([f"--format {options.format} cannot be made from {mode} data; "
-                           f"possible: {', '.join(allowed)}"])
+        raise ConfigError(
+            [
+                f"--format {options.format} cannot be made from {mode} data; "
+                f"possible: {', '.join(allowed)}"
+            ]
+        )
     return options.format
 
 
@@ -256,6 +335,7 @@ def _load_tokenizer(name: str | None, chat: bool) -> Any:
     if name is None:
         return None
     from trimtab.models import load_fast_tokenizer, load_tokenizer
+
     return load_tokenizer(name) if chat else load_fast_tokenizer(name)
 
 
@@ -306,12 +386,19 @@ def reproduce_command(options: PrepareOptions, results: list[c.CheckResult]) -> 
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace(
-        "\r", "\\r")
+    return (
+        value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    )
 
 
-def _report(options: PrepareOptions, state: c.State, inputs: list[dict[str, Any]], read: int,
-            results: list[c.CheckResult], balance: dict[str, Any] | None) -> dict[str, Any]:
+def _report(
+    options: PrepareOptions,
+    state: c.State,
+    inputs: list[dict[str, Any]],
+    read: int,
+    results: list[c.CheckResult],
+    balance: dict[str, Any] | None,
+) -> dict[str, Any]:
     assert state.splits is not None
     splits: dict[str, Any] = {}
     for name, items in state.splits.items():
@@ -331,8 +418,11 @@ def _report(options: PrepareOptions, state: c.State, inputs: list[dict[str, Any]
         "separator": state.separator,
         "stop": state.stop,
         "leading_space": state.leading_space,
-        "counts": {"read": read, "kept": len(state.examples),
-                   **{name: len(items) for name, items in state.splits.items()}},
+        "counts": {
+            "read": read,
+            "kept": len(state.examples),
+            **{name: len(items) for name, items in state.splits.items()},
+        },
         "balance": balance,
         "splits": splits,
         "checks": [r.to_json() for r in results],

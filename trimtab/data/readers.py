@@ -52,10 +52,14 @@ def detect_format(path: Path) -> tuple[str, bool]:
         suffixes = suffixes[:-1]
     ext = suffixes[-1].lstrip(".") if suffixes else ""
     if ext not in FORMATS:
-        raise DataError(Problem(
-            f"unsupported file type '{''.join(path.suffixes) or '(none)'}'; expected one of "
-            + ", ".join(f".{f}" for f in FORMATS) + " (optionally .gz)",
-            file=str(path)))
+        raise DataError(
+            Problem(
+                f"unsupported file type '{''.join(path.suffixes) or '(none)'}'; expected one of "
+                + ", ".join(f".{f}" for f in FORMATS)
+                + " (optionally .gz)",
+                file=str(path),
+            )
+        )
     return ext, gzipped
 
 
@@ -78,8 +82,14 @@ def read_records(path: str | Path) -> list[Record]:
         elif fmt == "json" and _first_char(lines) == "[":
             records = _read_json_array(lines, bad, name)
         elif fmt == "json" and len(lines) > 1 and _is_one_object(lines):
-            raise DataError(Problem("holds a single JSON object; expected an array of objects "
-                                    "or one object per line (JSON Lines)", file=name, line=1))
+            raise DataError(
+                Problem(
+                    "holds a single JSON object; expected an array of objects "
+                    "or one object per line (JSON Lines)",
+                    file=name,
+                    line=1,
+                )
+            )
         else:
             records = _read_json_lines(lines, bad, name)
     if not records:
@@ -108,7 +118,7 @@ def _read_bytes(path: Path, gzipped: bool) -> bytes:
 
 
 def _decode_lines(data: bytes, name: str) -> tuple[list[str], set[int]]:
-    """Split into lines (keeping line ends) and decode each; return the lines and bad line numbers."""
+    """Split into lines (keeping line ends) and decode each; return lines and bad line numbers."""
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise DataError(Problem("file is UTF-16 encoded; save it as UTF-8", file=name))
     if b"\x00" in data[:8192]:
@@ -128,9 +138,14 @@ def _decode_lines(data: bytes, name: str) -> tuple[list[str], set[int]]:
             lines.append(raw.decode("utf-8", errors="replace"))
             bad.add(number)
     if len(bad) * 2 > len(lines):
-        raise DataError(Problem(
-            f"file is not UTF-8 text ({len(bad)} of {len(lines)} lines fail to decode); "
-            "convert it to UTF-8", file=name, line=min(bad)))
+        raise DataError(
+            Problem(
+                f"file is not UTF-8 text ({len(bad)} of {len(lines)} lines fail to decode); "
+                "convert it to UTF-8",
+                file=name,
+                line=min(bad),
+            )
+        )
     return lines, bad
 
 
@@ -170,11 +185,14 @@ def _read_json_lines(lines: list[str], bad: set[int], name: str) -> list[Record]
         try:
             value = loads(line)
         except json.JSONDecodeError as e:
-            problems.add(Problem(f"invalid JSON: {e.msg} (column {e.colno})", file=name, line=number))
+            problems.add(
+                Problem(f"invalid JSON: {e.msg} (column {e.colno})", file=name, line=number)
+            )
             continue
         if not isinstance(value, dict):
-            problems.add(Problem(f"expected a JSON object, got {_json_type(value)}",
-                                 file=name, line=number))
+            problems.add(
+                Problem(f"expected a JSON object, got {_json_type(value)}", file=name, line=number)
+            )
             continue
         records.append(Record(name, number, value, number in bad))
     problems.raise_if_any()
@@ -214,19 +232,34 @@ def _read_json_array(lines: list[str], bad: set[int], name: str) -> list[Record]
             is_bad = bool(bad) and any(n in bad for n in range(number, line_of(end - 1) + 1))
             records.append(Record(name, number, value, is_bad))
         else:
-            problems.add(Problem(f"expected a JSON object in the array, got {_json_type(value)}",
-                                 file=name, line=number))
+            problems.add(
+                Problem(
+                    f"expected a JSON object in the array, got {_json_type(value)}",
+                    file=name,
+                    line=number,
+                )
+            )
         pos = skip_ws(end)
         if pos < len(text) and text[pos] == ",":
             pos += 1
             continue
         if pos < len(text) and text[pos] == "]":
             if skip_ws(pos + 1) != len(text):
-                raise DataError(Problem("unexpected content after the JSON array",
-                                        file=name, line=line_of(skip_ws(pos + 1))))
+                raise DataError(
+                    Problem(
+                        "unexpected content after the JSON array",
+                        file=name,
+                        line=line_of(skip_ws(pos + 1)),
+                    )
+                )
             break
-        raise DataError(Problem("invalid JSON: expected ',' or ']' after an array element",
-                                file=name, line=line_of(pos)))
+        raise DataError(
+            Problem(
+                "invalid JSON: expected ',' or ']' after an array element",
+                file=name,
+                line=line_of(pos),
+            )
+        )
     problems.raise_if_any()
     return records
 
@@ -240,15 +273,17 @@ def _read_delimited(lines: list[str], bad: set[int], name: str, delimiter: str) 
         raise DataError(Problem(f"malformed header: {e}", file=name, line=1)) from e
     header = [h.strip() for h in header]
     if not any(header):
-        raise DataError(Problem("the first line must be a header naming the columns",
-                                file=name, line=1))
+        raise DataError(
+            Problem("the first line must be a header naming the columns", file=name, line=1)
+        )
     seen: set[str] = set()
     for column in header:
         if not column:
             problems.add(Problem("empty column name in the header", file=name, line=1))
         elif column in seen:
-            problems.add(Problem(f"column '{column}' appears twice in the header",
-                                 file=name, line=1))
+            problems.add(
+                Problem(f"column '{column}' appears twice in the header", file=name, line=1)
+            )
         seen.add(column)
     problems.raise_if_any()
     records: list[Record] = []
@@ -261,14 +296,18 @@ def _read_delimited(lines: list[str], bad: set[int], name: str, delimiter: str) 
         except StopIteration:
             break
         except csv.Error as e:
-            raise DataError(Problem(f"malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}",
-                                    file=name, line=start)) from e
+            raise DataError(
+                Problem(
+                    f"malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}", file=name, line=start
+                )
+            ) from e
         end = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if len(row) != width:
-            problems.add(Problem(f"{len(row)} fields, but the header has {width}",
-                                 file=name, line=start))
+            problems.add(
+                Problem(f"{len(row)} fields, but the header has {width}", file=name, line=start)
+            )
             continue
         is_bad = bool(bad) and any(n in bad for n in range(start, end + 1))
         records.append(Record(name, start, dict(zip(header, row)), is_bad))
@@ -277,8 +316,11 @@ def _read_delimited(lines: list[str], bad: set[int], name: str, delimiter: str) 
 
 
 def _read_txt(lines: list[str], bad: set[int], name: str) -> list[Record]:
-    return [Record(name, number, {"text": line.rstrip("\r\n")}, number in bad)
-            for number, line in enumerate(lines, start=1) if line.strip()]
+    return [
+        Record(name, number, {"text": line.rstrip("\r\n")}, number in bad)
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    ]
 
 
 def _read_parquet(data: bytes, name: str) -> list[Record]:
@@ -301,11 +343,13 @@ def _read_xlsx(data: bytes, name: str) -> list[Record]:
         rows: list[tuple[Any, ...]] = list(workbook.worksheets[0].iter_rows(values_only=True))
         workbook.close()
     except Exception as e:  # openpyxl surfaces zip, XML and key errors for a damaged file
-        raise DataError(Problem(f"not a valid .xlsx workbook: {type(e).__name__}: {e}",
-                                file=name)) from e
+        raise DataError(
+            Problem(f"not a valid .xlsx workbook: {type(e).__name__}: {e}", file=name)
+        ) from e
     if not rows or not any(v is not None for v in rows[0]):
-        raise DataError(Problem("the first row must be a header naming the columns",
-                                file=name, line=1))
+        raise DataError(
+            Problem("the first row must be a header naming the columns", file=name, line=1)
+        )
     header = [str(v).strip() if v is not None else "" for v in rows[0]]
     problems = ProblemList()
     seen: set[str] = set()
@@ -313,8 +357,11 @@ def _read_xlsx(data: bytes, name: str) -> list[Record]:
         if h in seen:
             problems.add(Problem(f"column '{h}' appears twice in the header", file=name, line=1))
         elif not h and any(len(r) >= column and r[column - 1] is not None for r in rows[1:]):
-            problems.add(Problem(f"column {column} holds data but has no name in the header",
-                                 file=name, line=1))
+            problems.add(
+                Problem(
+                    f"column {column} holds data but has no name in the header", file=name, line=1
+                )
+            )
         seen.add(h)
     problems.raise_if_any()
     records: list[Record] = []
@@ -327,5 +374,11 @@ def _read_xlsx(data: bytes, name: str) -> list[Record]:
 
 
 def _json_type(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)

@@ -41,8 +41,9 @@ def _allocate(total: int, weights: dict[str, int]) -> dict[str, int]:
     return shares
 
 
-def split_examples(state: State, valid_size: float, test_size: float, seed: int,
-                   stratify: bool) -> dict[str, list[Example]]:
+def split_examples(
+    state: State, valid_size: float, test_size: float, seed: int, stratify: bool
+) -> dict[str, list[Example]]:
     """Assign every example without a preset split to train, valid or test, then shuffle each."""
     rng = random.Random(seed)
     splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
@@ -61,8 +62,9 @@ def split_examples(state: State, valid_size: float, test_size: float, seed: int,
     n = len(pool)
     weights = {k: sum(len(g) for g in v) for k, v in strata.items()}
     test_quota = _allocate(resolve_size(test_size, n), weights)
-    valid_quota = _allocate(resolve_size(valid_size, n),
-                            {k: w - test_quota[k] for k, w in weights.items()})
+    valid_quota = _allocate(
+        resolve_size(valid_size, n), {k: w - test_quota[k] for k, w in weights.items()}
+    )
     for key in sorted(strata):
         stratum = strata[key]
         rng.shuffle(stratum)
@@ -85,8 +87,9 @@ def check_leakage(state: State) -> CheckResult:
     """
     assert state.splits is not None
     if state.task == "open-ended-generation":
-        return CheckResult("leakage", "Leakage across splits", "ok",
-                           "not applicable: prompts are empty")
+        return CheckResult(
+            "leakage", "Leakage across splits", "ok", "not applicable: prompts are empty"
+        )
     key = state.prompt_key
     keys = {name: {key(ex) for ex in items} for name, items in state.splits.items()}
     held_out = keys["valid"] | keys["test"]
@@ -97,25 +100,50 @@ def check_leakage(state: State) -> CheckResult:
     stuck = [ex for ex in state.splits["test"] if ex.split and key(ex) in preset_valid]
     details = {"removable": len(removable), "between_given_files": len(stuck)}
     if not removable and not stuck:
-        return CheckResult("leakage", "Leakage across splits", "ok",
-                           "no prompt appears in more than one split", details=details)
+        return CheckResult(
+            "leakage",
+            "Leakage across splits",
+            "ok",
+            "no prompt appears in more than one split",
+            details=details,
+        )
 
     def remove(s: State) -> None:
         assert s.splits is not None
         drop = {id(ex) for ex in removable}
-        s.splits = {name: [ex for ex in items if id(ex) not in drop]
-                    for name, items in s.splits.items()}
+        s.splits = {
+            name: [ex for ex in items if id(ex) not in drop] for name, items in s.splits.items()
+        }
 
-    message = (f"{len(removable)} examples share their prompt with an example of a later split "
-               "(train < valid < test), which inflates held-out scores")
+    message = (
+        f"{len(removable)} examples share their prompt with an example of a later split "
+        "(train < valid < test), which inflates held-out scores"
+    )
     if stuck:
-        message += f"; {len(stuck)} prompts of the given test file are also in the given " \
-                   "validation file"
-    fix = Fix("drop-leaking", f"Remove the {len(removable)} leaking examples from train or from "
-              "the held-out splits made here (given files stay whole)", True,
-              remove) if removable else None
-    return CheckResult("leakage", "Leakage across splits", "warning", message,
-                       len(removable) + len(stuck), _locations(removable + stuck), details, fix)
+        message += (
+            f"; {len(stuck)} prompts of the given test file are also in the given validation file"
+        )
+    fix = (
+        Fix(
+            "drop-leaking",
+            f"Remove the {len(removable)} leaking examples from train or from "
+            "the held-out splits made here (given files stay whole)",
+            True,
+            remove,
+        )
+        if removable
+        else None
+    )
+    return CheckResult(
+        "leakage",
+        "Leakage across splits",
+        "warning",
+        message,
+        len(removable) + len(stuck),
+        _locations(removable + stuck),
+        details,
+        fix,
+    )
 
 
 def check_class_balance(state: State) -> CheckResult | None:
@@ -126,12 +154,22 @@ def check_class_balance(state: State) -> CheckResult | None:
     details = {"counts": dict(sorted(counts.items())), "imbalance_ratio": round(ratio, 3)}
     shown = ", ".join(f"{k!r}: {v}" for k, v in sorted(counts.items()))
     if ratio <= 1.5:
-        return CheckResult("class-balance", "Class balance", "ok",
-                           f"balanced (largest/smallest {ratio:.2f}): {shown}", details=details)
+        return CheckResult(
+            "class-balance",
+            "Class balance",
+            "ok",
+            f"balanced (largest/smallest {ratio:.2f}): {shown}",
+            details=details,
+        )
     status = "warning" if ratio > 3 else "info"
-    return CheckResult("class-balance", "Class balance", status,
-                       f"largest/smallest class {ratio:.2f}: {shown}; --balance down or up "
-                       "evens out the training split", details=details)
+    return CheckResult(
+        "class-balance",
+        "Class balance",
+        status,
+        f"largest/smallest class {ratio:.2f}: {shown}; --balance down or up "
+        "evens out the training split",
+        details=details,
+    )
 
 
 def balance_train(state: State, how: Balance, seed: int) -> dict[str, dict[str, int]] | None:
@@ -167,10 +205,20 @@ def check_class_quantity(state: State) -> CheckResult | None:
     short = {k: v for k, v in sorted(counts.items()) if v < MIN_PER_CLASS}
     details = {"train_counts": dict(sorted(counts.items())), "recommended_min": MIN_PER_CLASS}
     if not short:
-        return CheckResult("class-quantity", "Examples per class", "ok",
-                           f"every class has at least {MIN_PER_CLASS} training examples "
-                           f"(smallest: {min(counts.values())})", details=details)
+        return CheckResult(
+            "class-quantity",
+            "Examples per class",
+            "ok",
+            f"every class has at least {MIN_PER_CLASS} training examples "
+            f"(smallest: {min(counts.values())})",
+            details=details,
+        )
     advice = ", ".join(f"{k!r} needs {MIN_PER_CLASS - v} more" for k, v in short.items())
-    return CheckResult("class-quantity", "Examples per class", "warning",
-                       f"{len(short)} classes have fewer than {MIN_PER_CLASS} training examples: "
-                       f"{advice}", len(short), details=details)
+    return CheckResult(
+        "class-quantity",
+        "Examples per class",
+        "warning",
+        f"{len(short)} classes have fewer than {MIN_PER_CLASS} training examples: {advice}",
+        len(short),
+        details=details,
+    )

@@ -57,14 +57,17 @@ def _stats(values: list[int]) -> dict[str, int]:
     return {"p50": pct(0.50), "p95": pct(0.95), "max": ordered[-1]}
 
 
-def example_lengths(state: State, tokenizer: Any, examples: list[Example] | None = None
-                    ) -> tuple[list[int], list[int]]:
+def example_lengths(
+    state: State, tokenizer: Any, examples: list[Example] | None = None
+) -> tuple[list[int], list[int]]:
     """Per example: (prompt tokens, completion tokens); special tokens go into the prompt count."""
     examples = state.examples if examples is None else examples
     prompts, completions = _texts(state, tokenizer, examples)
     specials = special_tokens(tokenizer)
-    return ([n + specials for n in count_tokens(tokenizer, prompts)],
-            count_tokens(tokenizer, completions))
+    return (
+        [n + specials for n in count_tokens(tokenizer, prompts)],
+        count_tokens(tokenizer, completions),
+    )
 
 
 def _texts(state: State, tokenizer: Any, examples: list[Example]) -> tuple[list[str], list[str]]:
@@ -73,8 +76,10 @@ def _texts(state: State, tokenizer: Any, examples: list[Example]) -> tuple[list[
         return [ex.prompt for ex in examples], [ex.completion for ex in examples]
     if state.mode == "text":
         return [ex.text for ex in examples], [""] * len(examples)
-    return ([_chat_text(tokenizer, state, ex) for ex in examples],
-            [state.completion_of(ex) for ex in examples])
+    return (
+        [_chat_text(tokenizer, state, ex) for ex in examples],
+        [state.completion_of(ex) for ex in examples],
+    )
 
 
 @dataclass
@@ -90,12 +95,17 @@ class TokenCounts:
     sampled: int | None = None
 
     @classmethod
-    def exact(cls, examples: list[Example], prompt: list[int], completion: list[int],
-              max_length: int) -> TokenCounts:
+    def exact(
+        cls, examples: list[Example], prompt: list[int], completion: list[int], max_length: int
+    ) -> TokenCounts:
         totals = [p + c for p, c in zip(prompt, completion)]
-        return cls(prompt, completion, [(ex, t) for ex, t in zip(examples, totals)
-                                        if t > max_length], max(totals, default=0),
-                   len(examples))
+        return cls(
+            prompt,
+            completion,
+            [(ex, t) for ex, t in zip(examples, totals) if t > max_length],
+            max(totals, default=0),
+            len(examples),
+        )
 
     @property
     def totals(self) -> list[int]:
@@ -125,9 +135,14 @@ def measure(state: State, tokenizer: Any, max_length: int) -> TokenCounts:
     rest_p, rest_c = example_lengths(state, tokenizer, [examples[i] for i in rest])
     measured = list(zip(chosen, prompts, completions)) + list(zip(rest, rest_p, rest_c))
     long = sorted(((i, p + c) for i, p, c in measured if p + c > max_length))
-    return TokenCounts(prompts, completions, [(examples[i], t) for i, t in long],
-                       max((p + c for _, p, c in measured), default=0), len(examples),
-                       sampled=SAMPLE_SIZE)
+    return TokenCounts(
+        prompts,
+        completions,
+        [(examples[i], t) for i, t in long],
+        max((p + c for _, p, c in measured), default=0),
+        len(examples),
+        sampled=SAMPLE_SIZE,
+    )
 
 
 def _chat_text(tokenizer: Any, state: State, ex: Example) -> str:
@@ -143,16 +158,22 @@ def _chat_text(tokenizer: Any, state: State, ex: Example) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
 
 
-def check_token_lengths(model: str, max_length: int, counts: TokenCounts | None
-                        ) -> CheckResult:
+def check_token_lengths(model: str, max_length: int, counts: TokenCounts | None) -> CheckResult:
     if counts is None:
-        return CheckResult("token-lengths", "Token lengths", "info",
-                           "skipped: no tokenizer (--model none)")
+        return CheckResult(
+            "token-lengths", "Token lengths", "info", "skipped: no tokenizer (--model none)"
+        )
     totals = counts.totals
     over = len(counts.long)
-    details = {"model": model, "max_length": max_length, "prompt": _stats(counts.prompt),
-               "completion": _stats(counts.completion), "total": _stats(totals),
-               "over_max_length": over, "sampled": counts.sampled}
+    details = {
+        "model": model,
+        "max_length": max_length,
+        "prompt": _stats(counts.prompt),
+        "completion": _stats(counts.completion),
+        "total": _stats(totals),
+        "over_max_length": over,
+        "sampled": counts.sampled,
+    }
     details["total"]["max"] = counts.max_total
     if counts.sampled:  # estimated from the sample, and said so
         details["tokens_estimated"] = round(sum(totals) / len(totals) * counts.n)
@@ -160,56 +181,91 @@ def check_token_lengths(model: str, max_length: int, counts: TokenCounts | None
         details["tokens"] = sum(totals)
     t = details["total"]
     how = f" (percentiles from a random sample of {counts.sampled:,})" if counts.sampled else ""
-    message = (f"{model}: p50 {t['p50']}, p95 {t['p95']}, max {t['max']} tokens per example"
-               f"{how}; {over} of {counts.n} exceed --max-length {max_length}")
-    return CheckResult("token-lengths", "Token lengths", "warning" if over else "ok", message,
-                       over, details=details)
+    message = (
+        f"{model}: p50 {t['p50']}, p95 {t['p95']}, max {t['max']} tokens per example"
+        f"{how}; {over} of {counts.n} exceed --max-length {max_length}"
+    )
+    return CheckResult(
+        "token-lengths",
+        "Token lengths",
+        "warning" if over else "ok",
+        message,
+        over,
+        details=details,
+    )
 
 
-def check_long_examples(state: State, max_length: int, counts: TokenCounts | None
-                        ) -> CheckResult:
+def check_long_examples(state: State, max_length: int, counts: TokenCounts | None) -> CheckResult:
     if counts is None:
-        return CheckResult("long-examples", "Long examples", "info",
-                           "skipped: no tokenizer (--model none)")
+        return CheckResult(
+            "long-examples", "Long examples", "info", "skipped: no tokenizer (--model none)"
+        )
     long = [ex for ex, _ in counts.long]
     if not long:
-        return CheckResult("long-examples", "Long examples", "ok",
-                           f"every example fits in {max_length} tokens")
+        return CheckResult(
+            "long-examples", "Long examples", "ok", f"every example fits in {max_length} tokens"
+        )
     if state.task == "language-modeling":
-        return CheckResult("long-examples", "Long examples", "info",
-                           f"{len(long)} texts are longer than {max_length} tokens; they are "
-                           "split into chunks when packed for training", len(long),
-                           _locations(long))
+        return CheckResult(
+            "long-examples",
+            "Long examples",
+            "info",
+            f"{len(long)} texts are longer than {max_length} tokens; they are "
+            "split into chunks when packed for training",
+            len(long),
+            _locations(long),
+        )
     if state.task == "classification":
         why = "their prompts will be truncated (the label is kept), which loses some input"
     else:
         why = "they would be truncated, cutting off the completion the model must learn"
-    return CheckResult("long-examples", "Long examples", "warning",
-                       f"{len(long)} examples are longer than {max_length} tokens: {why}",
-                       len(long), _locations(long),
-                       fix=Fix("drop-long", f"Remove the {len(long)} examples over {max_length} "
-                               "tokens", state.task != "classification", _drop(long)))
+    return CheckResult(
+        "long-examples",
+        "Long examples",
+        "warning",
+        f"{len(long)} examples are longer than {max_length} tokens: {why}",
+        len(long),
+        _locations(long),
+        fix=Fix(
+            "drop-long",
+            f"Remove the {len(long)} examples over {max_length} tokens",
+            state.task != "classification",
+            _drop(long),
+        ),
+    )
 
 
 def check_multi_token_labels(state: State, tokenizer: Any, model: str) -> CheckResult | None:
     if state.task != "classification":
         return None
     if tokenizer is None:
-        return CheckResult("multi-token-labels", "Label tokens", "info",
-                           "skipped: no tokenizer (--model none)")
+        return CheckResult(
+            "multi-token-labels", "Label tokens", "info", "skipped: no tokenizer (--model none)"
+        )
     # The label as the model must produce it: with its leading space, without the stop sequence.
-    written = sorted({state.completion_of(ex).removesuffix(state.stop or "")
-                      for ex in state.examples})
+    written = sorted(
+        {state.completion_of(ex).removesuffix(state.stop or "") for ex in state.examples}
+    )
     counts = dict(zip(written, count_tokens(tokenizer, written)))
     pieces = {label: token_pieces(tokenizer, label) for label in written}
     multi = {k: v for k, v in counts.items() if v > 1}
     details = {"tokens": {k: pieces[k] for k in written}}
     if not multi:
-        return CheckResult("multi-token-labels", "Label tokens", "ok",
-                           f"every label is a single {model} token", details=details)
+        return CheckResult(
+            "multi-token-labels",
+            "Label tokens",
+            "ok",
+            f"every label is a single {model} token",
+            details=details,
+        )
     example = next(iter(multi))
-    return CheckResult("multi-token-labels", "Label tokens", "info",
-                       f"{len(multi)} of {len(written)} labels are more than one {model} token "
-                       f"(e.g. {example!r} → {pieces[example]}); trimtab scores every token of a "
-                       "label, but the first token alone no longer identifies it",
-                       len(multi), details=details)
+    return CheckResult(
+        "multi-token-labels",
+        "Label tokens",
+        "info",
+        f"{len(multi)} of {len(written)} labels are more than one {model} token "
+        f"(e.g. {example!r} → {pieces[example]}); trimtab scores every token of a "
+        "label, but the first token alone no longer identifies it",
+        len(multi),
+        details=details,
+    )

@@ -30,8 +30,10 @@ def to_record(ex: Example, mode: Mode, fmt: OutputFormat, system: str | None) ->
     if mode == "chat":
         return {"messages": ex.messages}
     messages = [{"role": "system", "content": system}] if system else []
-    messages += [{"role": "user", "content": ex.prompt},
-                 {"role": "assistant", "content": ex.completion}]
+    messages += [
+        {"role": "user", "content": ex.prompt},
+        {"role": "assistant", "content": ex.completion},
+    ]
     return {"messages": messages}
 
 
@@ -49,8 +51,9 @@ def check_output_dir(out_dir: Path, force: bool, names: tuple[str, ...] = OUTPUT
         raise TrimtabError(f"{out_dir}: exists and is not a folder")
     existing = [name for name in names if (out_dir / name).exists()]
     if existing and not force:
-        raise OutputExistsError(f"{out_dir}: already holds {', '.join(existing)}; "
-                                "use --force to overwrite")
+        raise OutputExistsError(
+            f"{out_dir}: already holds {', '.join(existing)}; use --force to overwrite"
+        )
 
 
 def write_atomically(out_dir: Path, files: dict[str, str], force: bool) -> None:
@@ -62,8 +65,9 @@ def write_atomically(out_dir: Path, files: dict[str, str], force: bool) -> None:
     check_output_dir(out_dir, force, tuple(files))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-",
-                                    dir=out_dir.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent)
+    )
     try:
         for name, content in files.items():
             with open(staging / name, "w", encoding="utf-8", newline="\n") as f:

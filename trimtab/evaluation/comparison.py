@@ -23,8 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from trimtab import __version__
 from trimtab.errors import ConfigError, TrimtabError
 from trimtab.evaluation.evaluate import (
-    EvalData, EvalModel, Outcome, evaluate_classification, evaluate_generation,
-    evaluate_language_model, load_eval_data, load_for_eval)
+    EvalData,
+    EvalModel,
+    Outcome,
+    evaluate_classification,
+    evaluate_generation,
+    evaluate_language_model,
+    load_eval_data,
+    load_for_eval,
+)
 from trimtab.evaluation.prompts import Shot, pick_shots, strip_separator
 from trimtab.training.export import model_folder
 from trimtab.training.run import RunFolder
@@ -63,8 +70,10 @@ class EvalOptions(BaseModel):
         try:
             options = cls.model_validate(values)
         except ValidationError as e:
-            problems += [f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
-                         for err in e.errors()]
+            problems += [
+                f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
+                for err in e.errors()
+            ]
         data = values.get("data")
         if data is not None and not Path(data).exists():
             problems.append(f"data: {data}: not found")
@@ -95,23 +104,29 @@ def run_eval(options: EvalOptions, *, say: Callable[[str], None] = print) -> dic
     """Evaluate every model; returns the report (and writes its folder if ``options.out``)."""
     from trimtab.evaluation.report import comparison_table, write_report
 
-    if options.out is not None and options.out.exists() and any(options.out.iterdir()) \
-            and not options.force:
+    if (
+        options.out is not None
+        and options.out.exists()
+        and any(options.out.iterdir())
+        and not options.force
+    ):
         from trimtab.errors import OutputExistsError
 
         # Checked before an hour of evaluation, not after it.
         raise OutputExistsError(f"{options.out}: already exists; use --force to replace it")
     check_model_refs(options.models)
     data = load_eval_data(options.data, limit=options.limit)
-    say(f"{data.path}: {len(data.records):,} examples, "
-        + (f"classification over {', '.join(data.labels)}" if data.labels else data.format))
+    say(
+        f"{data.path}: {len(data.records):,} examples, "
+        + (f"classification over {', '.join(data.labels)}" if data.labels else data.format)
+    )
     results: list[dict[str, Any]] = []
     for model_ref in _with_baselines(options, say):
         say(f"loading {model_ref}")
         model = load_for_eval(model_ref)
         sample = data
         if not model.fine_tuned and options.baseline_limit:
-            sample = replace(data, records=data.records[:options.baseline_limit])
+            sample = replace(data, records=data.records[: options.baseline_limit])
         for candidate in _candidates(model, model_ref, sample, options, say):
             results += _evaluate(model, candidate, sample, options, say)
         del model
@@ -141,8 +156,10 @@ def _with_baselines(options: EvalOptions, say: Callable[[str], None]) -> list[st
         if meta and _is_decoder(meta["base_model"]):  # zero-shot needs a language model
             bases.append(meta["base_model"])
         elif meta:
-            say(f"{ref}: its base model {meta['base_model']} is an encoder, which cannot "
-                "answer zero- or few-shot: no baseline for it")
+            say(
+                f"{ref}: its base model {meta['base_model']} is an encoder, which cannot "
+                "answer zero- or few-shot: no baseline for it"
+            )
     return list(dict.fromkeys(bases + [r for r in refs if r not in bases]))
 
 
@@ -161,8 +178,9 @@ def _is_decoder(name: str) -> bool:
     return spec is None or spec.kind == "decoder"
 
 
-def _candidates(model: EvalModel, ref: str, data: EvalData, options: EvalOptions,
-                say: Callable[[str], None]) -> list[Candidate]:
+def _candidates(
+    model: EvalModel, ref: str, data: EvalData, options: EvalOptions, say: Callable[[str], None]
+) -> list[Candidate]:
     if model.fine_tuned:
         return [Candidate(ref, "fine-tuned")]
     out = [Candidate(ref, "zero-shot")]
@@ -170,8 +188,11 @@ def _candidates(model: EvalModel, ref: str, data: EvalData, options: EvalOptions
         if data.train is None:
             say(f"  no train.jsonl beside {data.path}: no few-shot baseline")
         else:
-            out.append(Candidate(ref, f"few-shot (k={options.shots})",
-                                 _shots(data, options.shots, options.seed)))
+            out.append(
+                Candidate(
+                    ref, f"few-shot (k={options.shots})", _shots(data, options.shots, options.seed)
+                )
+            )
     return out
 
 
@@ -179,14 +200,21 @@ def _shots(data: EvalData, k: int, seed: int) -> list[Shot]:
     from trimtab.training.batches import read_examples
 
     assert data.train is not None and data.labels is not None
-    examples = [(strip_separator(r.fields["prompt"], data.separator),
-                 r.fields["completion"].strip()) for r in read_examples(data.train)
-                if "prompt" in r.fields]
+    examples = [
+        (strip_separator(r.fields["prompt"], data.separator), r.fields["completion"].strip())
+        for r in read_examples(data.train)
+        if "prompt" in r.fields
+    ]
     return pick_shots(examples, data.labels, k, seed=seed)
 
 
-def _evaluate(model: EvalModel, candidate: Candidate, data: EvalData, options: EvalOptions,
-              say: Callable[[str], None]) -> list[dict[str, Any]]:
+def _evaluate(
+    model: EvalModel,
+    candidate: Candidate,
+    data: EvalData,
+    options: EvalOptions,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
     from trimtab.generation import SamplingParams
 
     sampling = SamplingParams.from_options(options.sampling) if options.sampling else None
@@ -195,13 +223,24 @@ def _evaluate(model: EvalModel, candidate: Candidate, data: EvalData, options: E
     label = _label(model, candidate)
     outcomes: list[Outcome] = []
     if data.labels is not None:
-        modes = ["score"] if model.task == "classify" else (
-            ["score", "generate"] if options.mode == "both" else [options.mode])
+        modes = (
+            ["score"]
+            if model.task == "classify"
+            else (["score", "generate"] if options.mode == "both" else [options.mode])
+        )
         for mode in modes:
             say(f"  {label}: {'label scoring' if mode == 'score' else 'generation'} ...")
-            outcomes.append(evaluate_classification(
-                model, data, mode=mode, shots=candidate.shots, instruction=options.instruction,
-                sampling=sampling, **common))
+            outcomes.append(
+                evaluate_classification(
+                    model,
+                    data,
+                    mode=mode,
+                    shots=candidate.shots,
+                    instruction=options.instruction,
+                    sampling=sampling,
+                    **common,
+                )
+            )
     elif data.format == "text":
         outcomes.append(evaluate_language_model(model, data, **common))
     else:
@@ -213,8 +252,11 @@ def _evaluate(model: EvalModel, candidate: Candidate, data: EvalData, options: E
         outcomes = [gen]
     rows = []
     for outcome in outcomes:
-        row_label = label + (" [generation]" if outcome.mode == "generation"
-                             and data.labels is not None and len(outcomes) > 1 else "")
+        row_label = label + (
+            " [generation]"
+            if outcome.mode == "generation" and data.labels is not None and len(outcomes) > 1
+            else ""
+        )
         rows.append(_row(model, candidate, row_label, outcome))
         say(f"  {row_label}: {_summary(outcome)} ({outcome.examples_per_s:.1f} examples/s)")
     return rows
@@ -236,25 +278,30 @@ def _summary(outcome: Outcome) -> str:
         if c.invalid:
             parts.append(f"{c.invalid} invalid")
     if outcome.generation:
-        parts.append(f"exact match {outcome.generation.exact_match:.3f}, "
-                     f"ROUGE-L {outcome.generation.rouge_l:.3f}")
+        parts.append(
+            f"exact match {outcome.generation.exact_match:.3f}, "
+            f"ROUGE-L {outcome.generation.rouge_l:.3f}"
+        )
     if outcome.language_model:
-        parts.append(f"loss {outcome.language_model['loss']:.4f}, "
-                     f"perplexity {outcome.language_model['perplexity']:.2f}")
+        parts.append(
+            f"loss {outcome.language_model['loss']:.4f}, "
+            f"perplexity {outcome.language_model['perplexity']:.2f}"
+        )
     return ", ".join(parts)
 
 
-def _row(model: EvalModel, candidate: Candidate, label: str, outcome: Outcome
-         ) -> dict[str, Any]:
+def _row(model: EvalModel, candidate: Candidate, label: str, outcome: Outcome) -> dict[str, Any]:
     training = metrics = None
     if model.run is not None:
         folder = RunFolder(model.run)
         info = folder.info()
         results = info.get("results") or {}
-        training = {"seconds": results.get("train_seconds"),
-                    "tokens_per_s": results.get("tokens_per_second"),
-                    "train_examples": info.get("train_examples"),
-                    "trainable_parameters": info.get("trainable_parameters")}
+        training = {
+            "seconds": results.get("train_seconds"),
+            "tokens_per_s": results.get("tokens_per_second"),
+            "train_examples": info.get("train_examples"),
+            "trainable_parameters": info.get("trainable_parameters"),
+        }
         metrics = folder.metrics()
     return {
         "label": label,
@@ -289,5 +336,7 @@ def check_model_refs(refs: list[str]) -> None:
 
     bad = [r for r in refs if missing(r)]
     if bad:
-        raise TrimtabError(f"not a run folder or a known model: {', '.join(bad)} "
-                           f"(known models: {', '.join(KNOWN_MODELS)})")
+        raise TrimtabError(
+            f"not a run folder or a known model: {', '.join(bad)} "
+            f"(known models: {', '.join(KNOWN_MODELS)})"
+        )

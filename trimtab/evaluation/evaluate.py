@@ -24,7 +24,12 @@ import torch
 
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.metrics import (
-    ClassificationReport, GenerationScores, classification_report, generation_scores, sort_labels)
+    ClassificationReport,
+    GenerationScores,
+    classification_report,
+    generation_scores,
+    sort_labels,
+)
 from trimtab.evaluation.prompts import Shot, baseline_prompts, parse_label, strip_separator
 from trimtab.evaluation.scoring import classify_logits, score_labels
 
@@ -87,8 +92,10 @@ def load_eval_data(data: Path, *, limit: int | None = None) -> EvalData:
                 data = data / name
                 break
         else:
-            raise TrimtabError(f"{data}: no test.jsonl or valid.jsonl in this folder "
-                               "(give a folder written by trimtab prepare, or a .jsonl file)")
+            raise TrimtabError(
+                f"{data}: no test.jsonl or valid.jsonl in this folder "
+                "(give a folder written by trimtab prepare, or a .jsonl file)"
+            )
     if not data.is_file():
         raise TrimtabError(f"{data}: file not found")
     records = read_examples(data)
@@ -109,17 +116,20 @@ def load_eval_data(data: Path, *, limit: int | None = None) -> EvalData:
     completions = [r.fields["completion"] for r in records] if fmt == "prompt-completion" else []
     train = folder / "train.jsonl"
     return EvalData(
-        path=data, records=records, format=fmt, labels=labels,
+        path=data,
+        records=records,
+        format=fmt,
+        labels=labels,
         separator=meta.get("separator"),
         stop=[stop] if isinstance(stop, str) else list(stop or []),
         leading_space=all(c[:1].isspace() for c in completions) if completions else True,
-        train=train if train.is_file() and train != data else None)
+        train=train if train.is_file() and train != data else None,
+    )
 
 
 def load_for_eval(name_or_run: str | Path, *, device: str | None = None) -> EvalModel:
     """A fine-tuned run (its folder or ``final/``), or a base model by name or folder."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from trimtab.models.loading import load_model
     from trimtab.training.export import model_folder
@@ -132,8 +142,14 @@ def load_for_eval(name_or_run: str | Path, *, device: str | None = None) -> Eval
         folder = None
     if folder is None:  # a base model: a language model scored zero- or few-shot
         loaded = load_model(str(name_or_run), "causal-lm")
-        return EvalModel(loaded.model.to(target).eval(), _with_pad_token(loaded.tokenizer),
-                         str(name_or_run), "lm", None, base_model=str(name_or_run))
+        return EvalModel(
+            loaded.model.to(target).eval(),
+            _with_pad_token(loaded.tokenizer),
+            str(name_or_run),
+            "lm",
+            None,
+            base_model=str(name_or_run),
+        )
     meta = json.loads((folder / "trimtab.json").read_text(encoding="utf-8"))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if (folder / "adapter_config.json").is_file():
@@ -147,9 +163,16 @@ def load_for_eval(name_or_run: str | Path, *, device: str | None = None) -> Eval
     else:
         model = AutoModelForCausalLM.from_pretrained(folder)
     run = folder.parent if folder.name in ("final", "best") else folder
-    return EvalModel(model.to(target).eval(), _with_pad_token(tokenizer), str(name_or_run),
-                     meta["task"], meta.get("labels"), base_model=meta.get("base_model"),
-                     method=meta.get("method"), run=run)
+    return EvalModel(
+        model.to(target).eval(),
+        _with_pad_token(tokenizer),
+        str(name_or_run),
+        meta["task"],
+        meta.get("labels"),
+        base_model=meta.get("base_model"),
+        method=meta.get("method"),
+        run=run,
+    )
 
 
 def _with_pad_token(tokenizer: Any) -> Any:
@@ -184,8 +207,9 @@ def default_bf16(model: Any) -> bool:
     return bf16_available(next(model.parameters()).device)
 
 
-def classification_inputs(model: EvalModel, data: EvalData, *, shots: list[Shot] | None,
-                          instruction: str | None) -> tuple[list[str], list[str]]:
+def classification_inputs(
+    model: EvalModel, data: EvalData, *, shots: list[Shot] | None, instruction: str | None
+) -> tuple[list[str], list[str]]:
     """The prompts the model sees and the labels as its answer would start.
 
     A fine-tuned model gets the prompts as prepared (it learnt their format); a base model gets
@@ -196,15 +220,29 @@ def classification_inputs(model: EvalModel, data: EvalData, *, shots: list[Shot]
         space = " " if data.leading_space else ""
         return data.prompts, [space + label for label in labels]
     texts = [strip_separator(p, data.separator) for p in data.prompts]
-    return baseline_prompts(model.tokenizer, texts, labels, instruction=instruction,
-                            shots=shots or [], separator=data.separator,
-                            leading_space=data.leading_space)
+    return baseline_prompts(
+        model.tokenizer,
+        texts,
+        labels,
+        instruction=instruction,
+        shots=shots or [],
+        separator=data.separator,
+        leading_space=data.leading_space,
+    )
 
 
-def evaluate_classification(model: EvalModel, data: EvalData, *, mode: str = "score",
-                            shots: list[Shot] | None = None, instruction: str | None = None,
-                            sampling: Any = None, bf16: bool | None = None,
-                            batch_size: int = 16, max_length: int = 512) -> Outcome:
+def evaluate_classification(
+    model: EvalModel,
+    data: EvalData,
+    *,
+    mode: str = "score",
+    shots: list[Shot] | None = None,
+    instruction: str | None = None,
+    sampling: Any = None,
+    bf16: bool | None = None,
+    batch_size: int = 16,
+    max_length: int = 512,
+) -> Outcome:
     """Predict a label for every example by label scoring, the head, or generation."""
     if data.labels is None:
         raise TrimtabError(f"{data.path}: not a classification file (completions are free text)")
@@ -215,24 +253,46 @@ def evaluate_classification(model: EvalModel, data: EvalData, *, mode: str = "sc
     scores = None
     if model.task == "classify":
         labels = model.labels or data.labels
-        scores = classify_logits(model.model, model.tokenizer, data.prompts,
-                                 batch_size=batch_size, max_length=max_length, bf16=bf16)
+        scores = classify_logits(
+            model.model,
+            model.tokenizer,
+            data.prompts,
+            batch_size=batch_size,
+            max_length=max_length,
+            bf16=bf16,
+        )
         predicted: list[str | None] = [labels[int(i)] for i in scores.argmax(-1)]
         how = "classification head"
     else:
         labels = data.labels
-        prompts, label_texts = classification_inputs(model, data, shots=shots,
-                                                     instruction=instruction)
+        prompts, label_texts = classification_inputs(
+            model, data, shots=shots, instruction=instruction
+        )
         if mode == "generate":
-            texts = _generate(model, prompts, _label_sampling(model, label_texts, data, sampling),
-                              batch_size=batch_size, max_length=max_length, bf16=bf16)
+            texts = _generate(
+                model,
+                prompts,
+                _label_sampling(model, label_texts, data, sampling),
+                batch_size=batch_size,
+                max_length=max_length,
+                bf16=bf16,
+            )
             predicted = [parse_label(t, labels) for t in texts]
-            samples = [{"prompt_end": p[-80:], "output": t, "gold": g}
-                       for p, t, g in zip(prompts[:5], texts, gold)]
+            samples = [
+                {"prompt_end": p[-80:], "output": t, "gold": g}
+                for p, t, g in zip(prompts[:5], texts, gold)
+            ]
             how = "generation"
         else:
-            scores = score_labels(model.model, model.tokenizer, prompts, label_texts,
-                                  batch_size=batch_size, max_length=max_length, bf16=bf16)
+            scores = score_labels(
+                model.model,
+                model.tokenizer,
+                prompts,
+                label_texts,
+                batch_size=batch_size,
+                max_length=max_length,
+                bf16=bf16,
+            )
             predicted = [labels[int(i)] for i in scores.argmax(-1)] if len(scores) else []
             how = "label scoring"
     seconds = time.perf_counter() - start
@@ -242,10 +302,13 @@ def evaluate_classification(model: EvalModel, data: EvalData, *, mode: str = "sc
         if median is not None:
             by_median = classification_report(gold, median, report.labels)
             report.extra["median_decision"] = {
-                "accuracy": by_median.accuracy, "mae": by_median.mae,
-                "off_by_one_accuracy": by_median.off_by_one_accuracy}
-    return Outcome(how, len(gold), seconds, classification=report, samples=samples,
-                   predicted=predicted)
+                "accuracy": by_median.accuracy,
+                "mae": by_median.mae,
+                "off_by_one_accuracy": by_median.off_by_one_accuracy,
+            }
+    return Outcome(
+        how, len(gold), seconds, classification=report, samples=samples, predicted=predicted
+    )
 
 
 def median_decision(scores: torch.Tensor, labels: list[str]) -> list[str] | None:
@@ -262,31 +325,51 @@ def median_decision(scores: torch.Tensor, labels: list[str]) -> list[str] | None
     return [labels[order[int(i)]] for i in first]
 
 
-def _label_sampling(model: EvalModel, label_texts: list[str], data: EvalData,
-                    sampling: Any) -> Any:
+def _label_sampling(model: EvalModel, label_texts: list[str], data: EvalData, sampling: Any) -> Any:
     """Greedy, just long enough for the longest label (a base model gets room for a few words)."""
     from trimtab.generation import SamplingParams
 
     if sampling is not None:
         return sampling
-    longest = max(len(model.tokenizer(t, add_special_tokens=False)["input_ids"])
-                  for t in label_texts)
+    longest = max(
+        len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in label_texts
+    )
     room = longest + (1 if model.fine_tuned else 6)
     return SamplingParams(temperature=0, max_tokens=room, stop=(data.stop or ["\n"])[:4])
 
 
-def _generate(model: EvalModel, prompts: list[str], sampling: Any, *, batch_size: int,
-              max_length: int, bf16: bool) -> list[str]:
+def _generate(
+    model: EvalModel,
+    prompts: list[str],
+    sampling: Any,
+    *,
+    batch_size: int,
+    max_length: int,
+    bf16: bool,
+) -> list[str]:
     from trimtab.generation import generate
 
-    done = generate(model.model, model.tokenizer, prompts, sampling, batch_size=batch_size,
-                    max_length=max_length, bf16=bf16)
+    done = generate(
+        model.model,
+        model.tokenizer,
+        prompts,
+        sampling,
+        batch_size=batch_size,
+        max_length=max_length,
+        bf16=bf16,
+    )
     return [c.text for c in done]
 
 
-def evaluate_generation(model: EvalModel, data: EvalData, *, sampling: Any = None,
-                        bf16: bool | None = None, batch_size: int = 16,
-                        max_length: int = 512) -> Outcome:
+def evaluate_generation(
+    model: EvalModel,
+    data: EvalData,
+    *,
+    sampling: Any = None,
+    bf16: bool | None = None,
+    batch_size: int = 16,
+    max_length: int = 512,
+) -> Outcome:
     """Generate a completion for every prompt; exact match and ROUGE-L against the references."""
     from trimtab.generation import SamplingParams
 
@@ -295,22 +378,36 @@ def evaluate_generation(model: EvalModel, data: EvalData, *, sampling: Any = Non
     bf16 = default_bf16(model.model) if bf16 is None else bf16
     references = data.completions
     if sampling is None:
-        longest = max(len(model.tokenizer(r, add_special_tokens=False)["input_ids"])
-                      for r in references)
-        sampling = SamplingParams(temperature=0, max_tokens=longest + 8,
-                                  stop=data.stop[:4] or None)
+        longest = max(
+            len(model.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references
+        )
+        sampling = SamplingParams(temperature=0, max_tokens=longest + 8, stop=data.stop[:4] or None)
     start = time.perf_counter()
-    texts = _generate(model, data.prompts, sampling, batch_size=batch_size,
-                      max_length=max_length, bf16=bf16)
+    texts = _generate(
+        model, data.prompts, sampling, batch_size=batch_size, max_length=max_length, bf16=bf16
+    )
     seconds = time.perf_counter() - start
-    samples = [{"prompt_end": p[-80:], "output": t, "reference": r}
-               for p, t, r in zip(data.prompts[:5], texts, references)]
-    return Outcome("generation", len(texts), seconds,
-                   generation=generation_scores(texts, references), samples=samples)
+    samples = [
+        {"prompt_end": p[-80:], "output": t, "reference": r}
+        for p, t, r in zip(data.prompts[:5], texts, references)
+    ]
+    return Outcome(
+        "generation",
+        len(texts),
+        seconds,
+        generation=generation_scores(texts, references),
+        samples=samples,
+    )
 
 
-def evaluate_language_model(model: EvalModel, data: EvalData, *, bf16: bool | None = None,
-                            batch_size: int = 16, max_length: int = 512) -> Outcome:
+def evaluate_language_model(
+    model: EvalModel,
+    data: EvalData,
+    *,
+    bf16: bool | None = None,
+    batch_size: int = 16,
+    max_length: int = 512,
+) -> Outcome:
     """Mean loss (nats per token) and perplexity of the held-out tokens.
 
     Prompt/completion and chat examples are scored on what training learns (completions,
@@ -334,6 +431,14 @@ def evaluate_language_model(model: EvalModel, data: EvalData, *, bf16: bool | No
     scores = evaluate(Objective(model.model, causal=True), items, pad, device, bf16, batch_size)
     tokens = sum(sum(1 for t in e.labels[1:] if t != batches.IGNORE) for e in items)
     loss = scores["valid_loss"]
-    return Outcome("loss", len(items), time.perf_counter() - start, language_model={
-        "loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens,
-        "token_accuracy": scores["valid_accuracy"]})
+    return Outcome(
+        "loss",
+        len(items),
+        time.perf_counter() - start,
+        language_model={
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "tokens": tokens,
+            "token_accuracy": scores["valid_accuracy"],
+        },
+    )

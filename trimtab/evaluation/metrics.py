@@ -51,8 +51,9 @@ def _ordinal(labels: list[str]) -> dict[str, float] | None:
         return None
 
 
-def bootstrap_ci(correct: list[bool], *, samples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    correct: list[bool], *, samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``correct``."""
     n = len(correct)
     if n == 0:
@@ -64,9 +65,9 @@ def bootstrap_ci(correct: list[bool], *, samples: int = 1000, seed: int = 0,
     return (means[int(tail * (samples - 1))], means[int((1 - tail) * (samples - 1) + 0.5)])
 
 
-def classification_report(gold: list[str], predicted: list[str | None],
-                          labels: list[str] | None = None, *, seed: int = 0
-                          ) -> ClassificationReport:
+def classification_report(
+    gold: list[str], predicted: list[str | None], labels: list[str] | None = None, *, seed: int = 0
+) -> ClassificationReport:
     """Score ``predicted`` against ``gold``; ``None`` or an unknown label counts as invalid."""
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")
@@ -96,14 +97,23 @@ def classification_report(gold: list[str], predicted: list[str | None],
     accuracy = sum(correct) / n if n else 0.0
     present = [s for s in per_class.values() if s.support]
     macro_f1 = sum(s.f1 for s in present) / len(present) if present else 0.0
-    report = ClassificationReport(n, accuracy, macro_f1, per_class, labels, confusion, invalid,
-                                  bootstrap_ci(correct, seed=seed))
+    report = ClassificationReport(
+        n,
+        accuracy,
+        macro_f1,
+        per_class,
+        labels,
+        confusion,
+        invalid,
+        bootstrap_ci(correct, seed=seed),
+    )
     values = _ordinal(labels)
     if values is not None and n:
         # An invalid prediction has no distance: it counts as the farthest label (worst case).
         span = max(values.values()) - min(values.values())
-        errors = [abs(values[g] - values[p]) if p in values else span
-                  for g, p in zip(gold, predicted)]
+        errors = [
+            abs(values[g] - values[p]) if p in values else span for g, p in zip(gold, predicted)
+        ]
         report.mae = sum(errors) / n
         report.off_by_one_accuracy = sum(e <= 1 for e in errors) / n
     return report
@@ -111,6 +121,7 @@ def classification_report(gold: list[str], predicted: list[str | None],
 
 def sort_labels(labels: Iterable[str]) -> list[str]:
     """Numbers in numeric order ("2" before "10"), then text labels alphabetically."""
+
     def key(label: str) -> tuple[float, str]:
         try:
             return (float(label), label)
@@ -121,6 +132,7 @@ def sort_labels(labels: Iterable[str]) -> list[str]:
 
 
 # --- open-ended generation ------------------------------------------------------------------
+
 
 def _normalize(text: str) -> str:
     return " ".join(text.split())

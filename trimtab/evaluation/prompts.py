@@ -34,8 +34,9 @@ def strip_separator(prompt: str, separator: str | None) -> str:
     return prompt.rstrip()
 
 
-def pick_shots(examples: Sequence[tuple[str, str]], labels: Sequence[str], k: int, *,
-               seed: int = 0) -> list[Shot]:
+def pick_shots(
+    examples: Sequence[tuple[str, str]], labels: Sequence[str], k: int, *, seed: int = 0
+) -> list[Shot]:
     """``k`` examples of (text, label), labels taken in turn so every label is shown once
     before any twice; within a label the shorter half is preferred, so the prompt stays cheap.
     The order is shuffled (seeded): a fixed label order would teach the model a pattern."""
@@ -68,10 +69,16 @@ def instruction_for(labels: Sequence[str], instruction: str | None) -> str:
     return (instruction or DEFAULT_INSTRUCTION).replace("{labels}", ", ".join(labels))
 
 
-def baseline_prompts(tokenizer: Any, texts: Sequence[str], labels: Sequence[str], *,
-                     instruction: str | None = None, shots: Sequence[Shot] = (),
-                     separator: str | None = None, leading_space: bool = True
-                     ) -> tuple[list[str], list[str]]:
+def baseline_prompts(
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    instruction: str | None = None,
+    shots: Sequence[Shot] = (),
+    separator: str | None = None,
+    leading_space: bool = True,
+) -> tuple[list[str], list[str]]:
     """Prompts for a base model and the labels as its answer would start.
 
     Returns ``(prompts, label_texts)``. With a chat template the prompt ends with the assistant
@@ -82,11 +89,18 @@ def baseline_prompts(tokenizer: Any, texts: Sequence[str], labels: Sequence[str]
     if has_chat_template(tokenizer):
         turns: list[dict[str, str]] = [{"role": "system", "content": task}]
         for shot in shots:
-            turns += [{"role": "user", "content": shot.text},
-                      {"role": "assistant", "content": shot.label}]
-        prompts = [tokenizer.apply_chat_template(turns + [{"role": "user", "content": text}],
-                                                 tokenize=False, add_generation_prompt=True)
-                   for text in texts]
+            turns += [
+                {"role": "user", "content": shot.text},
+                {"role": "assistant", "content": shot.label},
+            ]
+        prompts = [
+            tokenizer.apply_chat_template(
+                turns + [{"role": "user", "content": text}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for text in texts
+        ]
         return prompts, list(labels)
     sep = separator or "\nAnswer:"
     space = " " if leading_space else ""

@@ -30,6 +30,7 @@ DASH = "—"  # a missing value, in tables and fields
 
 # --- blocks: what the report says, independent of Markdown or HTML ----------------------------
 
+
 @dataclass
 class _Heading:
     level: int
@@ -58,6 +59,7 @@ _Block = _Heading | _Fields | _Table | _Image
 
 
 # --- formatting ---------------------------------------------------------------------------
+
 
 def _is_num(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -116,13 +118,23 @@ def _results(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 # --- the comparison table -------------------------------------------------------------------
 
+
 def _comparison(report: dict[str, Any]) -> _Table:
     results = _results(report)
     has_lm = any(r.get("language_model") for r in results)
     has_generation = any(r.get("generation") for r in results)
     has_training = any(r.get("training") for r in results)
-    header = ["Model", "Kind", "Mode", "N", "Accuracy [95% CI]", "Macro-F1", "MAE",
-              "Off-by-one", "Invalid"]
+    header = [
+        "Model",
+        "Kind",
+        "Mode",
+        "N",
+        "Accuracy [95% CI]",
+        "Macro-F1",
+        "MAE",
+        "Off-by-one",
+        "Invalid",
+    ]
     # Optional columns appear only when some result has them: a table of classifiers should not
     # carry three columns of dashes.
     header += ["Loss / PPL"] * has_lm + ["Exact match / ROUGE-L"] * has_generation
@@ -130,10 +142,17 @@ def _comparison(report: dict[str, Any]) -> _Table:
     rows = []
     for r in results:
         c = r.get("classification") or {}
-        row = [str(r.get("label") or r.get("model") or DASH), str(r.get("kind") or DASH),
-               str(r.get("mode") or DASH), _int(r.get("n")), _accuracy(c),
-               _num(c.get("macro_f1")), _num(c.get("mae")), _num(c.get("off_by_one_accuracy")),
-               _int(c.get("invalid"))]
+        row = [
+            str(r.get("label") or r.get("model") or DASH),
+            str(r.get("kind") or DASH),
+            str(r.get("mode") or DASH),
+            _int(r.get("n")),
+            _accuracy(c),
+            _num(c.get("macro_f1")),
+            _num(c.get("mae")),
+            _num(c.get("off_by_one_accuracy")),
+            _int(c.get("invalid")),
+        ]
         if has_lm:
             row.append(_pair(r.get("language_model"), "loss", "perplexity"))
         if has_generation:
@@ -155,6 +174,7 @@ def comparison_table(report: dict[str, Any]) -> str:
 
 
 # --- plots ----------------------------------------------------------------------------------
+
 
 def _tex(text: Any) -> str:
     # Two "$" in a label would make matplotlib parse it as mathtext (and maybe fail).
@@ -182,8 +202,11 @@ def _points(metrics: Any, key: str) -> list[tuple[float, float]]:
     """(step, value) of the metrics lines that have both, in step order."""
     if not isinstance(metrics, list):
         return []
-    return sorted((m["step"], m[key]) for m in metrics
-                  if isinstance(m, dict) and _is_num(m.get("step")) and _is_num(m.get(key)))
+    return sorted(
+        (m["step"], m[key])
+        for m in metrics
+        if isinstance(m, dict) and _is_num(m.get("step")) and _is_num(m.get(key))
+    )
 
 
 def _plot_confusion(classification: dict[str, Any], title: str, path: Path) -> bool:
@@ -201,12 +224,12 @@ def _plot_confusion(classification: dict[str, Any], title: str, path: Path) -> b
     with _figure(path, (side + 1.5, side)) as (fig, ax):
         image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
         # fraction/pad: a colour bar as tall as the (square) matrix, not as the figure.
-        fig.colorbar(image, ax=ax, label="share of the true label", fraction=0.046,
-                     pad=0.04)
+        fig.colorbar(image, ax=ax, label="share of the true label", fraction=0.046, pad=0.04)
         names = [_tex(label) for label in labels]
         slant = k > 6  # long rows of labels overlap unless slanted
-        ax.set_xticks(range(k), names, rotation=45 if slant else 0,
-                      ha="right" if slant else "center")
+        ax.set_xticks(
+            range(k), names, rotation=45 if slant else 0, ha="right" if slant else "center"
+        )
         ax.set_yticks(range(k), names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
@@ -214,8 +237,15 @@ def _plot_confusion(classification: dict[str, Any], title: str, path: Path) -> b
         size = 10 if k <= 10 else max(5, 10 - (k - 10) // 3)
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=size,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(counts[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=size,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
     return True
 
 
@@ -261,9 +291,12 @@ def _plot_accuracy_by_checkpoint(results: list[dict[str, Any]], path: Path) -> b
 
 
 def _plot_comparison(results: list[dict[str, Any]], path: Path) -> bool:
-    bars = [(str(r.get("label") or r.get("model") or "?"), r["classification"]) for r in results
-            if isinstance(r.get("classification"), dict)
-            and _is_num(r["classification"].get("accuracy"))]
+    bars = [
+        (str(r.get("label") or r.get("model") or "?"), r["classification"])
+        for r in results
+        if isinstance(r.get("classification"), dict)
+        and _is_num(r["classification"].get("accuracy"))
+    ]
     if not bars:
         return False
     accuracies = [c["accuracy"] for _, c in bars]
@@ -277,8 +310,14 @@ def _plot_comparison(results: list[dict[str, Any]], path: Path) -> bool:
         ax.invert_yaxis()  # first result on top, as in the table
         for i, accuracy in enumerate(accuracies):
             # Inside the bar in white, unless the bar is too short to hold the text.
-            ax.text(0.01, i, f"{accuracy:.3f}", va="center", fontsize=9,
-                    color="white" if accuracy >= 0.12 else "black")
+            ax.text(
+                0.01,
+                i,
+                f"{accuracy:.3f}",
+                va="center",
+                fontsize=9,
+                color="white" if accuracy >= 0.12 else "black",
+            )
         ax.set_xlim(0.0, 1.0)
         ax.set_xlabel("accuracy (error bars: 95% bootstrap interval)")
         ax.grid(axis="x", alpha=0.3)
@@ -287,11 +326,18 @@ def _plot_comparison(results: list[dict[str, Any]], path: Path) -> bool:
 
 # --- building the blocks --------------------------------------------------------------------
 
+
 def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
     label = str(r.get("label") or r.get("model") or slug)
     fields: list[tuple[str, str, bool]] = [("Model", str(r.get("model") or DASH), True)]
-    for name, key in [("Kind", "kind"), ("Base model", "base_model"), ("Method", "method"),
-                      ("Task", "task"), ("Mode", "mode"), ("Examples", "n")]:
+    for name, key in [
+        ("Kind", "kind"),
+        ("Base model", "base_model"),
+        ("Method", "method"),
+        ("Task", "task"),
+        ("Mode", "mode"),
+        ("Examples", "n"),
+    ]:
         if r.get(key) is not None:
             fields.append((name, str(r[key]), False))
     if _is_num(r.get("seconds")):
@@ -300,9 +346,15 @@ def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
     training = r.get("training") or {}
     if training:
         seconds = training.get("seconds")
-        fields.append(("Training", f"{_num(seconds / 60 if _is_num(seconds) else None, 1)} min, "
-                                   f"{_num(training.get('tokens_per_s'), 0)} tokens/s, "
-                                   f"{_int(training.get('train_examples'))} examples", False))
+        fields.append(
+            (
+                "Training",
+                f"{_num(seconds / 60 if _is_num(seconds) else None, 1)} min, "
+                f"{_num(training.get('tokens_per_s'), 0)} tokens/s, "
+                f"{_int(training.get('train_examples'))} examples",
+                False,
+            )
+        )
     run = r.get("run") if isinstance(r.get("run"), dict) else None
     if run and run.get("path"):
         fields.append(("Run", str(run["path"]), True))
@@ -311,29 +363,59 @@ def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
     c = r.get("classification")
     if isinstance(c, dict):
         blocks.append(_Heading(4, "Classification"))
-        blocks.append(_Fields([("Accuracy [95% CI]", _accuracy(c), False),
-                               ("Macro-F1", _num(c.get("macro_f1")), False),
-                               ("MAE", _num(c.get("mae")), False),
-                               ("Off-by-one accuracy", _num(c.get("off_by_one_accuracy")), False),
-                               ("Invalid predictions", _int(c.get("invalid")), False)]))
+        blocks.append(
+            _Fields(
+                [
+                    ("Accuracy [95% CI]", _accuracy(c), False),
+                    ("Macro-F1", _num(c.get("macro_f1")), False),
+                    ("MAE", _num(c.get("mae")), False),
+                    ("Off-by-one accuracy", _num(c.get("off_by_one_accuracy")), False),
+                    ("Invalid predictions", _int(c.get("invalid")), False),
+                ]
+            )
+        )
         median = (c.get("extra") or {}).get("median_decision")
         if isinstance(median, dict):  # ordinal labels: the decision that minimises MAE
-            blocks.append(_Fields([("Median of the predicted distribution", (
-                f"accuracy {_num(median.get('accuracy'))}, MAE {_num(median.get('mae'))}, "
-                f"off-by-one {_num(median.get('off_by_one_accuracy'))}"), False)]))
+            blocks.append(
+                _Fields(
+                    [
+                        (
+                            "Median of the predicted distribution",
+                            (
+                                f"accuracy {_num(median.get('accuracy'))}, "
+                                f"MAE {_num(median.get('mae'))}, "
+                                f"off-by-one {_num(median.get('off_by_one_accuracy'))}"
+                            ),
+                            False,
+                        )
+                    ]
+                )
+            )
         labels = [str(label) for label in c.get("labels") or []]
         per_class = c.get("per_class") or {}
         order = labels + [k for k in per_class if k not in labels]
-        rows = [[k, _num(s.get("precision")), _num(s.get("recall")), _num(s.get("f1")),
-                 _int(s.get("support"))]
-                for k in order if isinstance(s := per_class.get(k), dict)]
+        rows = [
+            [
+                k,
+                _num(s.get("precision")),
+                _num(s.get("recall")),
+                _num(s.get("f1")),
+                _int(s.get("support")),
+            ]
+            for k in order
+            if isinstance(s := per_class.get(k), dict)
+        ]
         if rows:
             blocks.append(_Table(["Label", "Precision", "Recall", "F1", "Support"], rows))
         matrix = c.get("confusion") or []
         if labels and len(matrix) == len(labels):
             blocks.append(_Heading(4, "Confusion matrix (rows: true, columns: predicted)"))
-            blocks.append(_Table(["true \\ predicted", *labels],
-                                 [[label, *map(str, row)] for label, row in zip(labels, matrix)]))
+            blocks.append(
+                _Table(
+                    ["true \\ predicted", *labels],
+                    [[label, *map(str, row)] for label, row in zip(labels, matrix)],
+                )
+            )
         name = f"confusion-{slug}.png"
         if _plot_confusion(c, f"Confusion matrix: {label}", plots / name):
             blocks.append(_Image(f"Confusion matrix of {label}", name))
@@ -341,15 +423,27 @@ def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
     lm = r.get("language_model")
     if isinstance(lm, dict):
         blocks.append(_Heading(4, "Language modelling"))
-        blocks.append(_Fields([("Loss", _num(lm.get("loss")), False),
-                               ("Perplexity", _num(lm.get("perplexity")), False),
-                               ("Tokens", _int(lm.get("tokens")), False)]))
+        blocks.append(
+            _Fields(
+                [
+                    ("Loss", _num(lm.get("loss")), False),
+                    ("Perplexity", _num(lm.get("perplexity")), False),
+                    ("Tokens", _int(lm.get("tokens")), False),
+                ]
+            )
+        )
     generation = r.get("generation")
     if isinstance(generation, dict):
         blocks.append(_Heading(4, "Generation"))
-        blocks.append(_Fields([("Exact match", _num(generation.get("exact_match")), False),
-                               ("ROUGE-L", _num(generation.get("rouge_l")), False),
-                               ("Examples", _int(generation.get("n")), False)]))
+        blocks.append(
+            _Fields(
+                [
+                    ("Exact match", _num(generation.get("exact_match")), False),
+                    ("ROUGE-L", _num(generation.get("rouge_l")), False),
+                    ("Examples", _int(generation.get("n")), False),
+                ]
+            )
+        )
     name = f"loss-{slug}.png"
     if run and _plot_loss(run, f"Training loss: {label}", plots / name):
         blocks += [_Heading(4, "Training curve"), _Image(f"Training loss of {label}", name)]
@@ -359,14 +453,20 @@ def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
 def _blocks(report: dict[str, Any], plots: Path) -> list[_Block]:
     """Every block of the report, drawing its plots into ``plots`` on the way."""
     results = _results(report)
-    fields = [("Data", str(report.get("data") or DASH), True),
-              ("Date", str(report.get("created") or DASH).replace("T", " "), False)]
+    fields = [
+        ("Data", str(report.get("data") or DASH), True),
+        ("Date", str(report.get("created") or DASH).replace("T", " "), False),
+    ]
     if report.get("command"):
         fields.append(("Command", str(report["command"]), True))
     if report.get("trimtab_version"):
         fields.append(("trimtab", str(report["trimtab_version"]), False))
-    blocks: list[_Block] = [_Heading(1, "Evaluation report"), _Fields(fields),
-                            _Heading(2, "Comparison"), _comparison(report)]
+    blocks: list[_Block] = [
+        _Heading(1, "Evaluation report"),
+        _Fields(fields),
+        _Heading(2, "Comparison"),
+        _comparison(report),
+    ]
     if _plot_comparison(results, plots / "comparison.png"):
         blocks.append(_Image("Accuracy per model, with 95% intervals", "comparison.png"))
     if _plot_accuracy_by_checkpoint(results, plots / "accuracy-by-checkpoint.png"):
@@ -379,6 +479,7 @@ def _blocks(report: dict[str, Any], plots: Path) -> list[_Block]:
 
 
 # --- rendering ------------------------------------------------------------------------------
+
 
 def _md_cell(text: str) -> str:
     return text.replace("\n", " ").replace("|", "\\|")  # a bare "|" would split the cell
@@ -403,8 +504,12 @@ def _markdown(blocks: list[_Block]) -> str:
         if isinstance(block, _Heading):
             parts.append(f"{'#' * block.level} {block.text}")
         elif isinstance(block, _Fields):
-            parts.append("\n".join(f"- **{name}:** {_md_code(value) if code else value}"
-                                   for name, value, code in block.items))
+            parts.append(
+                "\n".join(
+                    f"- **{name}:** {_md_code(value) if code else value}"
+                    for name, value, code in block.items
+                )
+            )
         elif isinstance(block, _Table):
             parts.append(_md_table(block))
         else:
@@ -424,6 +529,7 @@ ul.fields { list-style: none; padding-left: 0; } img { max-width: 100%; height: 
 figcaption { color: #666; font-size: .9em; }
 """
 
+
 def _html(blocks: list[_Block], plots: Path) -> str:
     e = html.escape
     parts = []
@@ -431,28 +537,40 @@ def _html(blocks: list[_Block], plots: Path) -> str:
         if isinstance(block, _Heading):
             parts.append(f"<h{block.level}>{e(block.text)}</h{block.level}>")
         elif isinstance(block, _Fields):
-            items = "".join(f"<li><strong>{e(name)}:</strong> "
-                            f"{f'<code>{e(value)}</code>' if code else e(value)}</li>"
-                            for name, value, code in block.items)
+            items = "".join(
+                f"<li><strong>{e(name)}:</strong> "
+                f"{f'<code>{e(value)}</code>' if code else e(value)}</li>"
+                for name, value, code in block.items
+            )
             parts.append(f'<ul class="fields">{items}</ul>')
         elif isinstance(block, _Table):
             head = "".join(f"<th>{e(h)}</th>" for h in block.header)
             body = "".join(
-                "<tr>" + "".join(f"<td>{e(c)}</td>" if i < block.left
-                                 else f'<td class="num">{e(c)}</td>' for i, c in enumerate(row))
-                + "</tr>" for row in block.rows)
+                "<tr>"
+                + "".join(
+                    f"<td>{e(c)}</td>" if i < block.left else f'<td class="num">{e(c)}</td>'
+                    for i, c in enumerate(row)
+                )
+                + "</tr>"
+                for row in block.rows
+            )
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         else:
             # Embedded, not linked: the HTML file must stand alone, with no network and no
             # plots/ folder beside it.
             data = base64.b64encode((plots / block.name).read_bytes()).decode("ascii")
-            parts.append(f'<figure><img alt="{e(block.alt)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{e(block.alt)}</figcaption></figure>")
+            parts.append(
+                f'<figure><img alt="{e(block.alt)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{e(block.alt)}</figcaption></figure>"
+            )
     title = next((b.text for b in blocks if isinstance(b, _Heading)), "Evaluation report")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(parts) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body>\n</html>\n"
+    )
 
 
 def write_report(report: dict[str, Any], out: Path, *, force: bool = False) -> Path:
@@ -468,8 +586,9 @@ def write_report(report: dict[str, Any], out: Path, *, force: bool = False) -> P
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"{out}: exists and is not empty; use --force to replace it")
     with staged_dir(out) as tmp:
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
+        (tmp / "report.json").write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         plots = tmp / "plots"
         plots.mkdir()
         blocks = _blocks(report, plots)

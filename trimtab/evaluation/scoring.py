@@ -34,9 +34,16 @@ def _shared_prefix(sequences: list[list[int]]) -> list[int]:
 
 
 @torch.no_grad()
-def score_labels(model: Any, tokenizer: Any, prompts: list[str], labels: list[str], *,
-                 batch_size: int = 16, max_length: int = 512, bf16: bool = False
-                 ) -> torch.Tensor:
+def score_labels(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    labels: list[str],
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+    bf16: bool = False,
+) -> torch.Tensor:
     """``[len(prompts), len(labels)]`` log-probabilities of each label after each prompt."""
     model.eval()
     seqs = label_token_ids(tokenizer, labels)
@@ -56,8 +63,7 @@ def score_labels(model: Any, tokenizer: Any, prompts: list[str], labels: list[st
             with autocast:
                 logp = _tail_logprobs(model, rows, len(shared) + 1, pad)
             prefix = sum(logp[:, j, t] for j, t in enumerate(shared)) if shared else 0.0
-            out[idx] = logp[:, -1, [s[-1] for s in seqs]] + (
-                prefix[:, None] if shared else 0.0)
+            out[idx] = logp[:, -1, [s[-1] for s in seqs]] + (prefix[:, None] if shared else 0.0)
         else:
             for col, seq in enumerate(seqs):
                 rows = [_fit(prompt_ids[i], seq, max_length) for i in idx]
@@ -81,14 +87,22 @@ def _tail_logprobs(model: Any, rows: list[list[int]], k: int, pad: int) -> torch
     Position ids follow the mask, so padding does not shift the real tokens' positions.
     """
     ids, mask, positions = left_pad(rows, pad, next(model.parameters()).device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                   logits_to_keep=k).logits
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=k
+    ).logits
     return F.log_softmax(logits[:, -k:].float(), dim=-1).cpu()
 
 
 @torch.no_grad()
-def classify_logits(model: Any, tokenizer: Any, texts: list[str], *, batch_size: int = 32,
-                    max_length: int = 512, bf16: bool = False) -> torch.Tensor:
+def classify_logits(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    batch_size: int = 32,
+    max_length: int = 512,
+    bf16: bool = False,
+) -> torch.Tensor:
     """Class log-probabilities from a classification head, ``[len(texts), num_labels]``.
 
     Texts go in length order (less padding) and come back in the input order.
@@ -98,8 +112,13 @@ def classify_logits(model: Any, tokenizer: Any, texts: list[str], *, batch_size:
     out = torch.empty(len(texts), model.config.num_labels)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for idx in chunks(order, batch_size):
-        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                        max_length=max_length, return_tensors="pt").to(device)
+        enc = tokenizer(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(**enc).logits
         out[idx] = F.log_softmax(logits.float(), dim=-1).cpu()

@@ -12,5 +12,10 @@ from __future__ import annotations
 from trimtab.generation.generate import Completion, generate
 from trimtab.generation.sampling import SamplingParams, add_sampling_arguments, sampling_from_args
 
-__all__ = ["Completion", "SamplingParams", "add_sampling_arguments", "generate",
-           "sampling_from_args"]
+__all__ = [
+    "Completion",
+    "SamplingParams",
+    "add_sampling_arguments",
+    "generate",
+    "sampling_from_args",
+]

@@ -34,9 +34,17 @@ class Completion:
     prompt_tokens: int  # tokens of the prompt the model saw (after max_length truncation)
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[str], params: SamplingParams, *,
-             batch_size: int = 16, max_length: int | None = None, bf16: bool = False,
-             add_special_tokens: bool = True) -> list[Completion]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    params: SamplingParams,
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    bf16: bool = False,
+    add_special_tokens: bool = True,
+) -> list[Completion]:
     """Complete each prompt ``params.n`` times; returns prompt 0's n completions, then prompt
     1's, and so on (the input order, whatever order the batches ran in).
 
@@ -53,10 +61,11 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], params: SamplingPar
     if not prompts:
         return []
     device = _device(model)
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else \
-        tokenizer.eos_token_id
-    encoded = [_fit(ids, params.max_tokens, max_length, start) for ids in
-               tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]]
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    encoded = [
+        _fit(ids, params.max_tokens, max_length, start)
+        for ids in tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    ]
     base_seed = params.seed
     if base_seed is None and params.temperature > 0:  # follows torch.manual_seed, if set
         base_seed = int(torch.randint(0, 2**62, ()).item())
@@ -66,25 +75,28 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], params: SamplingPar
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     per_batch = max(1, batch_size // params.n)  # prompts per batch; each brings n rows
     results: list[Completion | None] = [None] * (len(encoded) * params.n)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else \
-        contextlib.nullcontext()
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    )
     was_training = model.training
     model.eval()  # no dropout; the caller's mode is restored after
     try:
         with torch.no_grad(), autocast:
             for b in range(0, len(order), per_batch):
-                chunk = order[b:b + per_batch]
+                chunk = order[b : b + per_batch]
                 done = decoder.run([encoded[i] for i in chunk])
                 for k, i in enumerate(chunk):
-                    results[i * params.n:(i + 1) * params.n] = \
-                        done[k * params.n:(k + 1) * params.n]
+                    results[i * params.n : (i + 1) * params.n] = done[
+                        k * params.n : (k + 1) * params.n
+                    ]
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
 
 
-def left_pad(rows: list[list[int]], pad: int, device: torch.device
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_pad(
+    rows: list[list[int]], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``input_ids``, ``attention_mask`` and ``position_ids`` of rows padded on the left.
 
     Left padding puts every row's last token in the last column, so one logits row per row
@@ -97,8 +109,8 @@ def left_pad(rows: list[list[int]], pad: int, device: torch.device
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), positions.to(device)
 
@@ -114,19 +126,24 @@ def _fit(ids: list[int], max_tokens: int, max_length: int | None, start: int | N
     """The prompt ids that fit before ``max_tokens`` new ones within ``max_length``."""
     if not ids:  # an empty prompt still needs one position to predict from, as OpenAI's does
         if start is None:
-            raise ConfigError(["prompt: empty, and the tokenizer has no bos or eos token to "
-                               "start from"])
+            raise ConfigError(
+                ["prompt: empty, and the tokenizer has no bos or eos token to start from"]
+            )
         ids = [start]
     if max_length is None or len(ids) + max_tokens <= max_length:
         return ids
     room = max_length - max_tokens
     if room < 1:
-        raise ConfigError([f"max_tokens: {max_tokens} leaves no room for the prompt within "
-                           f"max_length {max_length}"])
+        raise ConfigError(
+            [
+                f"max_tokens: {max_tokens} leaves no room for the prompt within "
+                f"max_length {max_length}"
+            ]
+        )
     # Keep a leading BOS: models trained with it degrade without it.
     if start is not None and ids[0] == start and room > 1:
-        return [start] + ids[len(ids) - room + 1:]
-    return ids[len(ids) - room:]
+        return [start] + ids[len(ids) - room + 1 :]
+    return ids[len(ids) - room :]
 
 
 @dataclass
@@ -146,8 +163,14 @@ class _Row:
 class _Decoder:
     """Runs batches of prompts through prefill and the decode loop with shared settings."""
 
-    def __init__(self, model: Any, tokenizer: Any, params: SamplingParams, device: torch.device,
-                 base_seed: int):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        params: SamplingParams,
+        device: torch.device,
+        base_seed: int,
+    ):
         self.model, self.tokenizer, self.params, self.device = model, tokenizer, params, device
         self.base_seed = base_seed
         self.eos = _eos_ids(model, tokenizer)
@@ -164,22 +187,35 @@ class _Decoder:
         p, n, dev = self.params, self.params.n, self.device
         ids, mask, positions = left_pad(prompts, self.pad, dev)
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         logits = out.logits[:, -1]
         cache = out.past_key_values
         following = positions[:, -1:] + 1
         if n > 1:  # one prefill per prompt; its cache is copied for the n completions
             cache.batch_repeat_interleave(n)
-            logits, mask, following = (t.repeat_interleave(n, dim=0)
-                                       for t in (logits, mask, following))
-        rows = [_Row(len(prompts[r]), None if p.temperature == 0 else
-                     torch.Generator().manual_seed((self.base_seed * _SEED_MIX + j) % 2**63))
-                for r in range(len(prompts)) for j in range(n)]
+            logits, mask, following = (
+                t.repeat_interleave(n, dim=0) for t in (logits, mask, following)
+            )
+        rows = [
+            _Row(
+                len(prompts[r]),
+                None
+                if p.temperature == 0
+                else torch.Generator().manual_seed((self.base_seed * _SEED_MIX + j) % 2**63),
+            )
+            for r in range(len(prompts))
+            for j in range(n)
+        ]
         live = list(rows)  # the rows still in the batch, in batch order
         penalised = p.frequency_penalty != 0 or p.presence_penalty != 0
-        counts = torch.zeros(logits.shape, dtype=torch.float32, device=dev) if penalised \
-            else None
+        counts = torch.zeros(logits.shape, dtype=torch.float32, device=dev) if penalised else None
         for _ in range(p.max_tokens):
             tokens = self._choose(logits, counts, live)
             for row, token in zip(live, tokens.tolist()):
@@ -197,13 +233,19 @@ class _Decoder:
                 counts = counts[index] if counts is not None else None
                 live = [live[k] for k in keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = self.model(input_ids=tokens[:, None], attention_mask=mask,
-                             position_ids=following, past_key_values=cache, use_cache=True)
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=following,
+                past_key_values=cache,
+                use_cache=True,
+            )
             logits, cache, following = out.logits[:, -1], out.past_key_values, following + 1
         return [self._completion(row) for row in rows]
 
-    def _choose(self, logits: torch.Tensor, counts: torch.Tensor | None,
-                live: list[_Row]) -> torch.Tensor:
+    def _choose(
+        self, logits: torch.Tensor, counts: torch.Tensor | None, live: list[_Row]
+    ) -> torch.Tensor:
         """The next token of every live row (on the CPU), after penalties and bias."""
         import torch
 
@@ -225,8 +267,12 @@ class _Decoder:
         # Each row draws from its own generator on the CPU: a row's sample depends on its
         # seed only, not on the batch it ran in or the device.
         probs = probs.cpu()
-        return torch.tensor([int(torch.multinomial(probs[k], 1, generator=row.generator))
-                             for k, row in enumerate(live)])
+        return torch.tensor(
+            [
+                int(torch.multinomial(probs[k], 1, generator=row.generator))
+                for k, row in enumerate(live)
+            ]
+        )
 
     def _bias(self, vocab: int) -> torch.Tensor:
         import torch
@@ -234,8 +280,9 @@ class _Decoder:
         if self.bias is None:
             bad = sorted(t for t in self.params.logit_bias or {} if t >= vocab)
             if bad:
-                raise ConfigError([f"logit_bias.{t}: no such token (the model has {vocab})"
-                                   for t in bad])
+                raise ConfigError(
+                    [f"logit_bias.{t}: no such token (the model has {vocab})" for t in bad]
+                )
             self.bias = torch.zeros(vocab, device=self.device)
             for token, value in (self.params.logit_bias or {}).items():
                 self.bias[token] = value
@@ -251,7 +298,7 @@ class _Decoder:
         if self.stops:
             new = self._decode_next(row)
             # A stop sequence can only have been completed by the new text: look at the tail.
-            tail = row.text[max(0, len(row.text) - len(new) - max(map(len, self.stops)) + 1):]
+            tail = row.text[max(0, len(row.text) - len(new) - max(map(len, self.stops)) + 1) :]
             if new and any(s in tail for s in self.stops):
                 row.finish = "stop"
                 return
@@ -265,13 +312,13 @@ class _Decoder:
         tokenizers decide from the left context; text ending in U+FFFD is a character whose
         bytes are not all generated yet, so it waits for the next token."""
         decode = self.tokenizer.decode
-        before = decode(row.ids[row.prefix:row.read], skip_special_tokens=True)
-        after = decode(row.ids[row.prefix:], skip_special_tokens=True)
+        before = decode(row.ids[row.prefix : row.read], skip_special_tokens=True)
+        after = decode(row.ids[row.prefix :], skip_special_tokens=True)
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
-        row.text += after[len(before):]
+        row.text += after[len(before) :]
         row.prefix, row.read = row.read, len(row.ids)
-        return after[len(before):]
+        return after[len(before) :]
 
     def _completion(self, row: _Row) -> Completion:
         text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
@@ -279,9 +326,10 @@ class _Decoder:
         # OpenAI: the text ends before the first stop sequence, which is not included.
         cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if cuts:
-            text, finish = text[:min(cuts)], "stop"
-        return Completion(text=text, finish_reason=finish, tokens=row.generated,
-                          prompt_tokens=row.prompt_tokens)
+            text, finish = text[: min(cuts)], "stop"
+        return Completion(
+            text=text, finish_reason=finish, tokens=row.generated, prompt_tokens=row.prompt_tokens
+        )
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

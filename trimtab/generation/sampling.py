@@ -50,24 +50,31 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(
-        1.0, ge=0, le=2, description="randomness of sampling; 0 = greedy (deterministic)")
+        1.0, ge=0, le=2, description="randomness of sampling; 0 = greedy (deterministic)"
+    )
     top_p: float = Field(
-        1.0, gt=0, le=1,
+        1.0,
+        gt=0,
+        le=1,
         description="nucleus sampling: sample from the smallest set of most likely tokens "
-                    "whose probabilities add up to top_p")
+        "whose probabilities add up to top_p",
+    )
     max_tokens: int = Field(16, ge=1, description="the most tokens to generate per completion")
     stop: str | list[str] | None = Field(
-        None, description=f"up to {MAX_STOP} sequences where generation stops (not included "
-                          "in the text)")
+        None,
+        description=f"up to {MAX_STOP} sequences where generation stops (not included in the text)",
+    )
     frequency_penalty: float = Field(
-        0.0, ge=-2, le=2,
-        description="penalise tokens by how often they were already generated")
+        0.0, ge=-2, le=2, description="penalise tokens by how often they were already generated"
+    )
     presence_penalty: float = Field(
-        0.0, ge=-2, le=2, description="penalise tokens that were already generated at all")
+        0.0, ge=-2, le=2, description="penalise tokens that were already generated at all"
+    )
     seed: int | None = Field(None, description="the same seed gives the same samples")
     n: int = Field(1, ge=1, le=16, description="completions to generate for each prompt")
     logit_bias: dict[Annotated[int, Field(ge=0)], Bias] | None = Field(
-        None, description="token id -> bias (-100..100) added to its logit")
+        None, description="token id -> bias (-100..100) added to its logit"
+    )
 
     @field_validator("stop")
     @classmethod
@@ -99,8 +106,9 @@ class SamplingParams(BaseModel):
         Raises :class:`ConfigError` listing every problem at once, each starting with the
         field's name, e.g. ``temperature: must be between 0 and 2 (got 3.0)``."""
         if not isinstance(values, dict):
-            raise ConfigError([f"sampling options: expected a mapping, "
-                               f"got {type(values).__name__}"])
+            raise ConfigError(
+                [f"sampling options: expected a mapping, got {type(values).__name__}"]
+            )
         # JSON null means "the default", as in OpenAI's API (and argparse's None).
         values = {k: v for k, v in values.items() if v is not None}
         try:
@@ -132,8 +140,13 @@ def _describe(metadata: list[Any]) -> str:
 
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-_TYPE_WORDS = {"float": "a number", "int": "a whole number", "bool": "true or false",
-               "dict": "a mapping of token id to bias", "string": "a string"}
+_TYPE_WORDS = {
+    "float": "a number",
+    "int": "a whole number",
+    "bool": "true or false",
+    "dict": "a mapping of token id to bias",
+    "string": "a string",
+}
 
 
 def _problems(error: ValidationError) -> list[str]:
@@ -207,8 +220,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
         if field.default is not None:
             parts.append(f"default: {field.default}")
         extra.setdefault("metavar", "N" if kind is int else "X")
-        group.add_argument(flag, dest=name, type=kind, default=None,
-                           help="; ".join(p for p in parts if p), **extra)
+        group.add_argument(
+            flag, dest=name, type=kind, default=None, help="; ".join(p for p in parts if p), **extra
+        )
     return group
 
 

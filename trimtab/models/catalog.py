@@ -95,8 +95,16 @@ def _hub_entries() -> list[CatalogEntry]:
         if not isinstance(source, str) or not source.startswith("hub:"):
             continue
         hub_id = source.removeprefix("hub:")
-        entries.append(CatalogEntry(hub_id, _hub_kind(marker.parent), "hub", True, marker.parent,
-                                    "downloaded from the Hugging Face hub"))
+        entries.append(
+            CatalogEntry(
+                hub_id,
+                _hub_kind(marker.parent),
+                "hub",
+                True,
+                marker.parent,
+                "downloaded from the Hugging Face hub",
+            )
+        )
     return entries
 
 
@@ -127,11 +135,20 @@ def _run_entries(runs_dir: Path) -> list[CatalogEntry]:
         description = run.get("description")
         if not isinstance(description, str):
             description = f"{run['method']} fine-tune of {base} ({run['task']}), {status}"
-        entries.append(CatalogEntry(
-            name=folder.name, kind=kind, source="run", ready=ready,
-            path=final if ready else folder, description=description, base_model=base,
-            method=str(run["method"]), task=str(run["task"]), status=status,
-        ))
+        entries.append(
+            CatalogEntry(
+                name=folder.name,
+                kind=kind,
+                source="run",
+                ready=ready,
+                path=final if ready else folder,
+                description=description,
+                base_model=base,
+                method=str(run["method"]),
+                task=str(run["task"]),
+                status=status,
+            )
+        )
     return entries
 
 

@@ -137,7 +137,8 @@ def _weights_folder(resolved: ResolvedModel, *, rebuild: bool = False) -> Path:
             raise TrimtabError(
                 f"'{resolved.hub_id}' is not in trimtab's cache and the Hugging Face hub is off "
                 f"(HF_HUB_OFFLINE is set). Use a known model ({', '.join(KNOWN_MODELS)}) "
-                "or a local folder holding a Hugging Face model.")
+                "or a local folder holding a Hugging Face model."
+            )
         build = functools.partial(_download, resolved.hub_id)
     try:
         _write_part(target, build, source)
@@ -171,7 +172,8 @@ def _load_gguf_model(folder: Path, filename: str) -> PreTrainedModel:
     try:
         with _quiet(), _no_gguf_progress_bar():
             return AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=filename, dtype=torch.float32)
+                folder, gguf_file=filename, dtype=torch.float32
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise TrimtabError(f"{folder / filename}: could not read the model: {exc}") from exc
 
@@ -207,8 +209,9 @@ def _check_hf_folder(folder: Path, *, shown: str | None = None) -> None:
         raise TrimtabError(f"{where}: no model weights (*.safetensors) in {folder}")
 
 
-def _load(given: str, resolved: ResolvedModel, folder: Path, task: Task,
-          labels: list[str] | None) -> LoadedModel:
+def _load(
+    given: str, resolved: ResolvedModel, folder: Path, task: Task, labels: list[str] | None
+) -> LoadedModel:
     import torch
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -218,7 +221,8 @@ def _load(given: str, resolved: ResolvedModel, folder: Path, task: Task,
             config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise _UnreadableWeights(
-            f"{folder}: could not read config.json ({_first_line(exc)})") from exc
+            f"{folder}: could not read config.json ({_first_line(exc)})"
+        ) from exc
     kind = resolved.spec.kind if resolved.spec else _kind_of(given, config)
     if task == "causal-lm" and kind == "encoder":
         raise TrimtabError(f"{given} is an encoder: use task classify")
@@ -247,7 +251,8 @@ def _load(given: str, resolved: ResolvedModel, folder: Path, task: Task,
             model, info = auto.from_pretrained(folder, output_loading_info=True, **options)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise _UnreadableWeights(
-            f"{folder}: could not load the model weights ({_first_line(exc)})") from exc
+            f"{folder}: could not load the model weights ({_first_line(exc)})"
+        ) from exc
     # the model must agree with the tokenizer that pads its batches
     model.config.pad_token_id = tokenizer.pad_token_id
     generation = getattr(model, "generation_config", None)  # only generative models have one
@@ -284,11 +289,13 @@ def _check_has_classifier(given: str, config: PretrainedConfig) -> None:
 
     if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise TrimtabError(
-            f"{given}: transformers has no classification head for {config.model_type} models")
+            f"{given}: transformers has no classification head for {config.model_type} models"
+        )
 
 
-def _report_new_weights(given: str, model: PreTrainedModel, missing: Iterable[str],
-                        task: Task) -> None:
+def _report_new_weights(
+    given: str, model: PreTrainedModel, missing: Iterable[str], task: Task
+) -> None:
     # transformers' load report is silenced; one line says what matters instead. A new head
     # (outside the backbone) is expected for classify; anything else missing means the
     # checkpoint does not fit its config, which the user should hear about.
@@ -298,8 +305,12 @@ def _report_new_weights(given: str, model: PreTrainedModel, missing: Iterable[st
     if head:
         _log.info("%s: new classification head initialised (%s)", given, ", ".join(head))
     if rest:
-        _log.warning("%s: %d weights missing from the checkpoint were initialised at random: %s",
-                     given, len(rest), ", ".join(rest[:5]) + (" ..." if len(rest) > 5 else ""))
+        _log.warning(
+            "%s: %d weights missing from the checkpoint were initialised at random: %s",
+            given,
+            len(rest),
+            ", ".join(rest[:5]) + (" ..." if len(rest) > 5 else ""),
+        )
 
 
 @contextmanager

@@ -52,6 +52,7 @@ class _Problems(ProblemList):
 
 # --- reading and checking -------------------------------------------------------------------
 
+
 def read_examples(path: str | Path) -> list[Record]:
     """Read a prepared JSONL file and check its format; each record keeps its file and line."""
     records = read_records(path)
@@ -61,8 +62,10 @@ def read_examples(path: str | Path) -> list[Record]:
 
 def _records(records: Records) -> list[Record]:
     """Accept plain dicts too (tests, in-memory data); they are numbered from line 1."""
-    return [r if isinstance(r, Record) else Record("<examples>", i, dict(r))
-            for i, r in enumerate(records, start=1)]
+    return [
+        r if isinstance(r, Record) else Record("<examples>", i, dict(r))
+        for i, r in enumerate(records, start=1)
+    ]
 
 
 def _format_of(fields: Mapping[str, Any]) -> Format | None:
@@ -82,15 +85,23 @@ def detect_format(records: Records) -> Format:
     first = records[0]
     fmt = _format_of(first.fields)
     if fmt is None:
-        raise DataError(Problem(
-            f"unknown format: expected 'prompt' and 'completion', 'messages', or 'text', got "
-            f"{', '.join(map(repr, first.fields)) or 'no fields'}", first.file, first.line))
+        raise DataError(
+            Problem(
+                f"unknown format: expected 'prompt' and 'completion', 'messages', or 'text', got "
+                f"{', '.join(map(repr, first.fields)) or 'no fields'}",
+                first.file,
+                first.line,
+            )
+        )
     problems = _Problems()
     for r in records:
         this = _format_of(r.fields)
         if this != fmt:
-            problems.add(f"{this or 'unknown'} format, but line {first.line} of {first.file} "
-                         f"is {fmt}; a file must hold one format", r)
+            problems.add(
+                f"{this or 'unknown'} format, but line {first.line} of {first.file} "
+                f"is {fmt}; a file must hold one format",
+                r,
+            )
         elif fmt == "chat":
             _check_messages(r, problems)
         else:
@@ -111,8 +122,11 @@ def _check_messages(r: Record, problems: _Problems) -> None:
         if not isinstance(m, dict):
             problems.add("expected an object with role and content", r, f"messages[{i}]")
         elif m.get("role") not in ROLES:
-            problems.add(f"role must be one of {', '.join(ROLES)}, got {m.get('role')!r}", r,
-                         f"messages[{i}].role")
+            problems.add(
+                f"role must be one of {', '.join(ROLES)}, got {m.get('role')!r}",
+                r,
+                f"messages[{i}].role",
+            )
         elif not isinstance(m.get("content"), str):
             problems.add("content must be a string", r, f"messages[{i}].content")
 
@@ -128,12 +142,19 @@ def _last_assistant(r: Record, problems: _Problems) -> int | None:
 def _needs_pairs(records: list[Record], fmt: Format, task: str) -> None:
     if fmt == "text":
         first = records[0]
-        raise DataError(Problem(f"{task} needs prompt/completion or chat examples, but this file "
-                                "holds raw text; use the language-modeling task for text",
-                                first.file, first.line, "text"))
+        raise DataError(
+            Problem(
+                f"{task} needs prompt/completion or chat examples, but this file "
+                "holds raw text; use the language-modeling task for text",
+                first.file,
+                first.line,
+                "text",
+            )
+        )
 
 
 # --- tokenizing -----------------------------------------------------------------------------
+
 
 def _tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """Ids of each text without special tokens: distinct texts once, in one batch call.
@@ -154,8 +175,8 @@ def _added_specials(tokenizer: Any) -> tuple[list[int], list[int]]:
     plain = tokenizer("x", add_special_tokens=False)["input_ids"]
     full = tokenizer("x")["input_ids"]
     for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
-            return full[:start], full[start + len(plain):]
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
     return [], []
 
 
@@ -167,8 +188,9 @@ class TemplateRefused(ValueError):
     """The chat template raised an error for a conversation (e.g. roles must alternate)."""
 
 
-def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
-                add_generation_prompt: bool) -> str:
+def render_chat(
+    tokenizer: Any, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool
+) -> str:
     """The conversation as text: the model's chat template, else ``role: content`` lines.
 
     The fallback's generation prompt is ``"assistant: "``; generation must use the same.
@@ -177,8 +199,9 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
         from jinja2 import TemplateError  # chat templates need jinja2, the rest of us does not
 
         try:
-            return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
+            return tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            )
         except TemplateError as e:
             raise TemplateRefused(f"the model's chat template refuses it: {e}") from e
     text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
@@ -204,26 +227,31 @@ def _chat_segments(tokenizer: Any, r: Record, problems: _Problems) -> list[tuple
             done = ""
             for i in candidates:
                 prefix = render_chat(tokenizer, messages[:i], True)
-                full = render_chat(tokenizer, messages[:i + 1], False)
+                full = render_chat(tokenizer, messages[: i + 1], False)
                 if not (prefix.startswith(done) and full.startswith(prefix)):
                     break
-                pieces += [(prefix[len(done):], False), (full[len(prefix):], True)]
+                pieces += [(prefix[len(done) :], False), (full[len(prefix) :], True)]
                 done = full
             else:
                 whole = render_chat(tokenizer, messages, False)
                 if whole.startswith(done):
-                    pieces.append((whole[len(done):], False))
+                    pieces.append((whole[len(done) :], False))
                 return [(text, trained) for text, trained in pieces if text]
     except TemplateRefused as e:
         problems.add(str(e), r, "messages")
         return []
-    problems.add("the chat template renders this conversation so that the answer cannot be told "
-                 "apart from the prompt", r, f"messages[{last}]")
+    problems.add(
+        "the chat template renders this conversation so that the answer cannot be told "
+        "apart from the prompt",
+        r,
+        f"messages[{last}]",
+    )
     return []
 
 
-def _sequence(head: list[int], parts: list[tuple[list[int], bool]], max_length: int,
-              prompt_loss_weight: float) -> Encoded:
+def _sequence(
+    head: list[int], parts: list[tuple[list[int], bool]], max_length: int, prompt_loss_weight: float
+) -> Encoded:
     """Join the parts after ``head`` (BOS, always kept); label the trained ones; truncate.
 
     Over ``max_length``, tokens go from the start, after ``head``: the end of the prompt (its
@@ -247,8 +275,11 @@ def _sequence(head: list[int], parts: list[tuple[list[int], bool]], max_length: 
         room = max_length - len(head)
         start = len(ids) - room if len(ids) - keep_from <= room else keep_from
         keep = slice(start, start + room)
-        ids, labels, weights = (head + ids[keep], labels[:len(head)] + labels[keep],
-                                weights[:len(head)] + weights[keep])
+        ids, labels, weights = (
+            head + ids[keep],
+            labels[: len(head)] + labels[keep],
+            weights[: len(head)] + weights[keep],
+        )
     return Encoded(ids, labels, weights if prompt_loss_weight > 0 else None)
 
 
@@ -260,8 +291,15 @@ def _check_max_length(max_length: int, tokenizer: Any) -> None:
 
 # --- the three tasks ------------------------------------------------------------------------
 
-def encode_sft(records: Records, tokenizer: Any, max_length: int,
-               prompt_loss_weight: float = 0.0, *, add_eos: bool = False) -> list[Encoded]:
+
+def encode_sft(
+    records: Records,
+    tokenizer: Any,
+    max_length: int,
+    prompt_loss_weight: float = 0.0,
+    *,
+    add_eos: bool = False,
+) -> list[Encoded]:
     """Encode prompt/completion or chat examples with the loss on the completion tokens.
 
     Prompt and completion are tokenized separately so the boundary is exact; the tokenizer's
@@ -283,8 +321,10 @@ def encode_sft(records: Records, tokenizer: Any, max_length: int,
     if fmt == "prompt-completion":
         prompts = _tokenize(tokenizer, [r.fields["prompt"] for r in records])
         completions = _tokenize(tokenizer, [r.fields["completion"] for r in records])
-        return [_sequence(bos, [(p, False), (c + eos, True)], max_length, prompt_loss_weight)
-                for p, c in zip(prompts, completions)]
+        return [
+            _sequence(bos, [(p, False), (c + eos, True)], max_length, prompt_loss_weight)
+            for p, c in zip(prompts, completions)
+        ]
     problems = _Problems()
     segments = [_chat_segments(tokenizer, r, problems) for r in records]
     problems.raise_if_any()
@@ -295,8 +335,10 @@ def encode_sft(records: Records, tokenizer: Any, max_length: int,
     out: list[Encoded] = []
     at = 0
     for pieces in segments:
-        parts = [(flat[at + k] + (eos if trained and not templated else []), trained)
-                 for k, (_, trained) in enumerate(pieces)]
+        parts = [
+            (flat[at + k] + (eos if trained and not templated else []), trained)
+            for k, (_, trained) in enumerate(pieces)
+        ]
         at += len(pieces)
         first = head
         if templated and bos_id is not None and parts and parts[0][0][:1] == [bos_id]:
@@ -321,8 +363,9 @@ def _texts(records: list[Record], fmt: Format, tokenizer: Any) -> list[str]:
     return texts
 
 
-def encode_lm(records: Records, tokenizer: Any, max_length: int, pack: bool = True
-              ) -> list[Encoded]:
+def encode_lm(
+    records: Records, tokenizer: Any, max_length: int, pack: bool = True
+) -> list[Encoded]:
     """Encode texts for language modelling: every token is trained (``labels == input_ids``).
 
     Each document is BOS (if the tokenizer adds one) + text + EOS. ``pack=True`` joins all
@@ -341,7 +384,7 @@ def encode_lm(records: Records, tokenizer: Any, max_length: int, pack: bool = Tr
     if not pack:
         return [Encoded(d[:max_length], d[:max_length]) for d in docs]
     stream = [t for d in docs for t in d]
-    chunks = [stream[s:s + max_length] for s in range(0, len(stream), max_length)]
+    chunks = [stream[s : s + max_length] for s in range(0, len(stream), max_length)]
     if len(chunks) > 1 and len(chunks[-1]) < max(1, max_length // MIN_LAST_CHUNK):
         chunks.pop()
     return [Encoded(c, list(c)) for c in chunks]
@@ -368,8 +411,9 @@ def label_names(records: Records) -> list[str]:
     return sorted({f[0] for f in found if f is not None})
 
 
-def encode_classify(records: Records, tokenizer: Any, max_length: int,
-                    labels: list[str]) -> list[Encoded]:
+def encode_classify(
+    records: Records, tokenizer: Any, max_length: int, labels: list[str]
+) -> list[Encoded]:
     """Encode the prompt with the tokenizer's special tokens (e.g. [CLS] ... [SEP]) and the
     index of its stripped completion in ``labels``; ``Encoded.labels`` stays empty.
 
@@ -394,8 +438,11 @@ def encode_classify(records: Records, tokenizer: Any, max_length: int,
         if answer not in index:
             problems.add(f"label {answer!r} is not one of the known labels ({shown})", r, field)
         try:
-            texts.append(r.fields["prompt"] if last < 0
-                         else render_chat(tokenizer, r.fields["messages"][:last], True))
+            texts.append(
+                r.fields["prompt"]
+                if last < 0
+                else render_chat(tokenizer, r.fields["messages"][:last], True)
+            )
         except TemplateRefused as e:
             problems.add(str(e), r, "messages")
         classes.append(index.get(answer, -1))
@@ -403,11 +450,14 @@ def encode_classify(records: Records, tokenizer: Any, max_length: int,
     templated = fmt == "chat" and _has_template(tokenizer)
     before, after = ([], []) if templated else _added_specials(tokenizer)
     room = max_length - len(before) - len(after)
-    return [Encoded(before + ids[:room] + after, [], None, c)
-            for ids, c in zip(_tokenize(tokenizer, texts), classes)]
+    return [
+        Encoded(before + ids[:room] + after, [], None, c)
+        for ids, c in zip(_tokenize(tokenizer, texts), classes)
+    ]
 
 
 # --- batching -------------------------------------------------------------------------------
+
 
 class LengthGroupedSampler:
     """Yields micro-batches (lists of indices) of similar lengths, in a new order every epoch.
@@ -427,9 +477,18 @@ class LengthGroupedSampler:
     ``batches(epoch)[k:]`` gives the same list.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, *,
-                 shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False, mega_batches: int = MEGA_BATCHES) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        *,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        mega_batches: int = MEGA_BATCHES,
+    ) -> None:
         if batch_size < 1 or world_size < 1 or mega_batches < 1:
             raise ValueError("batch_size, world_size and mega_batches must be at least 1")
         if not 0 <= rank < world_size:
@@ -454,8 +513,8 @@ class LengthGroupedSampler:
         by_length = self.lengths.__getitem__
         grouped: list[int] = []
         for s in range(0, len(order), chunk):
-            grouped += sorted(order[s:s + chunk], key=by_length, reverse=True)
-        batches = [grouped[s:s + size] for s in range(0, len(grouped), size)]
+            grouped += sorted(order[s : s + chunk], key=by_length, reverse=True)
+        batches = [grouped[s : s + size] for s in range(0, len(grouped), size)]
         if self.drop_last and batches and len(batches[-1]) < size:
             batches.pop()
         if self.shuffle and len(batches) > 1:
@@ -472,7 +531,7 @@ class LengthGroupedSampler:
             if len(batch) < w:
                 batch = (batch * w)[:w]
             n = len(batch)
-            out.append(batch[r * n // w:(r + 1) * n // w])
+            out.append(batch[r * n // w : (r + 1) * n // w])
         return out
 
     def __len__(self) -> int:
@@ -481,7 +540,7 @@ class LengthGroupedSampler:
         return n // size if self.drop_last else -(-n // size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.batches(self.epoch)[self.start:]
+        yield from self.batches(self.epoch)[self.start :]
 
 
 def collate(batch: list[Encoded], pad_id: int | None) -> dict[str, torch.Tensor]:
@@ -496,17 +555,23 @@ def collate(batch: list[Encoded], pad_id: int | None) -> dict[str, torch.Tensor]
     width = max(len(e.input_ids) for e in batch)
     pad_id = 0 if pad_id is None else pad_id
     out = {
-        "input_ids": torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids))
-                                   for e in batch], dtype=torch.long),
-        "attention_mask": torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids))
-                                        for e in batch], dtype=torch.long),
+        "input_ids": torch.tensor(
+            [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in batch], dtype=torch.long
+        ),
+        "attention_mask": torch.tensor(
+            [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in batch],
+            dtype=torch.long,
+        ),
     }
     if any(e.labels for e in batch):
         labels = [e.labels + [IGNORE] * (width - len(e.labels)) for e in batch]
         out["labels"] = torch.tensor(labels, dtype=torch.long)
         if any(e.weights is not None for e in batch):
-            weights = [(e.weights if e.weights is not None else [1.0] * len(e.labels))
-                       + [0.0] * (width - len(e.labels)) for e in batch]
+            weights = [
+                (e.weights if e.weights is not None else [1.0] * len(e.labels))
+                + [0.0] * (width - len(e.labels))
+                for e in batch
+            ]
             out["weights"] = torch.tensor(weights) * (out["labels"] != IGNORE)
     if any(e.label is not None for e in batch):
         if any(e.label is None for e in batch):

@@ -47,8 +47,11 @@ class LoopState:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone().contiguous() for name, p in model.named_parameters()
-            if p.requires_grad}
+    return {
+        name: p.detach().clone().contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
 def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -61,8 +64,13 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
             params[name].copy_(value)
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: LoopState) -> Path:
+def save_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: LoopState,
+) -> Path:
     """Write ``folder`` (``.../step-N``) atomically and return it."""
     with staged_dir(folder) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
@@ -81,8 +89,10 @@ def is_complete(folder: Path) -> bool:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    folders = sorted((p for p in (run_dir / "checkpoints").glob("step-*") if is_complete(p)),
-                     key=lambda p: int(p.name.removeprefix("step-")))
+    folders = sorted(
+        (p for p in (run_dir / "checkpoints").glob("step-*") if is_complete(p)),
+        key=lambda p: int(p.name.removeprefix("step-")),
+    )
     return folders[-1] if folders else None
 
 
@@ -94,15 +104,18 @@ def remove_partial(run_dir: Path) -> None:
 
 def prune(run_dir: Path, keep: int, protect: set[Path]) -> None:
     """Keep the newest ``keep`` checkpoints (and any in ``protect``, e.g. the best)."""
-    folders = sorted((p for p in (run_dir / "checkpoints").glob("step-*") if is_complete(p)),
-                     key=lambda p: int(p.name.removeprefix("step-")))
+    folders = sorted(
+        (p for p in (run_dir / "checkpoints").glob("step-*") if is_complete(p)),
+        key=lambda p: int(p.name.removeprefix("step-")),
+    )
     for folder in folders[:-keep]:
         if folder not in protect:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> LoopState:
+def load_checkpoint(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> LoopState:
     load_trainable(model, load_file(str(folder / "trainable.safetensors")))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
@@ -111,8 +124,11 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -107,10 +107,15 @@ class TrainConfig(_Section):
             out += _file_problem("data.train", self.data.train)
         if self.data.valid is not None:
             out += _file_problem("data.valid", self.data.valid)
-        if (isinstance(self.batch_size, int) and self.micro_batch_size
-                and self.batch_size % self.micro_batch_size):
-            out.append(f"micro_batch_size {self.micro_batch_size} must divide batch_size "
-                       f"{self.batch_size} (the batch is reached by gradient accumulation)")
+        if (
+            isinstance(self.batch_size, int)
+            and self.micro_batch_size
+            and self.batch_size % self.micro_batch_size
+        ):
+            out.append(
+                f"micro_batch_size {self.micro_batch_size} must divide batch_size "
+                f"{self.batch_size} (the batch is reached by gradient accumulation)"
+            )
         if self.method.name != "freeze" and self.method.trainable_layers:
             out.append("method.trainable_layers only applies to method freeze")
         if self.optim.optimizer == "adamw" and self.optim.momentum != 0.9:
@@ -171,8 +176,9 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> TrainConfig:
     """Defaults ← ``base`` ← YAML file ← overrides; then every problem reported at once."""
     values: dict[str, Any] = dict(base or {})
     if path is not None:
@@ -212,16 +218,20 @@ def _all_problems(error: ValidationError, values: dict[str, Any]) -> list[str]:
         if message not in by_key.setdefault(".".join(loc), []):
             by_key[".".join(loc)].append(message)
     prefix = "Input should be "
-    out = [f"{key}: should be " + " or ".join(m.removeprefix(prefix) for m in messages)
-           if all(m.startswith(prefix) for m in messages) else f"{key}: {'; '.join(messages)}"
-           for key, messages in by_key.items()]
+    out = [
+        f"{key}: should be " + " or ".join(m.removeprefix(prefix) for m in messages)
+        if all(m.startswith(prefix) for m in messages)
+        else f"{key}: {'; '.join(messages)}"
+        for key, messages in by_key.items()
+    ]
     pruned = _without(values, locations)
     try:
         rest = TrainConfig.model_validate(pruned).problems()
     except ValidationError:
         return out
-    return out + [p for p in rest if not any(p.startswith(k + ":") or p.startswith(k + " ")
-                                             for k in by_key)]
+    return out + [
+        p for p in rest if not any(p.startswith(k + ":") or p.startswith(k + " ") for k in by_key)
+    ]
 
 
 def _without(values: dict[str, Any], locations: list[list[str]]) -> dict[str, Any]:
@@ -242,8 +252,15 @@ def json_copy(value: Any) -> Any:
 
 
 def _is_branch(part: str) -> bool:
-    return part in ("int", "float", "str", "bool", "list[str]", "constrained-int",
-                    "constrained-float") or part.startswith(("literal[", "function-", "tuple["))
+    return part in (
+        "int",
+        "float",
+        "str",
+        "bool",
+        "list[str]",
+        "constrained-int",
+        "constrained-float",
+    ) or part.startswith(("literal[", "function-", "tuple["))
 
 
 # OpenAI's published defaults for choosing epochs from the data size.
@@ -287,7 +304,8 @@ def resolve_auto(config: TrainConfig, n_train: int) -> TrainConfig:
     resolved = config.model_copy(update=update)
     if config.optim.lr == "auto":
         resolved.optim = config.optim.model_copy(
-            update={"lr": auto_lr(config.method.name, config.data.task)})
+            update={"lr": auto_lr(config.method.name, config.data.task)}
+        )
     return resolved
 
 

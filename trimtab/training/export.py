@@ -19,8 +19,10 @@ def model_folder(run: Path) -> Path:
     for candidate in (run / "final", run):
         if (candidate / "trimtab.json").is_file():
             return candidate
-    raise TrimtabError(f"{run}: no fine-tuned model here (expected a run folder with final/"
-                       "trimtab.json, written when training completes)")
+    raise TrimtabError(
+        f"{run}: no fine-tuned model here (expected a run folder with final/"
+        "trimtab.json, written when training completes)"
+    )
 
 
 def export(run: Path, out: Path, *, merge: bool = False, force: bool = False) -> Path:
@@ -49,8 +51,9 @@ def _merge(source: Path, target: Path, meta: dict) -> None:
     merged = merge_lora(PeftModel.from_pretrained(loaded.model, source))
     merged.save_pretrained(target, safe_serialization=True)
     loaded.tokenizer.save_pretrained(target)
-    (target / "trimtab.json").write_text(json.dumps(meta | {"method": "full",
-                                                            "merged_from": meta["method"]},
-                                                    indent=2) + "\n", encoding="utf-8")
+    (target / "trimtab.json").write_text(
+        json.dumps(meta | {"method": "full", "merged_from": meta["method"]}, indent=2) + "\n",
+        encoding="utf-8",
+    )
     if (source / "README.md").is_file():
         shutil.copy(source / "README.md", target / "README.md")

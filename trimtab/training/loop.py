@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,16 +107,19 @@ def loss_units(batch: dict[str, torch.Tensor], causal: bool) -> float:
 
 def make_optimizer(params: list[nn.Parameter], optim: Any, lr: float) -> torch.optim.Optimizer:
     if optim.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=optim.momentum,
-                               weight_decay=optim.weight_decay)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+        )
     # The fused kernel updates every tensor in one pass (CPU and CUDA): for full fine-tuning
     # the optimizer step is memory-bound and otherwise a large share of each step.
-    return torch.optim.AdamW(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay,
-                             fused=True)
+    return torch.optim.AdamW(
+        params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay, fused=True
+    )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,
-                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
@@ -217,8 +219,14 @@ def all_reduce(values: list[float], d: Dist, device: torch.device) -> list[float
 class Progress:
     """A one-line bar with loss, tokens/s and ETA in a terminal; plain log lines otherwise."""
 
-    def __init__(self, total: int, start: int, enabled: bool, log_every: int,
-                 write: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        total: int,
+        start: int,
+        enabled: bool,
+        log_every: int,
+        write: Callable[[str], None] | None = None,
+    ):
         self.total, self.enabled, self.log_every = total, enabled, log_every
         self.tty = sys.stderr.isatty() and write is None
         self.write = write or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -229,13 +237,19 @@ class Progress:
             return
         done = step - self.start
         eta = (time.perf_counter() - self.t0) / max(1, done) * (self.total - step)
-        text = (f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
-                f"lr {lr:.2e}  eta {_duration(eta)}")
+        text = (
+            f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+            f"lr {lr:.2e}  eta {_duration(eta)}"
+        )
         if self.tty:
             width = 24
             filled = int(width * step / max(1, self.total))
-            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}", end="",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {text}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         elif step % self.log_every == 0 or step == self.total:
             self.write(text)
 
@@ -261,4 +275,4 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]

@@ -98,8 +98,9 @@ class RunFolder:
 
     def truncate_metrics(self, lines: int) -> None:
         """On resume: forget what was logged after the checkpoint (it will be logged again)."""
-        kept = self.metrics_file.read_text().splitlines()[:lines] if self.metrics_file.exists() \
-            else []
+        kept = (
+            self.metrics_file.read_text().splitlines()[:lines] if self.metrics_file.exists() else []
+        )
         tmp = self.path / ".metrics.jsonl.tmp"
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.metrics_file)
@@ -125,9 +126,11 @@ def model_card(config: TrainConfig, info: dict[str, Any]) -> str:
         f"{results.get('tokens_per_second', '?')} tokens/s",
     ]
     if config.method.name == "lora":
-        lines.append(f"- LoRA r={config.method.lora_r}, alpha={config.method.lora_alpha}, "
-                     f"dropout={config.method.lora_dropout}, targets {config.method.target_modules}"
-                     " (PEFT adapter format: loads unchanged in PEFT, vLLM, LoRAX)")
+        lines.append(
+            f"- LoRA r={config.method.lora_r}, alpha={config.method.lora_alpha}, "
+            f"dropout={config.method.lora_dropout}, targets {config.method.target_modules}"
+            " (PEFT adapter format: loads unchanged in PEFT, vLLM, LoRAX)"
+        )
     if config.method.name == "freeze":
         lines.append(f"- frozen trunk, top {config.method.trainable_layers} layers + head trained")
     if info.get("labels"):
@@ -136,6 +139,10 @@ def model_card(config: TrainConfig, info: dict[str, Any]) -> str:
     for key in ("train_loss", "valid_loss", "valid_accuracy", "best_step"):
         if key in results:
             lines.append(f"- {key.replace('_', ' ')}: {results[key]}")
-    lines += ["", "The full config is `config.yaml` in the run folder; per-step metrics are "
-              "in `metrics.jsonl`.", ""]
+    lines += [
+        "",
+        "The full config is `config.yaml` in the run folder; per-step metrics are "
+        "in `metrics.jsonl`.",
+        "",
+    ]
     return "\n".join(lines)
