@@ -21,6 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trimtab.files import write_text
+from trimtab.models.runs import RunFolder
+
 ROOT = Path(__file__).resolve().parent.parent
 INSTRUCTION = (
     "Rate this Amazon product review from 1 (worst) to 5 (best) stars. "
@@ -58,6 +61,24 @@ PROFILES = {
 }
 
 
+DEFAULT_OUT = {"demo": "runs/demo", "full": "runs/case-study"}  # the Makefile passes the same
+
+
+def data_folder(out: Path) -> Path:
+    """Where the case study's prepared data goes (the ``--data`` of every train and eval)."""
+    return out / "data"
+
+
+def run_folder(out: Path, name: str) -> Path:
+    """The run folder of one fine-tuning run of the case study."""
+    return out / "runs" / name
+
+
+def report_folder(out: Path) -> Path:
+    """The evaluation report (report.json, report.md, report.html, plots) of the case study."""
+    return out / "report"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", choices=sorted(PROFILES))
@@ -74,7 +95,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     profile = PROFILES[args.profile]
-    out = Path(args.out or f"runs/{'case-study' if args.profile == 'full' else 'demo'}")
+    out = Path(args.out or DEFAULT_OUT[args.profile])
     marc = Path(args.marc)
     if not (marc / "en" / "train.csv").is_file():
         print(
@@ -82,7 +103,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    data = out / "data"
+    data = data_folder(out)
     step("1. prepare the MARC English slice (the official test split kept whole as the test set)")
     trimtab(
         "prepare",
@@ -102,18 +123,18 @@ def main() -> int:
     step("2. fine-tune")
     runs = []
     for name, (config, overrides) in profile["runs"].items():
-        run = out / "runs" / name
+        run = run_folder(out, name)
         runs.append(run)
         if _completed(run):
             print(f"{run}: completed earlier, kept")
-        elif (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
+        elif _checkpointed(run):
             trimtab("train", "--resume", str(run))
         else:
             if run.exists():  # started but never checkpointed: nothing worth keeping
                 shutil.rmtree(run)
             trimtab("train", config, "--data", str(data), f"run_dir={run}", *overrides)
     step("3. evaluate every run, and the base decoder zero- and few-shot, on the test split")
-    report = out / "report"
+    report = report_folder(out)
     trimtab(
         "eval",
         *map(str, runs),
@@ -151,11 +172,13 @@ def trimtab(*argv: str) -> None:
 
 
 def _completed(run: Path) -> bool:
-    try:
-        info = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return info.get("status") == "completed" and (run / "final" / "trimtab.json").is_file()
+    return RunFolder(run).is_completed()
+
+
+def _checkpointed(run: Path) -> bool:
+    from trimtab.training.checkpoint import latest_checkpoint  # imports torch: only when needed
+
+    return latest_checkpoint(run) is not None
 
 
 def write_docs(report_dir: Path, docs: Path) -> None:
@@ -170,14 +193,14 @@ def write_docs(report_dir: Path, docs: Path) -> None:
         "",
         f"Written by `make case-study` on {report['created']} (trimtab "
         f"{report['trimtab_version']}). Test set: `{report['data']}` "
-        f"({report['results'][0]['n']:,} reviews, the official English test split). "
+        f"({_test_size(report['results'])}). "
         "Goal: accuracy ≥ 0.60 and MAE ≤ 0.45 within 60 minutes of training on 2 CPU cores. "
         "Predictions are the most likely label; for stars the median of the predicted "
         "distribution (which minimises the expected absolute error) is shown beside it.",
         "",
-        "| Model | Kind | Mode | Accuracy [95% CI] | MAE | Off-by-one | Macro-F1 | Invalid "
+        "| Model | Kind | Mode | n | Accuracy [95% CI] | MAE | Off-by-one | Macro-F1 | Invalid "
         "| Median decision: accuracy / MAE | Train time | Train tokens/s | Eval reviews/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["results"]:
         c = r.get("classification") or {}
@@ -185,7 +208,8 @@ def write_docs(report_dir: Path, docs: Path) -> None:
         ci = c.get("accuracy_ci95") or [None, None]
         median = (c.get("extra") or {}).get("median_decision") or {}
         lines.append(
-            f"| {r['label']} | {r['kind']} | {r['mode']} | {_f(c.get('accuracy'))} "
+            f"| {r['label']} | {r['kind']} | {r['mode']} | {_n(r.get('n'))} | "
+            f"{_f(c.get('accuracy'))} "
             f"[{_f(ci[0])}, {_f(ci[1])}] | {_f(c.get('mae'))} | "
             f"{_f(c.get('off_by_one_accuracy'))} | {_f(c.get('macro_f1'))} | "
             f"{c.get('invalid', '—')} | "
@@ -207,8 +231,26 @@ def write_docs(report_dir: Path, docs: Path) -> None:
     old = target.read_text(encoding="utf-8") if target.is_file() else ""
     if FINDINGS in old:
         lines += ["", old[old.index(FINDINGS) :].rstrip(), ""]
-    target.write_text("\n".join(lines), encoding="utf-8")
+    write_text(target, "\n".join(lines))  # a crash mid-write must not lose the findings
     print(f"wrote {docs / 'case-study.md'}")
+
+
+def _test_size(results: list[dict]) -> str:
+    """How many test reviews the table stands on: the fine-tuned rows' count, and which rows
+    (the zero- and few-shot baselines, given --baseline-limit) saw fewer."""
+    tuned = [r for r in results if r.get("kind") == "fine-tuned"] or results
+    sizes = sorted({r["n"] for r in tuned if r.get("n") is not None})
+    if not sizes:
+        return "the official English test split"
+    what = f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,} to {sizes[-1]:,}"
+    text = f"{what} reviews of the official English test split"
+    fewer = sorted({r["n"] for r in results if r.get("n") is not None and r["n"] < sizes[0]})
+    if fewer:
+        text += (
+            f"; rows with a smaller n (the zero- and few-shot baselines) used the first "
+            f"{' or '.join(f'{n:,}' for n in fewer)}"
+        )
+    return text
 
 
 def _f(value: float | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,34 +17,44 @@ def load_script():
     return module
 
 
-def report_folder(tmp_path: Path) -> Path:
+MINILM = {
+    "label": "minilm-full",
+    "kind": "fine-tuned",
+    "mode": "classification head",
+    "n": 5000,
+    "examples_per_s": 120.0,
+    "classification": {
+        "accuracy": 0.5612,
+        "accuracy_ci95": [0.55, 0.57],
+        "mae": 0.52,
+        "off_by_one_accuracy": 0.91,
+        "macro_f1": 0.55,
+        "invalid": 0,
+    },
+    "training": {"seconds": 357.2, "tokens_per_s": 2888.3},
+}
+
+BASELINE = {
+    "label": "smollm2-135m zero-shot",
+    "kind": "zero-shot",
+    "mode": "label scoring",
+    "n": 1000,
+    "examples_per_s": 28.9,
+    "classification": {"accuracy": 0.187, "accuracy_ci95": [0.163, 0.213]},
+}
+
+
+def report_folder(tmp_path: Path, baselines: list[dict] | None = None) -> Path:
     folder = tmp_path / "report"
     (folder / "plots").mkdir(parents=True)
     (folder / "plots" / "comparison.png").write_bytes(b"\x89PNG fake")
     (folder / "report.json").write_text(
         json.dumps(
             {
+                "results": [*(baselines or []), MINILM],
                 "created": "2026-11-22T06:00:00",
                 "trimtab_version": "0.1.0",
                 "data": "test.jsonl",
-                "results": [
-                    {
-                        "label": "minilm-full",
-                        "kind": "fine-tuned",
-                        "mode": "classification head",
-                        "n": 5000,
-                        "examples_per_s": 120.0,
-                        "classification": {
-                            "accuracy": 0.5612,
-                            "accuracy_ci95": [0.55, 0.57],
-                            "mae": 0.52,
-                            "off_by_one_accuracy": 0.91,
-                            "macro_f1": 0.55,
-                            "invalid": 0,
-                        },
-                        "training": {"seconds": 357.2, "tokens_per_s": 2888.3},
-                    }
-                ],
             }
         )
     )
@@ -55,7 +66,8 @@ def test_docs_page_has_each_runs_figures_and_copies_the_plots(tmp_path):
     script.write_docs(report_folder(tmp_path), tmp_path / "docs")
     page = (tmp_path / "docs" / "case-study.md").read_text()
     assert (
-        "| minilm-full | fine-tuned | classification head | 0.561 [0.550, 0.570] | 0.520 |" in page
+        "| minilm-full | fine-tuned | classification head | 5,000 | 0.561 [0.550, 0.570] | 0.520 |"
+        in page
     )
     assert "— / — | 6.0 min | 2,888 |" in page
     assert (tmp_path / "docs" / "case-study" / "comparison.png").is_file()
@@ -71,3 +83,58 @@ def test_findings_below_the_marker_survive_a_rewrite(tmp_path):
     script.write_docs(tmp_path / "report", docs)
     text = page.read_text()
     assert text.count(script.FINDINGS) == 1 and "MiniLM wins on speed." in text
+
+
+def test_docs_header_counts_the_fine_tuned_rows_and_every_row_has_its_n(tmp_path):
+    script = load_script()
+    script.write_docs(report_folder(tmp_path, [BASELINE]), tmp_path / "docs")
+    page = (tmp_path / "docs" / "case-study.md").read_text()
+    # The baseline comes first but saw 1,000 reviews: the header takes the fine-tuned 5,000.
+    assert "(5,000 reviews of the official English test split; rows with a smaller n" in page
+    assert "used the first 1,000)" in page
+    assert "| Model | Kind | Mode | n |" in page
+    assert "| smollm2-135m zero-shot | zero-shot | label scoring | 1,000 | 0.187 " in page
+    assert "| minilm-full | fine-tuned | classification head | 5,000 | " in page
+
+
+# --- the paths the docs name are the ones `make demo` writes --------------------------------------
+
+
+def demo_out() -> Path:
+    """The case study's folder under `make demo`: the Makefile's OUT, passed to the script."""
+    makefile = (ROOT / "Makefile").read_text()
+    out = re.search(r"^OUT \?= (\S+)$", makefile, re.M)
+    assert out and "case_study.py demo --marc $(MARC) --out $(OUT)" in makefile
+    assert load_script().DEFAULT_OUT["demo"] == out[1]  # the script alone writes there too
+    return Path(out[1])
+
+
+def demo_paths() -> set[str]:
+    """Every folder `make demo` writes: the prepared data, each run, the report."""
+    script = load_script()
+    out = demo_out()
+    runs = [str(script.run_folder(out, name)) for name in script.PROFILES["demo"]["runs"]]
+    return {str(script.data_folder(out)), str(script.report_folder(out)), *runs}
+
+
+def test_every_data_path_in_the_example_configs_is_written_by_make_demo():
+    paths = demo_paths()
+    named = {
+        config.name: re.findall(r"--data (\S+)", config.read_text())
+        for config in sorted((ROOT / "configs").glob("*.yaml"))
+    }
+    assert all(named.values()), f"a config without its train command: {named}"
+    assert {p for found in named.values() for p in found} <= paths
+
+
+def test_the_readmes_demo_paths_are_written_by_make_demo():
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"(runs/demo/[\w/.-]+)", readme))
+    named -= {"runs/demo/my-report", "runs/demo/runs/NAME"}  # its own output, a placeholder
+    assert named and named <= demo_paths(), named - demo_paths()
+
+
+def test_the_case_study_trains_with_configs_that_exist():
+    script = load_script()
+    configs = [c for p in script.PROFILES.values() for c, _ in p["runs"].values()]
+    assert configs and all((ROOT / c).is_file() for c in configs)

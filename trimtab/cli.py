@@ -10,6 +10,7 @@ from typing import Any
 from trimtab import __version__
 from trimtab.errors import TrimtabError
 
+INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C (128 + SIGINT)
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
@@ -123,7 +124,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "--skip-fix", action="append", default=[], metavar="ID[,ID]", help="never apply these fixes"
     )
     d.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    p.set_defaults(handler=_run_prepare)
+    p.set_defaults(
+        handler=_run_prepare,
+        interrupted="interrupted: no output is half-written (all are written at once, at the end)",
+    )
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
@@ -131,7 +135,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from trimtab.data.report import format_check, question, render
 
     values: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k not in ("handler", "command")
+        k: v for k, v in vars(args).items() if k not in ("handler", "command", "interrupted")
     }
     for key in ("prompt_template", "completion_template", "separator", "stop", "system"):
         if values[key] is not None:
@@ -170,7 +174,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(handler=_run_train)
+    # Ctrl-C during the training steps is the trainer's TrainingInterrupted (step, checkpoint,
+    # resume command); this is for a Ctrl-C outside them (loading, writing final/).
+    p.set_defaults(
+        handler=_run_train,
+        interrupted="interrupted: nothing is half-written (checkpoints, best/ and final/ appear "
+        "whole or not at all)",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -209,10 +219,14 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="models_command", required=True)
     ls = msub.add_parser("list", help="known base models and fine-tuned runs")
     ls.add_argument("--runs", default="runs", help="folder of training runs (default: runs)")
-    ls.set_defaults(handler=_run_models_list)
+    ls.set_defaults(handler=_run_models_list, interrupted="interrupted")
     pull = msub.add_parser("pull", help="make a model ready offline (convert/cache once)")
     pull.add_argument("name")
-    pull.set_defaults(handler=_run_models_pull)
+    pull.set_defaults(
+        handler=_run_models_pull,
+        interrupted="interrupted: the model is not ready yet (the cache holds no half-written "
+        "part); run the same command again",
+    )
 
 
 def _run_models_list(args: argparse.Namespace) -> int:
@@ -247,7 +261,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="merge LoRA adapters into the base weights (full model)",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.set_defaults(handler=_run_export)
+    p.set_defaults(
+        handler=_run_export,
+        interrupted="interrupted: no half-written export (it appears whole or not at all)",
+    )
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -318,8 +335,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot examples")
     from trimtab.generation.sampling import add_sampling_arguments
 
-    add_sampling_arguments(p.add_argument_group("sampling (with --mode generate or both)"))
-    p.set_defaults(handler=_run_eval)
+    add_sampling_arguments(p)  # its own group (argparse deprecates nested groups)
+    p.set_defaults(
+        handler=_run_eval,
+        interrupted="interrupted: no half-written report (the report folder is written whole, "
+        "at the end)",
+    )
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -379,8 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except TrimtabError as e:
-        print(f"error: {e}".replace("\n", "\n  "), file=sys.stderr)
+        # an interruption (exit code 130, e.g. TrainingInterrupted) is not the user's error
+        label = "" if e.exit_code == INTERRUPTED else "error: "
+        print(f"{label}{e}".replace("\n", "\n  "), file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # each command says what is true of its own outputs
+        print(args.interrupted, file=sys.stderr)
+        return INTERRUPTED

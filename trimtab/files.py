@@ -18,10 +18,13 @@ import ctypes
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from trimtab.errors import OutputExistsError, TrimtabError
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -31,9 +34,9 @@ def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temp_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -54,12 +57,12 @@ def staged_dir(target: Path) -> Iterator[Path]:
     On an exception the partial folder is removed and ``target`` is left as it was. The files
     are flushed to disk before the swap, so a power cut cannot leave a renamed but empty folder.
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))  # "." has no name to stage beside
+    _refuse_current_folder(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = _temp_name(target)
+    tmp.mkdir()  # not mkdtemp: its 0700 would become the target's permissions
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -85,17 +88,89 @@ def swap_into_place(new: Path, target: Path) -> None:
 
 
 def recover(target: Path) -> None:
-    """Undo a two-rename swap cut between its renames: the old folder comes back."""
+    """Undo a two-rename swap cut between its renames: the old folder comes back.
+
+    Also removes what writers that died left beside ``target``: their temporary files and
+    folders (the process id in their name is no longer running).
+    """
     target = Path(target)
     backup = _backup_name(target)
     if backup.is_dir() and not target.exists():
         os.rename(backup, target)
     elif backup.exists() and target.exists():  # the swap finished; only the cleanup did not
         shutil.rmtree(backup, ignore_errors=True)
+    if target.parent.is_dir():
+        for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+            pid = tmp.name.removeprefix(f".{target.name}.tmp-").split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove(tmp)
+
+
+def check_output(
+    path: Path, force: bool, what: str = "output", names: tuple[str, ...] | None = None
+) -> None:
+    """Fail before any work if writing ``path`` would replace existing files without ``force``.
+
+    ``names``: only these entries of the folder would be replaced (others are kept), so only
+    they count; None: the whole folder is replaced, so any entry counts. A ``path`` that is a
+    file, not a folder, is an error even with ``force``: a folder never replaces a file.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TrimtabError(f"{path}: exists and is not a folder")
+    if force or not path.is_dir():
+        return
+    if names is None:
+        if any(path.iterdir()):
+            raise OutputExistsError(
+                f"{path}: {what} folder exists and is not empty; use --force to replace it"
+            )
+        return
+    existing = [name for name in names if (path / name).exists()]
+    if existing:
+        raise OutputExistsError(
+            f"{path}: already holds {', '.join(existing)}; use --force to overwrite"
+        )
+
+
+def _refuse_current_folder(target: Path) -> None:
+    # Swapping the folder a shell (or this process) stands in would leave it in a deleted one.
+    try:
+        cwd = Path.cwd()
+    except OSError:
+        return
+    if target == cwd or target in cwd.parents:
+        raise TrimtabError(
+            f"{target}: is the current folder (or holds it); it would be replaced whole, so "
+            "write to another folder, e.g. a subfolder"
+        )
+
+
+def _temp_name(target: Path) -> Path:
+    """``.NAME.tmp-PID-RANDOM`` beside ``target``: hidden, named after its target and its
+    writer (:func:`recover` removes those of dead writers), unique per call (threads)."""
+    return target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 def _backup_name(target: Path) -> Path:
     return target.parent / f".{target.name}.old"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _between_renames() -> None:
@@ -109,8 +184,13 @@ def _exchange(a: Path, b: Path) -> bool:
         renameat2 = libc.renameat2
     except (OSError, AttributeError):
         return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                          ctypes.c_uint]
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
     result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     return result == 0
 

@@ -10,30 +10,31 @@ from typing import Any
 
 import pytest
 
-from trimtab.data.checks import (
-    MAX_LOCATIONS,
-    SEPARATOR_CANDIDATES,
+from trimtab.data.affixes import (
     STOP_CANDIDATES,
-    State,
     check_completion_prefix,
     check_completion_suffix,
+    check_leading_space,
+    check_prompt_prefix,
+    check_prompt_suffix,
+    choose_separator,
+)
+from trimtab.data.checks import (
+    MAX_LOCATIONS,
+    State,
     check_contradictions,
     check_control_characters,
     check_duplicates,
     check_empty_fields,
     check_extra_fields,
     check_invalid_utf8,
-    check_leading_space,
     check_near_duplicates,
-    check_prompt_prefix,
-    check_prompt_suffix,
     check_quantity,
     check_task_type,
     check_uppercase,
-    choose_separator,
     infer_task,
 )
-from trimtab.data.examples import Example
+from trimtab.data.examples import SEPARATOR_CANDIDATES, Example
 
 SEP = SEPARATOR_CANDIDATES[0]  # "\n\n###\n\n"
 

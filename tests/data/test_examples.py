@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from trimtab.data.examples import Example, Mapping, build_examples, infer_mode, template_fields
+from trimtab.data.examples import (
+    SEPARATOR_CANDIDATES,
+    Example,
+    Mapping,
+    build_examples,
+    infer_mode,
+    looks_like_classification,
+    message_problems,
+    strip_separator,
+    template_fields,
+)
 from trimtab.data.readers import Record, read_records
 from trimtab.errors import MAX_PROBLEMS, DataError
 
@@ -454,3 +464,76 @@ def test_text_mode_numbers_become_text_and_null_is_reported():
 
 def test_example_where_is_file_and_line():
     assert Example("a/b.csv", 12).where == "a/b.csv:12"
+
+
+# --- looks_like_classification: the one rule prepare, train and eval share ----------------------
+
+
+def test_few_labels_each_seen_three_times_on_average_are_classification():
+    assert looks_like_classification([" 1", " 2", " 3"] * 3)
+
+
+def test_labels_seen_fewer_than_three_times_on_average_are_not_classification():
+    # 10 examples, 5 labels: evaluation's old rule (distinct <= n // 2) called this classification.
+    assert not looks_like_classification(["1", "2", "3", "4", "5"] * 2)
+
+
+def test_more_than_fifty_distinct_labels_is_not_classification_however_many_examples():
+    assert not looks_like_classification([str(i) for i in range(51)] * 10)
+    assert looks_like_classification([str(i) for i in range(50)] * 10)
+
+
+def test_labels_are_compared_without_surrounding_whitespace():
+    assert looks_like_classification([" pos", "pos\n", "neg", " neg "] + ["pos", "neg"])
+
+
+def test_no_completions_is_not_classification():
+    assert not looks_like_classification([])
+
+
+# --- strip_separator -----------------------------------------------------------------------------
+
+
+def test_strip_separator_takes_the_named_separator_off_the_end_only():
+    assert strip_separator("a => b =>", " =>") == "a => b"
+    assert strip_separator("no separator", " =>") == "no separator"
+
+
+@pytest.mark.parametrize("separator", [*SEPARATOR_CANDIDATES, "\n\n###7###\n\n"])
+def test_strip_separator_without_a_name_takes_off_any_separator_prepare_writes(separator):
+    assert strip_separator("Great product." + separator) == "Great product."
+
+
+def test_strip_separator_without_a_name_keeps_text_that_ends_otherwise():
+    assert strip_separator("ends with ###") == "ends with ###"
+    assert strip_separator("two lines\n\n") == "two lines\n\n"
+
+
+# --- one message validator: prepare and training's reader judge chat data alike ------------------
+
+
+def test_training_reader_accepts_every_conversation_prepare_writes():
+    from trimtab.training.batches import detect_format
+
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."},
+    ]
+    examples, _ = build_examples([rec(1, messages=messages)], Mapping(), "chat")
+    assert examples[0].messages == messages
+    assert detect_format([{"messages": messages}]) == "chat"  # was: role must be one of ...
+
+
+def test_training_reader_reports_bad_messages_as_prepare_does():
+    from trimtab.training.batches import detect_format
+
+    bad = [{"role": "human", "content": 3}]
+    with pytest.raises(DataError) as trained:
+        detect_format([rec(1, messages=bad)])
+    prepared = build_error([rec(1, messages=bad)], Mapping(), "chat")
+    assert [str(p) for p in trained.value.problems] == [str(p) for p in prepared.problems]
+    assert message_problems(bad) == [
+        ("messages[0].role", "role must be one of system, user, assistant, tool, got 'human'"),
+        ("messages[0].content", "content must be a string"),
+    ]

@@ -377,3 +377,61 @@ def test_marc_case_study_with_the_real_smollm2_tokenizer(tmp_path, marc):
     assert labels["details"]["tokens"][" 5"] == [" ", "5"]
     lengths = next(c for c in report["checks"] if c["id"] == "token-lengths")["details"]
     assert 20 < lengths["total"]["p50"] < 80 and lengths["total"]["max"] > 512
+
+
+# --- decoder conventions (separator, leading space) are for decoders only ----------------------
+
+
+def test_an_encoder_gets_no_separator_and_no_leading_space_and_the_report_says_so(
+    tmp_path, reviews, tiny_bert_dir
+):
+    from trimtab.data.report import render
+
+    result = prepare(options(tmp_path, [reviews], tiny_bert_dir))
+    rows = read_jsonl(tmp_path / "out" / "train.jsonl")
+    assert all(r["prompt"].endswith(".") and "###" not in r["prompt"] for r in rows)
+    assert {r["completion"] for r in rows} == {"1", "3", "5"}
+    report = result.report
+    assert (report["model_kind"], report["separator"], report["leading_space"]) == (
+        "encoder",
+        None,
+        False,
+    )
+    note = next(c for c in report["checks"] if c["id"] == "model-conventions")
+    message = (
+        f"separator and leading space not added: {tiny_bert_dir} is an encoder "
+        "(classification head)"
+    )
+    assert note["message"] == message
+    assert message in render(report, result.checks)
+    assert {c["id"] for c in report["checks"]}.isdisjoint({"prompt-suffix", "leading-space"})
+
+
+def test_a_decoder_folder_still_gets_separator_and_leading_space(tmp_path, reviews, tiny_llama_dir):
+    result = prepare(options(tmp_path, [reviews], tiny_llama_dir))
+    rows = read_jsonl(tmp_path / "out" / "train.jsonl")
+    assert all(r["prompt"].endswith("\n\n###\n\n") for r in rows)
+    assert {r["completion"] for r in rows} == {" 1", " 3", " 5"}
+    assert result.report["model_kind"] == "decoder"
+    assert "model-conventions" not in {c["id"] for c in result.report["checks"]}
+
+
+def test_an_encoder_still_gets_a_separator_that_is_asked_for(tmp_path, reviews, tiny_bert_dir):
+    prepare(options(tmp_path, [reviews], tiny_bert_dir, separator=" =>"))
+    rows = read_jsonl(tmp_path / "out" / "train.jsonl")
+    assert all(r["prompt"].endswith(" =>") for r in rows)
+
+
+@pytest.mark.real_model
+def test_minilm_counts_real_token_lengths_and_gets_no_decoder_conventions(tmp_path, reviews):
+    long = write_jsonl(
+        tmp_path / "long.jsonl",
+        [{"body": f"review {i}: " + "word " * 300, "stars": "3"} for i in range(6)],
+    )
+    result = prepare(options(tmp_path, [reviews, long], "minilm-l6", max_length=128))
+    report = result.report
+    assert report["model_kind"] == "encoder" and report["separator"] is None
+    lengths = next(c for c in report["checks"] if c["id"] == "token-lengths")["details"]
+    # The tokenizer.json pads and truncates at 128: counted that way every example was 128 + 2.
+    assert lengths["total"]["p50"] < 30 and lengths["total"]["max"] > 300
+    assert lengths["over_max_length"] == 6

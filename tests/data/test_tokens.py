@@ -22,6 +22,7 @@ from trimtab.data.tokens import (
     count_tokens,
     example_lengths,
     measure,
+    token_pieces,
 )
 
 
@@ -74,9 +75,9 @@ class SlowTokenizer:
         self.specials = specials
         self.calls: list[Any] = []
 
-    def __call__(self, texts: Any, add_special_tokens: bool = True) -> Any:
+    def __call__(self, texts: Any, add_special_tokens: bool = True, **kw: Any) -> Any:
         self.calls.append(texts)
-        return self.inner(texts, add_special_tokens=add_special_tokens)
+        return self.inner(texts, add_special_tokens=add_special_tokens, **kw)
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return self.specials
@@ -93,6 +94,61 @@ REVIEWS = [
 
 
 # --- count_tokens ----------------------------------------------------------------------------
+
+PAD_TO = 32  # like MiniLM's tokenizer.json (pads to 128 and truncates at 128), made small
+CUT_AT = 12
+
+
+@pytest.fixture
+def padding_dir(tiny_tokenizer_dir, tmp_path):
+    """The tiny tokenizer with padding and truncation switched on in its tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    rust = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    rust.enable_padding(length=PAD_TO, pad_id=0, pad_token="<|endoftext|>")
+    rust.enable_truncation(CUT_AT)
+    for f in tiny_tokenizer_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    rust.save(str(tmp_path / "tokenizer.json"))
+    return tmp_path
+
+
+LONG = "the quick brown fox jumps over the lazy dog " * 4
+
+
+@pytest.mark.parametrize("kind", ["rust", "transformers", "python-only"])
+def test_count_tokens_ignores_padding_and_truncation_in_the_tokenizer_file(tok, padding_dir, kind):
+    from tokenizers import Tokenizer
+
+    if kind == "rust":
+        padded: Any = Tokenizer.from_file(str(padding_dir / "tokenizer.json"))
+        assert len(padded.encode("I love it!").ids) == PAD_TO  # the file really pads
+    else:
+        padded = AutoTokenizer.from_pretrained(padding_dir)
+        if kind == "python-only":
+            padded = SlowTokenizer(padded)
+    texts = ["I love it!", LONG]
+    assert n_tokens(tok, LONG) > PAD_TO
+    assert count_tokens(padded, texts) == [n_tokens(tok, t) for t in texts]
+
+
+def test_token_pieces_of_a_padding_tokenizer_are_the_label_tokens_only(tok, padding_dir):
+    from tokenizers import Tokenizer
+
+    padded = Tokenizer.from_file(str(padding_dir / "tokenizer.json"))
+    assert token_pieces(padded, " 5") == [" ", "5"]
+
+
+def test_long_examples_are_found_with_a_truncating_tokenizer(tok, padding_dir):
+    from tokenizers import Tokenizer
+
+    padded = Tokenizer.from_file(str(padding_dir / "tokenizer.json"))
+    state = supervised([("I love it!", " 5"), (LONG, " 1")] * 3, task="classification")
+    counts = measure(state, padded, max_length=PAD_TO)
+    short = n_tokens(tok, "I love it!") + n_tokens(tok, " 5")
+    assert counts.prompt[0] + counts.completion[0] == short < PAD_TO
+    assert [ex.line for ex, _ in counts.long] == [2, 4, 6]
+    assert counts.max_total == n_tokens(tok, LONG) + n_tokens(tok, " 1")
 
 
 def test_count_tokens_matches_the_tokenizer_per_text_with_duplicates(tok):
@@ -157,7 +213,8 @@ def test_example_lengths_chat_context_without_template(tok):
         ]
     )
     prompts, completions = example_lengths(state, tok)
-    context = "system: Be brief.\nuser: Hi\nassistant: Hello!\nuser: Rate it\n"
+    # the generation prompt training puts before the answer is counted too
+    context = "system: Be brief.\nuser: Hi\nassistant: Hello!\nuser: Rate it\nassistant: "
     assert prompts == [n_tokens(tok, context)]
     assert completions == [n_tokens(tok, "It is okay")]
 
@@ -176,7 +233,7 @@ def test_example_lengths_chat_uses_the_chat_template(tok):
 def test_example_lengths_supervised_written_as_chat_wraps_the_prompt_in_a_user_turn(tok):
     state = supervised([("Great product", " 5")], fmt="chat")
     prompts, completions = example_lengths(state, tok)
-    assert prompts == [n_tokens(tok, "user: Great product\n")]
+    assert prompts == [n_tokens(tok, "user: Great product\nassistant: ")]
     assert completions == [2]
 
 

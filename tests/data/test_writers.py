@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from trimtab import files
 from trimtab.data import writers
 from trimtab.data.examples import Example
 from trimtab.data.writers import OUTPUT_FILES, check_output_dir, jsonl, to_record, write_atomically
@@ -29,7 +30,7 @@ def supervised(prompt: str = "Review: good\nStars:", completion: str = " 5") -> 
 
 
 def staging_folders(parent: Path, name: str = "out") -> list[Path]:
-    return sorted(parent.glob(f".{name}.partial-*"))
+    return sorted(parent.glob(f".{name}.tmp-*"))
 
 
 def old_outputs(folder: Path) -> dict[str, tuple[str, int]]:
@@ -208,22 +209,22 @@ def test_write_atomically_with_force_overwrites_outputs_and_keeps_other_files(tm
     assert staging_folders(tmp_path) == []
 
 
-def test_existing_folder_gets_report_json_last(tmp_path, monkeypatch):
+def test_existing_folder_is_replaced_in_one_swap_all_old_until_all_new(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    old_outputs(out)
-    order: list[str] = []
-    real_replace = os.replace
+    before = old_outputs(out)
+    seen: dict[str, dict[str, str]] = {}
+    real_exchange = files._exchange
 
-    def recording_replace(src, dst):
-        order.append(Path(dst).name)
-        return real_replace(src, dst)
+    def watching_exchange(a, b):
+        seen["out"] = {p.name: p.read_text(encoding="utf-8") for p in Path(b).iterdir()}
+        seen["staged"] = {p.name: p.read_text(encoding="utf-8") for p in Path(a).iterdir()}
+        return real_exchange(a, b)
 
-    monkeypatch.setattr(writers.os, "replace", recording_replace)
-    files = {"report.json": "{}\n", "train.jsonl": "", "valid.jsonl": "", "test.jsonl": ""}
-    write_atomically(out, files, force=True)
-    placed = [name for name in order[len(files) :]]  # the first moves put the old files aside
-    assert placed[-1] == "report.json"
-    assert sorted(placed) == sorted(files)
+    monkeypatch.setattr(files, "_exchange", watching_exchange)
+    write_atomically(out, FILES, force=True)
+    assert seen["out"] == {name: text for name, (text, _) in before.items()}  # untouched so far
+    assert seen["staged"] == FILES | {"notes.txt": before["notes.txt"][0]}
+    assert {p.name: p.read_text(encoding="utf-8") for p in out.iterdir()} == seen["staged"]
 
 
 # --- write_atomically: failures -----------------------------------------------------------------
@@ -313,35 +314,31 @@ def test_check_output_dir_lists_only_the_outputs_that_exist(tmp_path):
     )
 
 
-def test_failure_while_swapping_restores_every_old_file(tmp_path, monkeypatch):
+def test_failure_at_the_swap_leaves_every_old_file(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    out.mkdir()
-    for name in ("train.jsonl", "valid.jsonl", "test.jsonl", "report.json"):
-        (out / name).write_text(f"old {name}\n")
-    real_replace = os.replace
-    calls = {"n": 0}
+    before = old_outputs(out)
 
-    def flaky_replace(src, dst):
-        calls["n"] += 1
-        if calls["n"] == 6:  # after the 4 old files went aside and 1 new file went in
-            raise OSError(5, "Input/output error")
-        return real_replace(src, dst)
+    def failing_exchange(a, b):
+        raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(writers.os, "replace", flaky_replace)
-    files = {
-        name: f"new {name}\n"
-        for name in ("train.jsonl", "valid.jsonl", "test.jsonl", "report.json")
-    }
-    with pytest.raises(OSError):
-        write_atomically(out, files, force=True)
-    assert {p.name: p.read_text() for p in out.iterdir()} == {
-        name: f"old {name}\n" for name in files
-    }
+    monkeypatch.setattr(files, "_exchange", failing_exchange)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_atomically(out, FILES, force=True)
+    assert snapshot(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_subfolders_of_the_output_folder_are_kept(tmp_path):
+    out = tmp_path / "out"
+    (out / "plots").mkdir(parents=True)
+    (out / "plots" / "a.png").write_bytes(b"png")
+    write_atomically(out, FILES, force=False)
+    assert (out / "plots" / "a.png").read_bytes() == b"png"
+    assert (out / "train.jsonl").read_text(encoding="utf-8") == FILES["train.jsonl"]
+
+
 def test_staging_left_by_a_dead_process_is_cleaned_up(tmp_path):
-    dead = tmp_path / ".out.partial-999999999-abc"
+    dead = tmp_path / ".out.tmp-999999999"
     dead.mkdir()
     (dead / "train.jsonl").write_text("half\n")
     write_atomically(tmp_path / "out", {"train.jsonl": "x\n"}, force=False)

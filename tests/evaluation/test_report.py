@@ -341,3 +341,12 @@ def test_median_decision_of_ordinal_labels_is_shown_beside_the_argmax(tmp_path):
     write_report(report, tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "accuracy 0.512, MAE 0.456, off-by-one 0.934" in md
+
+
+def test_comparison_table_gives_each_row_the_number_of_examples_it_was_evaluated_on():
+    report = make_report()
+    report["results"][1]["n"] = 200  # a baseline on the first 200 (--baseline-limit)
+    table = comparison_table(report).splitlines()
+    assert [c.strip() for c in table[0].strip("|").split("|")][3] == "n"
+    ns = [[c.strip() for c in row.strip("|").split("|")][3] for row in table[2:]]
+    assert ns == ["500", "200", "100"]

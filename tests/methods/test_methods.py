@@ -30,7 +30,9 @@ from trimtab.methods import (
     FrozenTrunk,
     MethodSpec,
     apply_method,
+    frozen_linears_to_bf16,
     merge_lora,
+    method_for,
     save_trainable,
     trainable_parameters,
     transformer_layers,
@@ -128,14 +130,14 @@ def test_full_trains_every_parameter(build: Callable[[], torch.nn.Module]) -> No
     model = build()
     for param in model.parameters():
         param.requires_grad_(False)
-    task = "causal-lm" if isinstance(model, LlamaForCausalLM) else "classify"
+    task = "sft" if isinstance(model, LlamaForCausalLM) else "classify"
     assert apply_method(model, MethodSpec("full"), task) is model
     trainable, total = trainable_parameters(model)
     assert trainable == total == sum(p.numel() for p in model.parameters())
 
 
 def test_full_keeps_tied_embeddings_tied() -> None:
-    model = apply_method(tiny_llama(), MethodSpec("full"), "causal-lm")
+    model = apply_method(tiny_llama(), MethodSpec("full"), "sft")
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert model.config.tie_word_embeddings
 
@@ -144,7 +146,7 @@ def test_full_keeps_tied_embeddings_tied() -> None:
 
 
 def test_freeze_two_layers_trains_top_blocks_norm_and_head_only() -> None:
-    model = apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=2), "causal-lm")
+    model = apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=2), "sft")
     names = trainable_names(model)
     blocks = {n.split(".")[2] for n in names if n.startswith("model.layers.")}
     assert blocks == {"2", "3"}
@@ -157,7 +159,7 @@ def test_freeze_two_layers_trains_top_blocks_norm_and_head_only() -> None:
 
 
 def test_freeze_zero_layers_trains_only_final_norm_and_head() -> None:
-    model = apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=0), "causal-lm")
+    model = apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=0), "sft")
     assert trainable_names(model) == {"model.norm.weight", "lm_head.weight"}
 
 
@@ -193,7 +195,7 @@ def test_freeze_unties_tied_head_so_embeddings_stay_frozen() -> None:
     ids, mask = batch()
     before = logits(model, ids, mask)
 
-    apply_method(model, MethodSpec("freeze", trainable_layers=0), "causal-lm")
+    apply_method(model, MethodSpec("freeze", trainable_layers=0), "sft")
 
     assert model.lm_head.weight is not model.model.embed_tokens.weight
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
@@ -211,7 +213,7 @@ def test_freeze_unties_tied_head_so_embeddings_stay_frozen() -> None:
 
 
 def test_untied_head_survives_save_and_reload(tmp_path: Path) -> None:
-    model = apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=1), "causal-lm")
+    model = apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=1), "sft")
     with torch.no_grad():
         model.lm_head.weight.add_(1.0)  # as training would: head and embeddings now differ
     save_trainable(model, tmp_path / "final")
@@ -222,7 +224,7 @@ def test_untied_head_survives_save_and_reload(tmp_path: Path) -> None:
 
 
 def test_freeze_works_generically_on_gpt2() -> None:
-    model = apply_method(tiny_gpt2(), MethodSpec("freeze", trainable_layers=1), "causal-lm")
+    model = apply_method(tiny_gpt2(), MethodSpec("freeze", trainable_layers=1), "sft")
     names = trainable_names(model)
     assert {n.split(".")[2] for n in names if n.startswith("transformer.h.")} == {"3"}
     assert {n for n in names if not n.startswith("transformer.h.")} == {
@@ -235,7 +237,7 @@ def test_freeze_works_generically_on_gpt2() -> None:
 
 
 def test_lora_causal_lm_trains_only_adapter_matrices() -> None:
-    model = apply_method(tiny_llama(), MethodSpec("lora", lora_r=4), "causal-lm")
+    model = apply_method(tiny_llama(), MethodSpec("lora", lora_r=4), "sft")
     assert isinstance(model, PeftModel)
     names = trainable_names(model)
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
@@ -259,7 +261,7 @@ def test_lora_classifier_trains_adapters_and_the_whole_head(family: str) -> None
 
 def test_lora_targets_given_by_name() -> None:
     model = apply_method(
-        tiny_llama(), MethodSpec("lora", target_modules=["q_proj", "v_proj"]), "causal-lm"
+        tiny_llama(), MethodSpec("lora", target_modules=["q_proj", "v_proj"]), "sft"
     )
     adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable_names(model)}
     assert adapted == {"q_proj", "v_proj"}
@@ -268,7 +270,7 @@ def test_lora_targets_given_by_name() -> None:
 @pytest.mark.parametrize("family", ["causal", "llama", "bert"])
 def test_save_trainable_lora_writes_peft_adapter_that_reloads(family: str, tmp_path: Path) -> None:
     build = tiny_llama if family == "causal" else CLASSIFIERS[family]
-    task = "causal-lm" if family == "causal" else "classify"
+    task = "sft" if family == "causal" else "classify"
     fresh_base = build()
     model = apply_method(build(), MethodSpec("lora", lora_r=4), task)
     perturb_adapter(model)
@@ -287,7 +289,7 @@ def test_save_trainable_lora_writes_peft_adapter_that_reloads(family: str, tmp_p
 
 @pytest.mark.parametrize("method", ["full", "freeze"])
 def test_save_trainable_full_model_writes_loadable_hf_folder(method: str, tmp_path: Path) -> None:
-    model = apply_method(tiny_llama(), MethodSpec(method, trainable_layers=2), "causal-lm")
+    model = apply_method(tiny_llama(), MethodSpec(method, trainable_layers=2), "sft")
     save_trainable(model, tmp_path / "model")
     files = {p.name for p in (tmp_path / "model").iterdir()}
     assert {"config.json", "model.safetensors"} <= files
@@ -300,7 +302,7 @@ def test_save_trainable_full_model_writes_loadable_hf_folder(method: str, tmp_pa
 @pytest.mark.parametrize("family", ["causal", "llama", "bert"])
 def test_merge_lora_gives_plain_model_with_adapter_outputs(family: str) -> None:
     build = tiny_llama if family == "causal" else CLASSIFIERS[family]
-    task = "causal-lm" if family == "causal" else "classify"
+    task = "sft" if family == "causal" else "classify"
     base_logits = logits(build(), *batch())
     model = apply_method(build(), MethodSpec("lora", lora_r=4), task)
     perturb_adapter(model)
@@ -331,10 +333,10 @@ def test_transformer_layers_finds_the_block_list() -> None:
     assert transformer_layers(gpt2) is gpt2.transformer.h
 
 
-@pytest.mark.parametrize("task", ["causal-lm", "classify"])
+@pytest.mark.parametrize("task", ["sft", "classify"])
 def test_transformer_layers_through_a_peft_wrapper(task: str) -> None:
-    base = tiny_llama() if task == "causal-lm" else tiny_bert()
-    expected = base.model.layers if task == "causal-lm" else base.bert.encoder.layer
+    base = tiny_llama() if task == "sft" else tiny_bert()
+    expected = base.model.layers if task == "sft" else base.bert.encoder.layer
     wrapped = apply_method(base, MethodSpec("lora"), task)
     assert isinstance(wrapped, PeftModel)
     assert transformer_layers(wrapped) is expected
@@ -352,13 +354,13 @@ def test_transformer_layers_of_a_model_without_blocks_is_an_error() -> None:
 def test_freeze_more_layers_than_the_model_has_is_a_user_error() -> None:
     message = r"trainable_layers: 5 is more than the 4 .*choose 0 to 4"
     with pytest.raises(TrimtabError, match=message):
-        apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=5), "causal-lm")
+        apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=5), "sft")
 
 
 def test_lora_targets_that_match_nothing_are_a_user_error() -> None:
     spec = MethodSpec("lora", target_modules=["query_key_value"])
     with pytest.raises(TrimtabError) as caught:
-        apply_method(tiny_llama(), spec, "causal-lm")
+        apply_method(tiny_llama(), spec, "sft")
     message = str(caught.value)
     assert "query_key_value" in message and "matches no module" in message
     assert "q_proj" in message  # says what the names are
@@ -367,7 +369,7 @@ def test_lora_targets_that_match_nothing_are_a_user_error() -> None:
 def test_bad_options_are_all_reported_at_once() -> None:
     spec = MethodSpec("lora", lora_r=0, lora_dropout=1.5, target_modules=[])
     with pytest.raises(ConfigError) as caught:
-        apply_method(tiny_llama(), spec, "causal-lm")
+        apply_method(tiny_llama(), spec, "sft")
     assert [p.split(":")[0] for p in caught.value.problems] == [
         "lora_r", "lora_dropout", "target_modules",
     ]  # fmt: skip
@@ -383,12 +385,12 @@ def test_bad_options_are_all_reported_at_once() -> None:
 )
 def test_invalid_method_options_are_user_errors(spec: MethodSpec, match: str) -> None:
     with pytest.raises(TrimtabError, match=match):
-        apply_method(tiny_llama(), spec, "causal-lm")
+        apply_method(tiny_llama(), spec, "sft")
 
 
 def test_task_that_does_not_fit_the_model_is_a_user_error() -> None:
-    with pytest.raises(TrimtabError, match="causal-lm needs a model with a language-model head"):
-        apply_method(tiny_bert(), MethodSpec("full"), "causal-lm")
+    with pytest.raises(TrimtabError, match="task sft needs a model with a language-model head"):
+        apply_method(tiny_bert(), MethodSpec("full"), "sft")
     with pytest.raises(TrimtabError, match="classify needs a model with a classification head"):
         apply_method(tiny_llama(), MethodSpec("lora"), "classify")
 
@@ -401,7 +403,7 @@ FAMILIES = ["llama-causal", "llama-classify", "bert-classify"]
 def frozen(family: str, n: int, **overrides: object) -> tuple[torch.nn.Module, FrozenTrunk]:
     build = {"llama-causal": tiny_llama, "llama-classify": tiny_llama_classifier,
              "bert-classify": tiny_bert}[family]  # fmt: skip
-    task = "causal-lm" if family == "llama-causal" else "classify"
+    task = "sft" if family == "llama-causal" else "classify"
     model = apply_method(build(**overrides), MethodSpec("freeze", trainable_layers=n), task)
     return model.eval(), FrozenTrunk(model, n, task)
 
@@ -502,8 +504,8 @@ def test_llama_classify_top_pools_the_token_the_model_pools() -> None:
 
 
 def test_features_under_bf16_autocast_feed_the_fp32_top() -> None:
-    model = apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=1), "causal-lm")
-    trunk = FrozenTrunk(model, 1, "causal-lm", autocast_dtype=torch.bfloat16)
+    model = apply_method(tiny_llama(), MethodSpec("freeze", trainable_layers=1), "sft")
+    trunk = FrozenTrunk(model, 1, "sft", autocast_dtype=torch.bfloat16)
     ids, mask = batch()
     features = trunk.features(ids, mask).to(torch.bfloat16)  # as a cache would store them
     out = trunk.forward_top(features, mask)
@@ -515,7 +517,7 @@ def test_features_under_bf16_autocast_feed_the_fp32_top() -> None:
 def test_frozen_trunk_refuses_a_trunk_that_still_trains() -> None:
     model = tiny_llama()  # not frozen
     with pytest.raises(ValueError, match="must be frozen"):
-        FrozenTrunk(model, 1, "causal-lm")
+        FrozenTrunk(model, 1, "sft")
 
 
 def test_frozen_trunk_rejects_too_many_layers() -> None:
@@ -528,15 +530,15 @@ def test_frozen_trunk_supports_llama_and_bert_only() -> None:
     assert FrozenTrunk.supported(tiny_llama())
     assert FrozenTrunk.supported(tiny_llama_classifier())
     assert FrozenTrunk.supported(tiny_bert())
-    gpt2 = apply_method(tiny_gpt2(), MethodSpec("freeze", trainable_layers=1), "causal-lm")
+    gpt2 = apply_method(tiny_gpt2(), MethodSpec("freeze", trainable_layers=1), "sft")
     assert not FrozenTrunk.supported(gpt2)
     assert not FrozenTrunk.supported(tiny_bert(is_decoder=True))
     with pytest.raises(ValueError, match="does not support GPT2LMHeadModel"):
-        FrozenTrunk(gpt2, 1, "causal-lm")
+        FrozenTrunk(gpt2, 1, "sft")
 
 
 def test_frozen_trunk_does_not_take_a_lora_model() -> None:
-    wrapped = apply_method(tiny_llama(), MethodSpec("lora"), "causal-lm")
+    wrapped = apply_method(tiny_llama(), MethodSpec("lora"), "sft")
     assert not FrozenTrunk.supported(wrapped)
 
 
@@ -571,3 +573,129 @@ def test_real_minilm_frozen_trunk_equals_full_model(n: int) -> None:
         out = trunk.forward_top(trunk.features(enc.input_ids, enc.attention_mask),
                                 enc.attention_mask)  # fmt: skip
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+# --- LoRA options and the method objects ---------------------------------------------------
+
+
+def test_lora_base_weights_in_bf16_give_the_same_autocast_outputs() -> None:
+    model = apply_method(tiny_llama(), MethodSpec("lora", lora_r=4), "sft").eval()
+    ids = torch.randint(5, VOCAB, (2, 12))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits.float()
+        frozen_linears_to_bf16(model)
+        after = model(input_ids=ids).logits.float()
+    assert torch.equal(before, after)
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def test_every_peft_lora_option_reaches_the_lora_config() -> None:
+    spec = MethodSpec(
+        "lora",
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.1,
+        lora_bias="lora_only",
+        use_rslora=True,
+        use_dora=True,
+        init_lora_weights="gaussian",
+        modules_to_save=["norm"],
+    )
+    config = apply_method(tiny_llama(), spec, "sft").peft_config["default"]
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.bias) == (
+        4,
+        8,
+        0.1,
+        "lora_only",
+    )
+    assert (config.use_rslora, config.use_dora, config.init_lora_weights) == (
+        True,
+        True,
+        "gaussian",
+    )
+    assert "norm" in config.modules_to_save
+
+
+def test_modules_to_save_add_to_the_classification_head() -> None:
+    model = apply_method(
+        tiny_llama_classifier(), MethodSpec("lora", modules_to_save=["norm"]), "classify"
+    )
+    saved = set(model.peft_config["default"].modules_to_save)
+    assert {"score", "norm"} <= saved
+    assert any("score" in n for n in trainable_names(model))
+    assert any("norm.modules_to_save" in n for n in trainable_names(model))
+
+
+def test_dora_trains_its_magnitude_and_lowers_the_loss() -> None:
+    model = apply_method(tiny_llama(), MethodSpec("lora", lora_r=4, use_dora=True), "sft")
+    assert any("lora_magnitude_vector" in n for n in trainable_names(model))
+    model.train()
+    ids = torch.randint(5, VOCAB, (4, 10), generator=torch.Generator().manual_seed(3))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    losses = []
+    for _ in range(10):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_bad_lora_options_are_each_reported() -> None:
+    problems = MethodSpec(
+        "lora",
+        lora_r=0,
+        lora_alpha=0,
+        lora_dropout=1.0,
+        target_modules=[],
+        lora_bias="some",  # type: ignore[arg-type]
+        init_lora_weights="magic",
+        modules_to_save=[""],
+    ).problems()
+    for key in (
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "lora_bias",
+        "init_lora_weights",
+        "modules_to_save",
+    ):
+        assert any(p.startswith(f"{key}:") for p in problems), key
+    assert len(problems) == 7
+
+
+def test_a_method_object_per_name_owns_its_preparation() -> None:
+    lora = method_for(MethodSpec("lora", lora_r=4))
+    model = lora.apply(tiny_llama(), "sft")
+    lora.prepare(model, bf16=True)
+    frozen = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert any(w.dtype == torch.bfloat16 for w in frozen if not w.requires_grad)
+    assert lora.apply(model, "sft") is model  # an adapter already there is continued
+
+    freeze = method_for(MethodSpec("freeze", trainable_layers=1))
+    bert = freeze.apply(tiny_bert(), "classify")
+    ids, mask = batch()
+    items = [_Item(row[: int(m.sum())].tolist()) for row, m in zip(ids, mask)]
+    collate = lambda group: _pad(group)  # noqa: E731
+    assert freeze.precompute(bert, "classify", [items], collate, bf16=False)
+    extras = freeze.extras(items)
+    assert extras["features"].shape == (3, 9, 32)  # the top block's input, padded again
+    with torch.no_grad():
+        top = freeze.top.forward_top(extras["features"], mask, ids)
+    torch.testing.assert_close(top, logits(bert, ids, mask), rtol=1e-5, atol=1e-5)
+    assert method_for(MethodSpec("full")).extras(items) == {}
+
+
+class _Item:
+    def __init__(self, ids: list[int]) -> None:
+        self.input_ids, self.features = ids, None
+
+
+def _pad(group: list[_Item]) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in group)
+    ids = torch.tensor([e.input_ids + [0] * (width - len(e.input_ids)) for e in group])
+    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in group])
+    return {"input_ids": ids, "attention_mask": mask}

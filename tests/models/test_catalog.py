@@ -18,6 +18,7 @@ from tests.models.test_loading import (
 )
 from trimtab.errors import TrimtabError
 from trimtab.models import CatalogEntry, catalog, list_models, model_cache_dir, pull
+from trimtab.models.runs import RunFolder
 
 
 @pytest.fixture(autouse=True)
@@ -106,11 +107,24 @@ def test_runs_are_listed_with_their_status_and_readiness(tmp_path: Path):
     )
     assert "lora" in ready.description and "smollm2-135m" in ready.description
     running = entries["still-training"]
-    assert (running.ready, running.status) == (False, "running")
-    assert running.path == runs / "still-training"
+    assert (running.ready, running.path) == (False, runs / "still-training")
     crashed = entries["crashed"]
     assert (crashed.ready, crashed.kind, crashed.method) == (False, "encoder", "full")
     assert not entries["completed-but-no-final"].ready
+
+
+def test_a_running_run_is_running_only_while_its_process_holds_the_lock(tmp_path: Path):
+    runs = tmp_path / "runs"
+    write_run(runs, "live", "running", final=False)
+    write_run(runs, "dead", "running", final=False)
+    write_run(runs, "stopped", "interrupted", final=False, interrupted_step="40")
+    with RunFolder(runs / "live").lock():
+        entries = by_name(list_models(runs))
+    assert entries["live"].status == "running"
+    assert entries["dead"].status == "interrupted (process gone)"
+    assert "interrupted (process gone)" in entries["dead"].description
+    assert entries["stopped"].status == "interrupted at step 40"
+    assert by_name(list_models(runs))["live"].status == "interrupted (process gone)"
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"status": "completed"}', "\xff"])

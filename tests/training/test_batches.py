@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +168,10 @@ def test_bos_comes_first_when_the_tokenizer_adds_one_and_survives_truncation(bos
     (short,) = encode_sft([pc("Hi.", " 5")], bos_tok, max_length=64)
     assert short.input_ids == [bos] + ids(bos_tok, "Hi." + SEP) + ids(bos_tok, " 5")
     assert short.labels[0] == IGNORE
-    (cut,) = encode_sft([pc("Great product. " * 20, " 5")], bos_tok, max_length=16)
-    assert len(cut.input_ids) == 16 and cut.input_ids[0] == bos
+    prompt = "Great product. " * 20
+    (cut,) = encode_sft([pc(prompt, " 5")], bos_tok, max_length=16)
+    whole = ids(bos_tok, prompt + SEP) + ids(bos_tok, " 5")
+    assert cut.input_ids == [bos] + whole[-15:]  # BOS, then the end: separator and answer
     assert cut.input_ids.count(bos) == 1
 
 
@@ -336,7 +337,7 @@ def test_classify_gives_class_indices_and_no_token_labels(tok):
     assert names == ["1", "3", "5"]
     encoded = encode_classify(records, tok, max_length=64, labels=names)
     assert [e.label for e in encoded] == [2, 0, 1]
-    assert encoded[0].input_ids == ids(tok, "Great." + SEP)
+    assert encoded[0].input_ids == ids(tok, "Great.")  # a head reads no separator
     assert all(e.labels == [] for e in encoded)
 
 
@@ -545,20 +546,15 @@ def test_collate_of_real_encodings(tok):
 # --- real data ------------------------------------------------------------------------------
 
 
-def test_marc_reviews_encode_fast_and_batch_with_little_padding(tok, marc):
+def test_marc_reviews_encode_and_batch_with_little_padding(tok, marc):
     with open(marc / "en" / "train.csv", newline="", encoding="utf-8") as f:
         records = [pc(row["review_body"], " " + row["stars"]) for row in csv.DictReader(f)]
     assert len(records) == 12_465
-    start = time.perf_counter()
-    encoded = encode_sft(records, tok, max_length=256)
-    seconds = time.perf_counter() - start
-    assert seconds < 5, f"encoding took {seconds:.2f}s"
+    encoded = encode_sft(records, tok, max_length=256)  # speed: bench/batches.py
     for e, r in zip(encoded[:200], records):
         assert trained(tok, e) == r["completion"]
     assert all(len(e.input_ids) <= 256 for e in encoded)
-    start = time.perf_counter()
     classes = encode_classify(records, tok, 256, label_names(records))
-    assert time.perf_counter() - start < 5
     assert {e.label for e in classes} == {0, 1, 2, 3, 4}
     lengths = [len(e.input_ids) for e in encoded]
     batches = LengthGroupedSampler(lengths, batch_size=16, seed=0).batches(0)

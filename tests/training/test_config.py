@@ -12,9 +12,11 @@ from trimtab.training.config import (
     auto_batch_size,
     auto_epochs,
     auto_lr,
+    default_micro_batch,
     dump_config,
     load_config,
     parse_overrides,
+    plan_batches,
     resolve_auto,
 )
 
@@ -138,7 +140,68 @@ def test_dump_round_trips(tmp_path, train_file):
 @pytest.mark.parametrize(
     "name", ["marc-smollm2-lora", "marc-minilm-classify", "marc-minilm-freeze"]
 )
-def test_shipped_example_configs_validate(name, train_file):
+def test_shipped_example_configs_validate(name, tmp_path):
     config_file = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
-    config = load_config(config_file, [f"data.train={train_file}"])
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "a\\n\\n###\\n\\n", "completion": " 1"}\n' * 64)
+    config = load_config(config_file, [f"data.train={train}"])
     assert config.model.name in ("smollm2-135m", "minilm-l6")
+
+
+@pytest.mark.parametrize(
+    ("batch", "world", "micro"),
+    [(8, 1, 8), (16, 1, 16), (20, 1, 10), (24, 1, 12), (40, 1, 10), (64, 1, 16), (48, 2, 12)],
+)
+def test_default_micro_batch_is_the_largest_divisor_up_to_16(batch, world, micro):
+    assert default_micro_batch(batch, world) == micro
+    assert batch % (micro * world) == 0
+
+
+def test_batch_arithmetic_problems_are_reported_with_the_rest_at_validation(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "a\\n\\n###\\n\\n", "completion": " 1"}\n' * 10)
+    with pytest.raises(ConfigError) as e:
+        load_config(
+            None,
+            [f"data.train={train}", "batch_size=12", "micro_batch_size=5", "optim.lr=3"],
+        )
+    problems = e.value.problems
+    assert any("micro_batch_size 5 must divide batch_size 12" in p for p in problems)
+    assert any("batch_size 12 is larger than the 10 training examples" in p for p in problems)
+    assert any(p.startswith("optim.lr") for p in problems)
+
+
+def test_batch_size_must_split_over_the_processes(tmp_path, monkeypatch):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "a\\n\\n###\\n\\n", "completion": " 1"}\n' * 10)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match="batch_size 8 must be a multiple of the 3 processes"):
+        load_config(None, [f"data.train={train}", "batch_size=8"])
+
+
+def test_plan_resolves_auto_and_splits_the_batch(train_file):
+    config = load_config(None, [f"data.train={train_file}", "batch_size=auto"])
+    resolved, plan = plan_batches(config, 20_000, 2)
+    assert resolved.batch_size == 32  # 0.2% of 20,000 -> 40 -> the power of two 32
+    assert (plan.micro, plan.world, plan.accum) == (16, 2, 1)
+
+
+def test_method_section_takes_its_defaults_from_method_spec(train_file):
+    from trimtab.methods import MethodSpec
+
+    config = load_config(None, [f"data.train={train_file}"])
+    assert config.method.spec() == MethodSpec()
+    spec = load_config(
+        None,
+        [
+            f"data.train={train_file}",
+            "method.use_dora=true",
+            "method.init_lora_weights=pissa_niter_4",
+            "method.lora_bias=all",
+            "method.modules_to_save=[norm]",
+        ],
+    ).method.spec()
+    assert (spec.use_dora, spec.init_lora_weights, spec.lora_bias) == (True, "pissa_niter_4", "all")
+    assert spec.modules_to_save == ["norm"]
+    with pytest.raises(ConfigError, match="method.init_lora_weights"):
+        load_config(None, [f"data.train={train_file}", "method.init_lora_weights=magic"])

@@ -69,8 +69,10 @@ def test_lora_sft_writes_a_self_describing_run_folder(tmp_path, reviews, tiny_ll
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "train_loss" in m]
     assert [m["step"] for m in steps] == list(range(1, 13))
-    assert {"train_loss", "train_token_accuracy", "lr", "tokens_per_second"} <= set(steps[0])
-    assert [m["step"] for m in metrics if "valid_loss" in m] == [6, 12]
+    assert {"train_loss", "train_mean_token_accuracy", "lr", "tokens_per_second"} <= set(steps[0])
+    evaluations = [m for m in metrics if "valid_loss" in m]
+    assert [m["step"] for m in evaluations] == [6, 12]
+    assert {"valid_accuracy", "valid_mean_token_accuracy"} <= set(evaluations[0])
     assert steps[-1]["train_loss"] < steps[0]["train_loss"]
     saved = load_config(run / "config.yaml")
     assert (saved.epochs, saved.batch_size, saved.optim.lr) == (2, 8, 0.01)
@@ -112,7 +114,12 @@ def test_full_classify_on_an_encoder_learns_a_separable_task(tmp_path, reviews, 
 
 
 def test_freeze_caches_trunk_features_and_trains_only_the_head(tmp_path, reviews, tiny_bert_dir):
+    from trimtab.models.loading import load_model
+    from trimtab.training.loop import seed_everything
+
     before = load_file(str(tiny_bert_dir / "model.safetensors"))
+    seed_everything(42)  # as train() does before loading: the same random new head
+    initial = load_model(str(tiny_bert_dir), "classify", labels=["1", "5"]).model.state_dict()
     result = train(
         config(
             reviews,
@@ -127,15 +134,11 @@ def test_freeze_caches_trunk_features_and_trains_only_the_head(tmp_path, reviews
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["feature_cache"] is True
     after = load_file(str(result.final / "model.safetensors"))
-    embeddings = next(k for k in after if "word_embeddings" in k)
-    assert torch.equal(
-        after[embeddings],
-        before[embeddings.replace("bert.", "bert.", 1)]
-        if embeddings in before
-        else after[embeddings],
-    )
-    layer0 = [k for k in after if "encoder.layer.0." in k]
-    assert layer0 and all(torch.equal(after[k], before[k]) for k in layer0 if k in before)
+    trunk = [k for k in after if k.startswith(("bert.embeddings.", "bert.encoder."))]
+    assert trunk and all(k in before for k in trunk)
+    assert all(torch.equal(after[k], before[k]) for k in trunk)  # the trunk never moved
+    head = [k for k in after if k.startswith("classifier.")]
+    assert head and all(not torch.equal(after[k], initial[k]) for k in head)  # the head did
 
 
 def test_lm_task_trains_on_packed_raw_text(tmp_path, tiny_llama_dir):
@@ -259,6 +262,186 @@ def test_batch_size_larger_than_the_data_is_a_clear_error(tmp_path, reviews, tin
             ),
             progress=False,
         )
+
+
+@pytest.mark.parametrize(("batch", "micro", "accum"), [(20, 10, 2), (24, 12, 2), (40, 10, 4)])
+def test_a_batch_size_not_a_multiple_of_16_trains_with_a_micro_batch_that_divides_it(
+    tmp_path, reviews, tiny_llama_dir, batch, micro, accum
+):
+    train(
+        config(reviews, tiny_llama_dir, tmp_path / "run", f"batch_size={batch}", "max_steps=1"),
+        progress=False,
+    )
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (info["micro_batch_size"], info["accumulation"]) == (micro, accum)
+
+
+def test_micro_batches_left_over_by_accumulation_make_a_last_shorter_step(
+    tmp_path, reviews, tiny_llama_dir
+):
+    lines: list[str] = []
+    result = train(
+        config(
+            reviews,
+            tiny_llama_dir,
+            tmp_path / "run",
+            "epochs=1",
+            "batch_size=20",
+            "micro_batch_size=4",
+        ),
+        log=lines.append,
+    )
+    # 48 examples = 12 micro-batches of 4; 5 per step: steps of 5, 5 and the last 2
+    assert result.results["steps"] == 3 and result.results["epochs"] == 1.0
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["last_step_micro_batches"] == 2
+    assert "each epoch's last step: 2 x 4 x 1" in lines[0]
+
+
+def test_batch_problems_are_found_before_any_model_is_loaded(
+    tmp_path, reviews, tiny_llama_dir, monkeypatch
+):
+    from trimtab.training import trainer
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(trainer, "load_model", no_loading)
+    cfg = config(reviews, tiny_llama_dir, tmp_path / "run", "max_steps=1")
+    cfg = cfg.model_copy(update={"batch_size": 64})  # past validation, as a resumed config
+    with pytest.raises(ConfigError, match="batch_size 64 is larger than the 48 training"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_train_of_a_locked_run_is_refused_before_loading_a_model(
+    tmp_path, reviews, tiny_llama_dir, monkeypatch
+):
+    from trimtab.models.runs import RunFolder, RunLockedError
+    from trimtab.training import trainer
+
+    train(config(reviews, tiny_llama_dir, tmp_path / "run", "max_steps=1"), progress=False)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(trainer, "load_model", no_loading)
+    with RunFolder(tmp_path / "run").lock():  # as another process training it would
+        with pytest.raises(RunLockedError):
+            train(None, resume=tmp_path / "run", progress=False)
+        with pytest.raises(RunLockedError):
+            train(config(reviews, tiny_llama_dir, tmp_path / "run"), progress=False)
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_says_how_to_resume(
+    tmp_path, reviews, tiny_llama_dir, monkeypatch
+):
+    from trimtab.training import trainer
+    from trimtab.training.loop import TrainingInterrupted
+
+    real_step = trainer._step
+    calls = {"n": 0}
+
+    def interrupted(s, micro_batches):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_step(s, micro_batches)
+
+    monkeypatch.setattr(trainer, "_step", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as e:
+        train(config(reviews, tiny_llama_dir, run, "save_every=1"), progress=False)
+    message = str(e.value)
+    assert e.value.exit_code == 130
+    assert "step 2" in message and "step-0000002" in message
+    assert f"trimtab train --resume {run}" in message
+    info = json.loads((run / "run.json").read_text())
+    assert (info["status"], info["interrupted_step"]) == ("interrupted", 2)
+    assert info["last_checkpoint"].endswith("step-0000002")
+    monkeypatch.setattr(trainer, "_step", real_step)
+    result = train(None, resume=run, progress=False)
+    assert result.results["steps"] == 12
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def test_sft_on_a_few_labels_reports_label_accuracy(tmp_path, reviews, tiny_llama_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = train(
+        config(
+            reviews,
+            tiny_llama_dir,
+            tmp_path / "run",
+            "epochs=1",
+            "keep_best=false",
+            "precision=fp32",
+            "optim.lr=0.003",
+        ),
+        progress=False,
+    )
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir), result.final
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    rows = [json.loads(x) for x in (reviews / "valid.jsonl").read_text().splitlines()]
+    labels = [" 1", " 5"]
+    hits = 0
+    for row in rows:
+        scores = []
+        for label in labels:
+            prompt = tokenizer(row["prompt"])["input_ids"]
+            answer = tokenizer(label, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([prompt + answer])).logits.log_softmax(-1)
+            scores.append(sum(float(logp[0, len(prompt) + j - 1, t]) for j, t in enumerate(answer)))
+        hits += labels[scores.index(max(scores))] == row["completion"]
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [m for m in metrics if "valid_loss" in m][-1]
+    assert last["valid_accuracy"] == pytest.approx(hits / len(rows))
+    assert "valid_mean_token_accuracy" in last
+    assert result.results["valid_accuracy"] == last["valid_accuracy"]
+
+
+def test_checkpoints_and_exports_show_no_progress_bars_of_transformers(
+    tmp_path, reviews, tiny_llama_dir, capfd
+):
+    capfd.readouterr()  # what the fixtures printed while building the tiny model
+    train(
+        config(reviews, tiny_llama_dir, tmp_path / "run", "method.name=full", "max_steps=2"),
+        progress=False,
+    )
+    out, err = capfd.readouterr()
+    assert "Writing model shards" not in out + err
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_finished_run_is_the_starting_point_of_another(tmp_path, reviews, tiny_llama_dir, method):
+    first = train(
+        config(reviews, tiny_llama_dir, tmp_path / "first", "precision=fp32"), progress=False
+    )
+    second = train(
+        config(
+            reviews,
+            tiny_llama_dir,
+            tmp_path / "second",
+            f"method.name={method}",
+            f"model.name={tmp_path / 'first'}",
+            "precision=fp32",
+            "max_steps=1",
+            "eval_every=1",
+            "optim.lr=1e-9",
+            "optim.warmup=0",
+        ),
+        progress=False,
+    )
+    # one step of a vanishing learning rate: it starts where the first run ended
+    assert second.results["valid_loss"] == pytest.approx(first.results["valid_loss"], rel=1e-4)
+    info = json.loads((tmp_path / "second" / "run.json").read_text())
+    assert info["base_model"] == str(tiny_llama_dir)
+    assert info["parent_run"] == str(tmp_path / "first")
 
 
 # --- resume after SIGKILL, and data parallel ----------------------------------------------------
@@ -432,8 +615,10 @@ def test_cli_reports_every_config_problem_before_loading_a_model(tmp_path):
 
 
 @pytest.mark.real_model
-def test_real_smollm2_lora_and_minilm_classify_on_marc(tmp_path, marc):
+def test_real_smollm2_lora_and_minilm_classify_train_on_marc_and_load_back(tmp_path, marc):
     import csv
+
+    from trimtab.models.loading import load_model
 
     rows = list(csv.DictReader(open(marc / "en" / "train.csv", encoding="utf-8")))
     picked = [r for i, r in enumerate(rows) if i % 400 == 0][:32]
@@ -464,26 +649,9 @@ def test_real_smollm2_lora_and_minilm_classify_on_marc(tmp_path, marc):
             progress=False,
         )
         assert result.results["steps"] == 3 and result.results["valid_loss"] > 0
-
-
-def test_lora_base_weights_in_bf16_give_the_same_autocast_outputs(tiny_llama_dir):
-    from trimtab.methods import MethodSpec, apply_method
-    from trimtab.models.loading import load_model
-    from trimtab.training.trainer import _frozen_linears_to_bf16
-
-    model = apply_method(
-        load_model(str(tiny_llama_dir), "causal-lm").model,
-        MethodSpec("lora", lora_r=4),
-        "causal-lm",
-    ).eval()
-    ids = torch.randint(5, 200, (2, 12))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        before = model(input_ids=ids).logits.float()
-        _frozen_linears_to_bf16(model)
-        after = model(input_ids=ids).logits.float()
-    assert torch.equal(before, after)
-    assert model.get_input_embeddings().weight.dtype == torch.float32
-    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+        meta = json.loads((result.final / "trimtab.json").read_text())
+        loaded = load_model(result.run_dir, meta["task"])  # the fine-tune loads as a model
+        assert loaded.model is not None and "valid_accuracy" in result.results
 
 
 def test_export_merge_writes_full_weights_with_the_adapter_outputs(
@@ -540,5 +708,5 @@ def test_unknown_model_and_malformed_data_fail_before_anything_is_written(
     write_jsonl(bad / "train.jsonl", [{"prompt": "a", "completion": " 1"}])
     (bad / "valid.jsonl").write_text('{"prompt": "b", "completion": " 1"}\n{"prompt": \n')
     with pytest.raises(TrimtabError, match=r"valid.jsonl:2"):
-        train(config(bad, tiny_llama_dir, tmp_path / "run"), progress=False)
+        train(config(bad, tiny_llama_dir, tmp_path / "run", "batch_size=1"), progress=False)
     assert not (tmp_path / "run").exists()

@@ -7,6 +7,7 @@ or ``text``). Every missing field or unknown template column is reported with it
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,6 +17,51 @@ from trimtab.errors import DataError, Problem, ProblemList
 
 Mode = Literal["supervised", "chat", "text"]
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+# Prompt separators prepare appends, in order of preference, then numbered variants.
+SEPARATOR_CANDIDATES = ("\n\n###\n\n", "\n\n-->\n\n", "\n\n===\n\n", "\n\n@@@\n\n")
+SEPARATOR_NUMBERED = "\n\n###{}###\n\n"
+_NUMBERED_SEPARATOR = re.compile(r"\n\n###\d+###\n\n\Z")
+
+MAX_LABELS = 50  # more distinct completions than this is open-ended text, not a set of classes
+MIN_PER_LABEL = 3  # a label must be seen this often on average for the set to be "a few labels"
+
+
+def looks_like_classification(completions: list[str]) -> bool:
+    """Whether these completions are class labels: the one rule prepare, train and eval share.
+
+    OpenAI's rule, made explicit: completions (compared stripped of surrounding whitespace) are
+    labels when there are at most ``MAX_LABELS`` distinct values and each is seen, on average, at
+    least ``MIN_PER_LABEL`` times (``distinct * 3 <= n``). The average matters because a
+    handful of free-text answers are also "few distinct values"; three uses per label on average
+    is what separates a label set from prose. No completions means nothing to classify.
+    """
+    if not completions:
+        return False
+    distinct = len(label_set(completions))
+    return distinct <= MAX_LABELS and distinct * MIN_PER_LABEL <= len(completions)
+
+
+def label_set(completions: list[str]) -> set[str]:
+    """The distinct labels of these completions: each stripped of surrounding whitespace."""
+    return {c.strip() for c in completions}
+
+
+def strip_separator(prompt: str, separator: str | None = None) -> str:
+    """The prompt without the separator ``trimtab prepare`` appended to it.
+
+    ``separator`` is the one the data's report.json names; without it, any separator prepare
+    writes (``SEPARATOR_CANDIDATES`` and their numbered variants) is taken off the end. A
+    classification head reads the whole text, so a decoder's separator left on it ("###") would
+    be read as part of every input.
+    """
+    if separator:
+        return prompt.removesuffix(separator)
+    for candidate in SEPARATOR_CANDIDATES:
+        if prompt.endswith(candidate):
+            return prompt[: -len(candidate)]
+    numbered = _NUMBERED_SEPARATOR.search(prompt)
+    return prompt[: numbered.start()] if numbered else prompt
 
 
 @dataclass(slots=True)
@@ -227,33 +273,44 @@ def _render(r: Record, template: str, names: list[str], problem) -> str | None:
 
 def _validate_messages(r: Record, problem) -> list[dict[str, Any]] | None:
     messages = r.fields.get("messages")
-    where = {"file": r.file, "line": r.line}
+    found = message_problems(messages)
+    for field, message in found:
+        problem(Problem(message, file=r.file, line=r.line, field=field))
+    return messages if not found else None
+
+
+def head_text(prompt: str) -> str:
+    """The text a classification head reads: the prompt without a separator prepare appends.
+
+    Training and evaluation both call this, so a head sees the same text at both stages; a
+    separator asked for by name (``--separator``) is not one prepare picks and stays.
+    """
+    return strip_separator(prompt)
+
+
+def message_problems(messages: Any, *, need_assistant: bool = True) -> list[tuple[str, str]]:
+    """Every problem of a chat example's ``messages`` value, as (field, message) pairs.
+
+    The one validator of chat data, for prepare and for training's reader alike: a non-empty
+    list of objects, each with a ``role`` from ``CHAT_ROLES`` and a string ``content``, and (when
+    ``need_assistant``) an assistant message to learn from. Fields read like
+    ``messages[2].role``; an empty list means the messages are valid.
+    """
     if not isinstance(messages, list) or not messages:
-        problem(Problem("expected a non-empty list of messages", field="messages", **where))
-        return None
-    ok = True
+        return [("messages", "expected a non-empty list of messages")]
+    found: list[tuple[str, str]] = []
     for i, m in enumerate(messages):
         at = f"messages[{i}]"
         if not isinstance(m, dict):
-            problem(Problem("expected an object with role and content", field=at, **where))
-            ok = False
+            found.append((at, "expected an object with role and content"))
             continue
         role = m.get("role")
         if role not in CHAT_ROLES:
-            problem(
-                Problem(
-                    f"role must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
-                    field=f"{at}.role",
-                    **where,
-                )
+            found.append(
+                (f"{at}.role", f"role must be one of {', '.join(CHAT_ROLES)}, got {role!r}")
             )
-            ok = False
         if not isinstance(m.get("content"), str):
-            problem(Problem("content must be a string", field=f"{at}.content", **where))
-            ok = False
-    if ok and not any(m["role"] == "assistant" for m in messages):
-        problem(
-            Problem("needs at least one assistant message to learn from", field="messages", **where)
-        )
-        ok = False
-    return messages if ok else None
+            found.append((f"{at}.content", "content must be a string"))
+    if need_assistant and not found and not any(m["role"] == "assistant" for m in messages):
+        found.append(("messages", "needs at least one assistant message to learn from"))
+    return found

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trimtab import __version__
+from trimtab.data import affixes as af
 from trimtab.data import checks as c
 from trimtab.data import splits as sp
 from trimtab.data import tokens as tk
@@ -173,10 +174,8 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     """Run the whole stage; ``ask`` (a terminal question) decides fixes no flag decides."""
     check_output_dir(options.out, options.force)
     tokenizer_name = None if options.model == "none" else options.model
-    if tokenizer_name:
-        from trimtab.models import resolve_model
-
-        resolve_model(tokenizer_name)  # an unknown name fails before the data is read
+    # an unknown name fails before the data is read
+    kind = model_kind(tokenizer_name) if tokenizer_name else None
 
     mapping = Mapping(
         options.prompt_template,
@@ -193,6 +192,8 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
         requested_separator=options.separator,
         requested_stop=options.stop,
         system=options.system,
+        model=tokenizer_name,
+        model_kind=kind,
         unused_fields=unused,
     )
     results: list[c.CheckResult] = []
@@ -224,18 +225,20 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     if not state.examples:
         raise DataError(Problem("no examples left after the fixes; nothing to write"))
     run(c.check_task_type(state, task))
-    for check in (
+    later: tuple[Callable[[c.State], c.CheckResult | None], ...] = (
         c.check_duplicates,
         c.check_near_duplicates,
         c.check_contradictions,
         c.check_uppercase,
-        c.check_prompt_prefix,
-        c.check_prompt_suffix,
-        c.check_completion_prefix,
-        c.check_completion_suffix,
-        c.check_leading_space,
-    ):
-        run(check(state))
+        af.check_prompt_prefix,
+        af.check_model_conventions,
+        af.check_prompt_suffix,
+        af.check_completion_prefix,
+        af.check_completion_suffix,
+        af.check_leading_space,
+    )
+    for later_check in later:
+        run(later_check(state))
 
     tokenizer = _load_tokenizer(tokenizer_name, chat=fmt == "chat")
     counts = tk.measure(state, tokenizer, options.max_length) if tokenizer is not None else None
@@ -314,7 +317,12 @@ def _read_all(
 
 def _output_format(options: PrepareOptions, mode: str) -> c.OutputFormat:
     if options.format == "auto":
-        return {"supervised": "prompt-completion", "chat": "chat", "text": "text"}[mode]
+        formats: dict[str, c.OutputFormat] = {
+            "supervised": "prompt-completion",
+            "chat": "chat",
+            "text": "text",
+        }
+        return formats[mode]
     allowed = {
         "supervised": ("prompt-completion", "chat", "text"),
         "chat": ("chat",),
@@ -328,6 +336,31 @@ def _output_format(options: PrepareOptions, mode: str) -> c.OutputFormat:
             ]
         )
     return options.format
+
+
+def model_kind(name: str) -> c.ModelKind | None:
+    """Whether ``--model`` is a decoder or an encoder, without loading it; None when unknown.
+
+    Known models say it in the registry; a local folder by its config.json, by the catalog's
+    rule (a language-model head is a decoder; a bare encoder or a classification head reads the
+    text whole). Read by hand: importing transformers to classify it would cost seconds. Hub ids
+    and folders without a config keep the decoder conventions.
+    """
+    from trimtab.models import resolve_model
+
+    model = resolve_model(name)
+    if model.spec is not None:
+        return model.spec.kind
+    config = model.path / "config.json" if model.path is not None else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        architectures = " ".join(json.loads(config.read_text(encoding="utf-8"))["architectures"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not architectures:
+        return None
+    return "decoder" if "CausalLM" in architectures or "LMHead" in architectures else "encoder"
 
 
 def _load_tokenizer(name: str | None, chat: bool) -> Any:
@@ -357,7 +390,7 @@ def reproduce_command(options: PrepareOptions, results: list[c.CheckResult]) -> 
 
     ``--force`` is left out: it changes what may be overwritten, not what is written.
     """
-    defaults = PrepareOptions(inputs=options.inputs, out=options.out)
+    defaults = PrepareOptions.model_validate({"inputs": options.inputs, "out": options.out})
     args = ["trimtab", "prepare", *map(str, options.inputs), "--out", str(options.out)]
     for name in PrepareOptions.model_fields:
         if name in ("inputs", "out", "yes", "fix", "skip_fix", "force"):
@@ -415,6 +448,7 @@ def _report(
         "mode": state.mode,
         "format": state.format,
         "task": state.task,
+        "model_kind": state.model_kind,
         "separator": state.separator,
         "stop": state.stop,
         "leading_space": state.leading_space,

@@ -11,7 +11,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Literal
 
-from trimtab.data.checks import MIN_PER_CLASS, CheckResult, Fix, State, _locations
+from trimtab.data.checks import MIN_PER_CLASS, CheckResult, Fix, State, Status, _locations
 from trimtab.data.examples import Example
 
 SPLITS = ("train", "valid", "test")
@@ -161,7 +161,7 @@ def check_class_balance(state: State) -> CheckResult | None:
             f"balanced (largest/smallest {ratio:.2f}): {shown}",
             details=details,
         )
-    status = "warning" if ratio > 3 else "info"
+    status: Status = "warning" if ratio > 3 else "info"
     return CheckResult(
         "class-balance",
         "Class balance",

@@ -13,6 +13,7 @@ from typing import Any
 
 from trimtab.data.checks import CheckResult, Fix, State, _drop, _locations
 from trimtab.data.examples import Example
+from trimtab.models.chat import render_chat
 
 SAMPLE_SIZE = 10_000  # above this many examples, percentiles come from a sample
 
@@ -26,22 +27,44 @@ def special_tokens(tokenizer: Any) -> int:
 
 def token_pieces(tokenizer: Any, text: str) -> list[str]:
     """The text of each token of ``text``, e.g. ``" 5"`` → ``[" ", "5"]``."""
-    if hasattr(tokenizer, "encode_batch_fast"):  # a bare tokenizers.Tokenizer
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
+    rust = _rust(tokenizer)
+    if rust is not None:
+        ids = rust.encode(text, add_special_tokens=False).ids
     else:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, padding=False, truncation=False)[
+            "input_ids"
+        ]
     return [tokenizer.decode([i]) for i in ids]
 
 
-def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
-    """Token counts without special tokens; distinct texts are encoded once, in a batch."""
-    distinct = list(dict.fromkeys(texts))
+def _rust(tokenizer: Any) -> Any:
+    """The Rust tokenizer behind ``tokenizer`` set to count, or None when there is none.
+
+    A tokenizer.json may pad and truncate every sequence (MiniLM's pads and cuts at 128): counted
+    that way every example is 128 tokens and no long one is ever found. Both are switched off
+    here; transformers sets them again per call from its own arguments, so this changes nothing
+    for a transformers tokenizer that shares the backend.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    if backend is not None and hasattr(backend, "encode_batch_fast"):
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    if backend.padding is not None:
+        backend.no_padding()
+    if backend.truncation is not None:
+        backend.no_truncation()
+    return backend
+
+
+def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Token counts without special tokens, padding or truncation; each distinct text once."""
+    distinct = list(dict.fromkeys(texts))
+    rust = _rust(tokenizer)
+    if rust is not None:
         # The Rust tokenizer directly: no offsets, no Python-side padding logic, all cores.
-        counts = [len(e.ids) for e in backend.encode_batch_fast(distinct, add_special_tokens=False)]
+        counts = [len(e.ids) for e in rust.encode_batch_fast(distinct, add_special_tokens=False)]
     else:
-        counts = [len(ids) for ids in tokenizer(distinct, add_special_tokens=False)["input_ids"]]
+        encoded = tokenizer(distinct, add_special_tokens=False, padding=False, truncation=False)
+        counts = [len(ids) for ids in encoded["input_ids"]]
     by_text = dict(zip(distinct, counts))
     return [by_text[t] for t in texts]
 
@@ -153,9 +176,8 @@ def _chat_text(tokenizer: Any, state: State, ex: Example) -> str:
         messages = [m for m in ex.messages or []]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         messages = messages[:last]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    # the same text training encodes, fallback generation prompt included
+    return render_chat(tokenizer, messages, add_generation_prompt=True)
 
 
 def check_token_lengths(model: str, max_length: int, counts: TokenCounts | None) -> CheckResult:
@@ -165,21 +187,20 @@ def check_token_lengths(model: str, max_length: int, counts: TokenCounts | None)
         )
     totals = counts.totals
     over = len(counts.long)
-    details = {
+    t = {**_stats(totals), "max": counts.max_total}
+    details: dict[str, Any] = {
         "model": model,
         "max_length": max_length,
         "prompt": _stats(counts.prompt),
         "completion": _stats(counts.completion),
-        "total": _stats(totals),
+        "total": t,
         "over_max_length": over,
         "sampled": counts.sampled,
     }
-    details["total"]["max"] = counts.max_total
     if counts.sampled:  # estimated from the sample, and said so
         details["tokens_estimated"] = round(sum(totals) / len(totals) * counts.n)
     else:
         details["tokens"] = sum(totals)
-    t = details["total"]
     how = f" (percentiles from a random sample of {counts.sampled:,})" if counts.sampled else ""
     message = (
         f"{model}: p50 {t['p50']}, p95 {t['p95']}, max {t['max']} tokens per example"
@@ -241,6 +262,13 @@ def check_multi_token_labels(state: State, tokenizer: Any, model: str) -> CheckR
     if tokenizer is None:
         return CheckResult(
             "multi-token-labels", "Label tokens", "info", "skipped: no tokenizer (--model none)"
+        )
+    if state.encoder:
+        return CheckResult(
+            "multi-token-labels",
+            "Label tokens",
+            "ok",
+            f"{model} is an encoder: its classification head predicts labels, not their tokens",
         )
     # The label as the model must produce it: with its leading space, without the stop sequence.
     written = sorted(

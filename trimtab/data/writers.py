@@ -1,8 +1,9 @@
 """Write prepared examples as JSONL in the chosen format, all files at once or none.
 
 Formats: OpenAI prompt/completion (``{"prompt", "completion"}``), chat (``{"messages": [...]}``)
-and raw text (``{"text"}``). Files are staged in a hidden folder beside the output folder and only
-moved into place once every file is complete, so a crash or error leaves no partial outputs.
+and raw text (``{"text"}``). The output folder is staged beside itself and swapped into place
+once every file is complete (:func:`trimtab.files.staged_dir`), so a crash or error leaves no
+partial outputs.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from trimtab.data.checks import OutputFormat
 from trimtab.data.examples import Example, Mode
-from trimtab.errors import OutputExistsError, TrimtabError
+from trimtab.files import check_output, staged_dir
 
 OUTPUT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "report.json")
 
@@ -47,76 +47,42 @@ def jsonl(records: list[dict[str, Any]]) -> str:
 
 def check_output_dir(out_dir: Path, force: bool, names: tuple[str, ...] = OUTPUT_FILES) -> None:
     """Fail before any work if the outputs would overwrite files without --force."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TrimtabError(f"{out_dir}: exists and is not a folder")
-    existing = [name for name in names if (out_dir / name).exists()]
-    if existing and not force:
-        raise OutputExistsError(
-            f"{out_dir}: already holds {', '.join(existing)}; use --force to overwrite"
-        )
+    check_output(out_dir, force, "output", names)
 
 
 def write_atomically(out_dir: Path, files: dict[str, str], force: bool) -> None:
-    """Write every file or none: stage in a sibling temp folder, then move into place.
+    """Write every file or none: the whole folder is staged beside ``out_dir`` and swapped in.
 
-    Into an existing folder, the old files are first moved aside and restored if any step
-    fails, so the folder holds either all old or all new outputs.
+    Files of an existing folder that are not outputs (notes, other data) are carried over into
+    the staged folder (hard links where possible), so the folder holds either all old or all
+    new outputs, and everything else unchanged.
     """
     check_output_dir(out_dir, force, tuple(files))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out_dir)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent)
-    )
-    try:
+    with staged_dir(out_dir) as staging:
+        if out_dir.is_dir():
+            _carry_over(out_dir, staging, skip=set(files))
         for name, content in files.items():
             with open(staging / name, "w", encoding="utf-8", newline="\n") as f:
                 f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-        if not out_dir.exists():
-            os.rename(staging, out_dir)  # one atomic step for a new folder
-            return
-        _swap_in(staging, out_dir, list(files))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _swap_in(staging: Path, out_dir: Path, names: list[str]) -> None:
-    backup = staging / ".old"
-    backup.mkdir()
-    moved_old: list[str] = []
-    placed: list[str] = []
+def _carry_over(source: Path, target: Path, skip: set[str]) -> None:
+    shutil.copystat(source, target)  # the folder keeps its permissions
+    for entry in source.iterdir():
+        if entry.name in skip:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target / entry.name, symlinks=True, copy_function=_link)
+        else:
+            _link(entry, target / entry.name)
+
+
+def _link(source: Path | str, target: Path | str) -> None:
+    """The same file under a second name (no copy, same time stamps); a copy where links fail."""
+    if Path(source).is_symlink():
+        shutil.copy2(source, target, follow_symlinks=False)
+        return
     try:
-        for name in names:
-            if (out_dir / name).exists():
-                os.replace(out_dir / name, backup / name)
-                moved_old.append(name)
-        # report.json last: a report always describes data files already in place.
-        for name in sorted(names, key=lambda n: n == "report.json"):
-            os.replace(staging / name, out_dir / name)
-            placed.append(name)
-    except BaseException:
-        for name in placed:
-            (out_dir / name).unlink(missing_ok=True)
-        for name in moved_old:
-            os.replace(backup / name, out_dir / name)
-        raise
-
-
-def _remove_stale_staging(out_dir: Path) -> None:
-    """Staging folders of processes that died mid-write (their pid is in the name)."""
-    for path in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
-        pid = path.name.removeprefix(f".{out_dir.name}.partial-").split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

@@ -8,8 +8,6 @@ what fine-tuning bought. Models are loaded one at a time, so memory holds one mo
 
 from __future__ import annotations
 
-import json
-import re
 import shlex
 import sys
 import time
@@ -33,8 +31,8 @@ from trimtab.evaluation.evaluate import (
     load_for_eval,
 )
 from trimtab.evaluation.prompts import Shot, pick_shots, strip_separator
-from trimtab.training.export import model_folder
-from trimtab.training.run import RunFolder
+from trimtab.files import check_output
+from trimtab.models.runs import RunFolder
 
 Mode = Literal["score", "generate", "both"]
 
@@ -104,16 +102,8 @@ def run_eval(options: EvalOptions, *, say: Callable[[str], None] = print) -> dic
     """Evaluate every model; returns the report (and writes its folder if ``options.out``)."""
     from trimtab.evaluation.report import comparison_table, write_report
 
-    if (
-        options.out is not None
-        and options.out.exists()
-        and any(options.out.iterdir())
-        and not options.force
-    ):
-        from trimtab.errors import OutputExistsError
-
-        # Checked before an hour of evaluation, not after it.
-        raise OutputExistsError(f"{options.out}: already exists; use --force to replace it")
+    if options.out is not None:  # checked before an hour of evaluation, not after it
+        check_output(options.out, options.force, "report")
     check_model_refs(options.models)
     data = load_eval_data(options.data, limit=options.limit)
     say(
@@ -166,7 +156,7 @@ def _with_baselines(options: EvalOptions, say: Callable[[str], None]) -> list[st
 def _run_meta(path: Path) -> dict[str, Any] | None:
     """A fine-tuned model's trimtab.json, or None for a base model."""
     try:
-        return json.loads((model_folder(path) / "trimtab.json").read_text(encoding="utf-8"))
+        return RunFolder(path).meta()
     except TrimtabError:
         return None
 
@@ -197,7 +187,7 @@ def _candidates(
 
 
 def _shots(data: EvalData, k: int, seed: int) -> list[Shot]:
-    from trimtab.training.batches import read_examples
+    from trimtab.data.prepared import read_examples
 
     assert data.train is not None and data.labels is not None
     examples = [
@@ -219,7 +209,11 @@ def _evaluate(
 
     sampling = SamplingParams.from_options(options.sampling) if options.sampling else None
     bf16 = {"auto": None, "bf16": True, "fp32": False}[options.precision]
-    common = {"bf16": bf16, "batch_size": options.batch_size, "max_length": options.max_length}
+    common: dict[str, Any] = {
+        "bf16": bf16,
+        "batch_size": options.batch_size,
+        "max_length": options.max_length,
+    }
     label = _label(model, candidate)
     outcomes: list[Outcome] = []
     if data.labels is not None:
@@ -326,13 +320,13 @@ def _row(model: EvalModel, candidate: Candidate, label: str, outcome: Outcome) -
 
 def check_model_refs(refs: list[str]) -> None:
     """Fail before loading anything if a model is neither a run nor a known base model."""
-    from trimtab.models.registry import KNOWN_MODELS
+    from trimtab.models.registry import KNOWN_MODELS, is_hub_id
 
     def missing(ref: str) -> bool:
         if Path(ref).exists() or ref in KNOWN_MODELS:
             return False
         # owner/name may be a hub id; a path whose folder exists is a local path, mistyped.
-        return not re.fullmatch(r"[\w.-]+/[\w.-]+", ref) or Path(ref).parent.exists()
+        return not is_hub_id(ref) or Path(ref).parent.exists()
 
     bad = [r for r in refs if missing(r)]
     if bad:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from trimtab.data.examples import head_text, looks_like_classification
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.metrics import (
     ClassificationReport,
@@ -31,9 +32,9 @@ from trimtab.evaluation.metrics import (
     sort_labels,
 )
 from trimtab.evaluation.prompts import Shot, baseline_prompts, parse_label, strip_separator
-from trimtab.evaluation.scoring import classify_logits, score_labels
-
-MAX_LABELS = 50  # more distinct completions than this is open-ended text, not classification
+from trimtab.models.batching import bf16_available
+from trimtab.models.scoring import classify_logits, language_model_loss, score_labels
+from trimtab.models.tasks import Task
 
 
 @dataclass
@@ -43,7 +44,7 @@ class EvalModel:
     model: Any
     tokenizer: Any
     name: str
-    task: str  # "sft" / "lm" (language model: label scoring) or "classify" (a head)
+    task: Task  # sft / lm (a language model: label scoring) or classify (a head)
     labels: list[str] | None  # the head's labels, in its order (classify)
     base_model: str | None = None  # for a fine-tuned run: the model it started from
     method: str | None = None  # for a fine-tuned run: full, freeze or lora
@@ -82,7 +83,7 @@ class EvalData:
 
 def load_eval_data(data: Path, *, limit: int | None = None) -> EvalData:
     """A prepared folder (its ``test.jsonl``, else ``valid.jsonl``) or a JSONL file."""
-    from trimtab.training.batches import detect_format, read_examples
+    from trimtab.data.prepared import detect_format, read_examples
 
     data = Path(data)
     folder = data if data.is_dir() else data.parent
@@ -108,10 +109,9 @@ def load_eval_data(data: Path, *, limit: int | None = None) -> EvalData:
         meta = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     labels = None
     if fmt == "prompt-completion":
-        distinct = {r.fields["completion"].strip() for r in records}
-        by_report = meta.get("task") == "classification"
-        if by_report or (len(distinct) <= min(MAX_LABELS, len(records) // 2) and len(records) > 1):
-            labels = sort_labels(distinct)
+        completions = [r.fields["completion"] for r in records]
+        if meta.get("task") == "classification" or looks_like_classification(completions):
+            labels = sort_labels({c.strip() for c in completions})
     stop = meta.get("stop")
     completions = [r.fields["completion"] for r in records] if fmt == "prompt-completion" else []
     train = folder / "train.jsonl"
@@ -128,59 +128,38 @@ def load_eval_data(data: Path, *, limit: int | None = None) -> EvalData:
 
 
 def load_for_eval(name_or_run: str | Path, *, device: str | None = None) -> EvalModel:
-    """A fine-tuned run (its folder or ``final/``), or a base model by name or folder."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    """A fine-tuned run (its folder or ``final/``), or a base model by name or folder.
 
+    A LoRA run is evaluated as its adapter on the base model (PEFT, not merged), as trained.
+    """
     from trimtab.models.loading import load_model
-    from trimtab.training.export import model_folder
+    from trimtab.models.registry import resolve_model
 
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    path = Path(name_or_run)
-    try:
-        folder = model_folder(path)
-    except TrimtabError:
-        folder = None
-    if folder is None:  # a base model: a language model scored zero- or few-shot
-        loaded = load_model(str(name_or_run), "causal-lm")
+    resolved = resolve_model(name_or_run)
+    if resolved.run_meta is None:  # a base model: a language model scored zero- or few-shot
+        loaded = load_model(name_or_run, "lm")
         return EvalModel(
             loaded.model.to(target).eval(),
-            _with_pad_token(loaded.tokenizer),
+            loaded.tokenizer,
             str(name_or_run),
             "lm",
             None,
             base_model=str(name_or_run),
         )
-    meta = json.loads((folder / "trimtab.json").read_text(encoding="utf-8"))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if (folder / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        task = "classify" if meta["task"] == "classify" else "causal-lm"
-        base = load_model(meta["base_model"], task, labels=meta.get("labels")).model
-        model = PeftModel.from_pretrained(base, folder)
-    elif meta["task"] == "classify":
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(folder)
-    run = folder.parent if folder.name in ("final", "best") else folder
+    meta = resolved.run_meta
+    loaded = load_model(name_or_run, meta["task"], adapter="keep")
+    folder = loaded.source_path
     return EvalModel(
-        model.to(target).eval(),
-        _with_pad_token(tokenizer),
+        loaded.model.to(target).eval(),
+        loaded.tokenizer,
         str(name_or_run),
         meta["task"],
-        meta.get("labels"),
+        loaded.labels,
         base_model=meta.get("base_model"),
         method=meta.get("method"),
-        run=run,
+        run=folder.parent if folder.name in ("final", "best") else folder,
     )
-
-
-def _with_pad_token(tokenizer: Any) -> Any:
-    # Batches are padded by hand (left for scoring and generation, so rows end together);
-    # they only need a pad id.
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 @dataclass
@@ -202,8 +181,7 @@ class Outcome:
 
 
 def default_bf16(model: Any) -> bool:
-    from trimtab.training.loop import bf16_available
-
+    """bf16 autocast where the model's device runs it fast."""
     return bf16_available(next(model.parameters()).device)
 
 
@@ -256,7 +234,7 @@ def evaluate_classification(
         scores = classify_logits(
             model.model,
             model.tokenizer,
-            data.prompts,
+            [head_text(p) for p in data.prompts],  # as training gave them to the head
             batch_size=batch_size,
             max_length=max_length,
             bf16=bf16,
@@ -300,7 +278,7 @@ def evaluate_classification(
     if scores is not None and len(scores):
         median = median_decision(scores, labels)
         if median is not None:
-            by_median = classification_report(gold, median, report.labels)
+            by_median = classification_report(gold, list[str | None](median), report.labels)
             report.extra["median_decision"] = {
                 "accuracy": by_median.accuracy,
                 "mae": by_median.mae,
@@ -414,23 +392,24 @@ def evaluate_language_model(
     assistant turns); plain text on every token, one sequence per document so the figure does
     not depend on how documents would be packed.
     """
-    from trimtab.training import batches
-    from trimtab.training.loop import Objective
-    from trimtab.training.trainer import evaluate
+    from trimtab.data.prepared import encode_lm, encode_sft
 
     if model.task == "classify":
         raise TrimtabError(f"{model.name}: a classification head has no language-model loss")
     bf16 = default_bf16(model.model) if bf16 is None else bf16
     start = time.perf_counter()
     if data.format == "text":
-        items = batches.encode_lm(data.records, model.tokenizer, max_length, pack=False)
+        items = encode_lm(data.records, model.tokenizer, max_length, pack=False)
     else:
-        items = batches.encode_sft(data.records, model.tokenizer, max_length)
-    device = next(model.model.parameters()).device
-    pad = model.tokenizer.pad_token_id
-    scores = evaluate(Objective(model.model, causal=True), items, pad, device, bf16, batch_size)
-    tokens = sum(sum(1 for t in e.labels[1:] if t != batches.IGNORE) for e in items)
-    loss = scores["valid_loss"]
+        items = encode_sft(data.records, model.tokenizer, max_length)
+    scored = language_model_loss(
+        model.model,
+        [(e.input_ids, e.labels) for e in items],
+        model.tokenizer.pad_token_id,
+        batch_size=batch_size,
+        bf16=bf16,
+    )
+    loss = scored.loss
     return Outcome(
         "loss",
         len(items),
@@ -438,7 +417,7 @@ def evaluate_language_model(
         language_model={
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
-            "tokens": tokens,
-            "token_accuracy": scores["valid_accuracy"],
+            "tokens": scored.tokens,
+            "token_accuracy": scored.token_accuracy,
         },
     )

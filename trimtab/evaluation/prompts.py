@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trimtab.models.chat import has_chat_template
+
 DEFAULT_INSTRUCTION = "Classify the text. Answer with exactly one of these labels: {labels}."
 
 
@@ -59,10 +61,6 @@ def pick_shots(
         turn += 1
     rng.shuffle(shots)
     return shots
-
-
-def has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
 
 
 def instruction_for(labels: Sequence[str], instruction: str | None) -> str:

@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
-from trimtab.errors import OutputExistsError
-from trimtab.files import staged_dir
+from trimtab.files import check_output, staged_dir
 
 DASH = "—"  # a missing value, in tables and fields
 
@@ -61,7 +60,7 @@ _Block = _Heading | _Fields | _Table | _Image
 # --- formatting ---------------------------------------------------------------------------
 
 
-def _is_num(value: Any) -> bool:
+def _is_num(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -77,8 +76,9 @@ def _int(value: Any) -> str:
 
 def _ci(classification: dict[str, Any]) -> tuple[float, float] | None:
     ci = classification.get("accuracy_ci95")  # a list once read back from report.json
-    ok = isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_num(x) for x in ci)
-    return (ci[0], ci[1]) if ok else None
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_num(x) for x in ci):
+        return (ci[0], ci[1])
+    return None
 
 
 def _accuracy(classification: dict[str, Any]) -> str:
@@ -128,7 +128,7 @@ def _comparison(report: dict[str, Any]) -> _Table:
         "Model",
         "Kind",
         "Mode",
-        "N",
+        "n",  # examples evaluated for this row: baselines may see fewer (--baseline-limit)
         "Accuracy [95% CI]",
         "Macro-F1",
         "MAE",
@@ -581,10 +581,7 @@ def write_report(report: dict[str, Any], out: Path, *, force: bool = False) -> P
     only with ``force``; otherwise OutputExistsError. Returns ``out``.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"{out}: exists and is not empty; use --force to replace it")
+    check_output(out, force, "report")
     with staged_dir(out) as tmp:
         (tmp / "report.json").write_text(
             json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

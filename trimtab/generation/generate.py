@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from trimtab.errors import ConfigError
 from trimtab.generation.sampling import SamplingParams
+from trimtab.models.batching import left_pad
 
 if TYPE_CHECKING:
     import torch
@@ -92,27 +93,6 @@ def generate(
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
-
-
-def left_pad(
-    rows: list[list[int]], pad: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``input_ids``, ``attention_mask`` and ``position_ids`` of rows padded on the left.
-
-    Left padding puts every row's last token in the last column, so one logits row per row
-    comes out and new tokens are appended in one column for all. Positions count real tokens
-    only: padding must not shift a row's positions.
-    """
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
 
 
 def _device(model: Any) -> torch.device:

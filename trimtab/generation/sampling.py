@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,30 +50,35 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(
-        1.0, ge=0, le=2, description="randomness of sampling; 0 = greedy (deterministic)"
+        default=1.0, ge=0, le=2, description="randomness of sampling; 0 = greedy (deterministic)"
     )
     top_p: float = Field(
-        1.0,
+        default=1.0,
         gt=0,
         le=1,
         description="nucleus sampling: sample from the smallest set of most likely tokens "
         "whose probabilities add up to top_p",
     )
-    max_tokens: int = Field(16, ge=1, description="the most tokens to generate per completion")
+    max_tokens: int = Field(
+        default=16, ge=1, description="the most tokens to generate per completion"
+    )
     stop: str | list[str] | None = Field(
-        None,
+        default=None,
         description=f"up to {MAX_STOP} sequences where generation stops (not included in the text)",
     )
     frequency_penalty: float = Field(
-        0.0, ge=-2, le=2, description="penalise tokens by how often they were already generated"
+        default=0.0,
+        ge=-2,
+        le=2,
+        description="penalise tokens by how often they were already generated",
     )
     presence_penalty: float = Field(
-        0.0, ge=-2, le=2, description="penalise tokens that were already generated at all"
+        default=0.0, ge=-2, le=2, description="penalise tokens that were already generated at all"
     )
-    seed: int | None = Field(None, description="the same seed gives the same samples")
-    n: int = Field(1, ge=1, le=16, description="completions to generate for each prompt")
+    seed: int | None = Field(default=None, description="the same seed gives the same samples")
+    n: int = Field(default=1, ge=1, le=16, description="completions to generate for each prompt")
     logit_bias: dict[Annotated[int, Field(ge=0)], Bias] | None = Field(
-        None, description="token id -> bias (-100..100) added to its logit"
+        default=None, description="token id -> bias (-100..100) added to its logit"
     )
 
     @field_validator("stop")
@@ -123,7 +128,8 @@ def range_text(name: str) -> str:
 
 
 def _describe(metadata: list[Any]) -> str:
-    low = high = None
+    low: tuple[str, Any] | None = None
+    high: tuple[str, Any] | None = None
     for m in metadata:
         if isinstance(m, Ge):
             low = ("ge", m.ge)
@@ -184,7 +190,7 @@ def _problems(error: ValidationError) -> list[str]:
 
 
 def _bias_meta() -> list[Any]:
-    return Bias.__metadata__[0].metadata
+    return get_args(Bias)[1].metadata  # Annotated[float, Field(...)]: the Field's bounds
 
 
 # --- argparse ------------------------------------------------------------------------------

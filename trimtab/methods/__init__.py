@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from trimtab.methods.method import (
+    METHOD_TYPES,
+    TrainingMethod,
+    frozen_linears_to_bf16,
+    method_for,
+)
 from trimtab.methods.trainable import (
     METHODS,
     Method,
     MethodSpec,
     apply_method,
     merge_lora,
+    no_progress_bars,
     save_trainable,
     trainable_parameters,
     transformer_layers,
@@ -26,11 +33,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHODS",
+    "METHOD_TYPES",
     "FrozenTrunk",
     "Method",
     "MethodSpec",
+    "TrainingMethod",
     "apply_method",
+    "frozen_linears_to_bf16",
     "merge_lora",
+    "method_for",
+    "no_progress_bars",
     "save_trainable",
     "trainable_parameters",
     "transformer_layers",

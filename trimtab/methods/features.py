@@ -47,16 +47,17 @@ any other architecture the training loop runs the frozen trunk at every step ins
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from trimtab.errors import TrimtabError
+from trimtab.models.tasks import Task, is_generative
 
-Task = Literal["causal-lm", "classify"]
+Kind = Literal["causal", "classify"]  # what the head does: next-token logits or class logits
 
 
-def _families() -> dict[type, tuple[str, Task]]:
+def _families() -> dict[type, tuple[str, Kind]]:
     """Model classes whose forward glue :class:`FrozenTrunk` reproduces: class -> (family, task)."""
     from transformers import (
         BertForSequenceClassification,
@@ -65,7 +66,7 @@ def _families() -> dict[type, tuple[str, Task]]:
     )
 
     return {
-        LlamaForCausalLM: ("llama", "causal-lm"),
+        LlamaForCausalLM: ("llama", "causal"),
         LlamaForSequenceClassification: ("llama", "classify"),
         BertForSequenceClassification: ("bert", "classify"),
     }
@@ -94,14 +95,14 @@ class FrozenTrunk:
                 f"FrozenTrunk does not support {type(model).__name__}; check "
                 f"FrozenTrunk.supported() and run the whole model instead"
             )
-        family, model_task = _families()[type(model)]
-        if task != model_task:
+        family, kind = _families()[type(model)]
+        if ("causal" if is_generative(task) else "classify") != kind:
             raise TrimtabError(f"task {task} does not fit a {type(model).__name__}")
-        self.model = model
+        self.model: Any = model  # transformers classes: attributes nn.Module can't type
         self.family = family
-        self.task: Task = task
+        self.task: Kind = kind
         self.autocast_dtype = autocast_dtype
-        self.base = model.base_model
+        self.base: Any = self.model.base_model
         self.layers = self._blocks()
         count = len(self.layers)
         if not 0 <= trainable_layers <= count:
@@ -127,13 +128,14 @@ class FrozenTrunk:
         family = _families().get(type(model))
         if family is None:
             return False
-        config = model.config
+        hf: Any = model
+        config = hf.config
         if family[0] == "bert":
             # a decoder or cross-attending BERT needs other masks; the classifier reads the pooler
             return (
                 not config.is_decoder
                 and not getattr(config, "add_cross_attention", False)
-                and model.bert.pooler is not None
+                and hf.bert.pooler is not None
             )
         return True
 
@@ -208,7 +210,7 @@ class FrozenTrunk:
 
     def _llama_top(self, features, attention_mask, input_ids):
         hidden = self._llama_run(features, attention_mask, self.layers[self.split :])
-        if self.task == "causal-lm":
+        if self.task == "causal":
             return self.base.norm(hidden)
         if self.trainable_layers > 0:  # features hold every position: pool as the model does
             rows = torch.arange(hidden.shape[0], device=hidden.device)

@@ -26,13 +26,13 @@ So ``freeze`` on a causal LM with tied embeddings *unties* them: ``lm_head`` get
 the weight and ``config.tie_word_embeddings`` becomes False, so only the head trains and the
 embeddings stay as they were. The model's outputs are unchanged by the untying itself; the cost
 is one more vocabulary-sized matrix in the saved model (for SmolLM2-135M 49152 x 576, 28M
-parameters), which every loader (transformers, vLLM, llama.cpp) reads from ``config.json``.
+parameters), which the loader reads from ``config.json`` (``tie_word_embeddings``).
 
 Saving
 ------
 :func:`save_trainable` writes what a checkpoint or final model needs: for ``lora`` the PEFT
-adapter format (``adapter_config.json`` + ``adapter_model.safetensors``) that PEFT, vLLM and
-LoRAX load unchanged; for ``full`` and ``freeze`` the whole model as ``save_pretrained`` writes
+adapter format (``adapter_config.json`` + ``adapter_model.safetensors``) that PEFT loads;
+for ``full`` and ``freeze`` the whole model as ``save_pretrained`` writes
 it (``config.json`` + safetensors). :func:`merge_lora` folds an adapter into its base model for
 ``trimtab export --merge``.
 
@@ -43,36 +43,56 @@ torch, transformers and peft are imported inside the functions: importing this m
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from trimtab.errors import ConfigError, TrimtabError
+from trimtab.models.tasks import TASKS, Task, is_generative
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
 Method = Literal["full", "freeze", "lora"]
-Task = Literal["causal-lm", "classify"]
 METHODS: tuple[Method, ...] = ("full", "freeze", "lora")
-TASKS: tuple[Task, ...] = ("causal-lm", "classify")
 
 # A base-model child whose name holds this is on the input side (BLOOM's
 # word_embeddings_layernorm), never part of the final norm.
 _EMBEDDING_HINT = "emb"
 
 
+LORA_BIAS = ("none", "all", "lora_only")
+# PEFT's named initialisations (besides true: Kaiming A, zero B; false: random B, for tests);
+# "pissa_niter_N" (fast PiSSA with N subspace iterations) is accepted too.
+INIT_LORA_WEIGHTS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """How to fine-tune: which method, and its options (the others are ignored)."""
+    """How to fine-tune: which method, and its options (the others are ignored).
+
+    The one set of defaults: the training config's ``method`` section takes them from here.
+    The LoRA options mean what PEFT's ``LoraConfig`` options of the same name mean
+    (``lora_bias`` is its ``bias``); ``modules_to_save`` adds to the classification head,
+    which trimtab always trains in full.
+    """
 
     name: Method = "lora"
     trainable_layers: int = 0  # freeze: top N transformer layers that train (0 = head only)
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    # PEFT's default. On a CPU, dropout's random mask on every LoRA input cost as much as the
+    # matmuls (measured: 4.8 s of an 8 s forward on SmolLM2); set it where data is scarce.
+    lora_dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
+    lora_bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: bool | str = True
+    modules_to_save: list[str] | None = None
 
     def problems(self) -> list[str]:
         """Every problem with these options, as messages a user can act on (empty if none)."""
@@ -88,21 +108,39 @@ class MethodSpec:
                 f"got {self.trainable_layers!r}"
             )
         if self.name == "lora":
-            if not isinstance(self.lora_r, int) or self.lora_r < 1:
-                found.append(f"lora_r: must be a whole number >= 1, got {self.lora_r!r}")
-            if not self.lora_alpha > 0:
-                found.append(f"lora_alpha: must be > 0, got {self.lora_alpha!r}")
-            if not 0 <= self.lora_dropout < 1:
-                found.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
-            targets = self.target_modules
-            if isinstance(targets, str):
-                if not targets.strip():
-                    found.append("target_modules: empty; give module names or 'all-linear'")
-            elif not targets or not all(isinstance(t, str) and t.strip() for t in targets):
-                found.append(
-                    f"target_modules: give a non-empty list of module names (e.g. q_proj, v_proj) "
-                    f"or 'all-linear', got {targets!r}"
-                )
+            found += self._lora_problems()
+        return found
+
+    def _lora_problems(self) -> list[str]:
+        found: list[str] = []
+        if not isinstance(self.lora_r, int) or self.lora_r < 1:
+            found.append(f"lora_r: must be a whole number >= 1, got {self.lora_r!r}")
+        if not self.lora_alpha > 0:
+            found.append(f"lora_alpha: must be > 0, got {self.lora_alpha!r}")
+        if not 0 <= self.lora_dropout < 1:
+            found.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
+        targets = self.target_modules
+        if isinstance(targets, str):
+            if not targets.strip():
+                found.append("target_modules: empty; give module names or 'all-linear'")
+        elif not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+            found.append(
+                f"target_modules: give a non-empty list of module names (e.g. q_proj, v_proj) "
+                f"or 'all-linear', got {targets!r}"
+            )
+        if self.lora_bias not in LORA_BIAS:
+            found.append(f"lora_bias: one of {', '.join(LORA_BIAS)}, got {self.lora_bias!r}")
+        init = self.init_lora_weights
+        if isinstance(init, str) and not (
+            init in INIT_LORA_WEIGHTS or init.removeprefix("pissa_niter_").isdigit()
+        ):
+            found.append(
+                f"init_lora_weights: true, false or one of {', '.join(INIT_LORA_WEIGHTS)}, "
+                f"got {init!r}"
+            )
+        saved = self.modules_to_save
+        if saved is not None and not all(isinstance(m, str) and m.strip() for m in saved):
+            found.append(f"modules_to_save: give a list of module names, got {saved!r}")
         return found
 
 
@@ -177,19 +215,36 @@ def save_trainable(model: torch.nn.Module, folder: Path) -> None:
     """Write what a checkpoint or the final model needs into ``folder`` (created if absent).
 
     LoRA: the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``; for
-    classification it also holds the trained head), loadable by ``PeftModel.from_pretrained``,
-    vLLM and LoRAX. full / freeze: the whole model (``config.json`` + safetensors).
+    classification it also holds the trained head), loadable by ``PeftModel.from_pretrained``.
+    full / freeze: the whole model (``config.json`` + safetensors).
     The tokenizer is not written here. Files are written in place: a caller that needs a
     crash-proof checkpoint writes into a temporary folder and renames it.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if _is_peft(model):
-        # save_embedding_layers=False: trimtab never resizes embeddings, and "auto" would look the
-        # base model up on the hub to compare vocabulary sizes.
-        model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
-    else:
-        model.save_pretrained(str(folder))
+    hf: Any = model  # a transformers or PEFT model: save_pretrained is theirs
+    with no_progress_bars():  # trimtab's own progress bar is the only one
+        if _is_peft(model):
+            # save_embedding_layers=False: trimtab never resizes embeddings, and "auto" would
+            # look the base model up on the hub to compare vocabulary sizes.
+            hf.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
+        else:
+            hf.save_pretrained(str(folder))
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """transformers' own progress bars off for the duration ("Writing model shards" at every
+    save_pretrained), then back as they were."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def merge_lora(model: torch.nn.Module) -> PreTrainedModel:
@@ -202,7 +257,8 @@ def merge_lora(model: torch.nn.Module) -> PreTrainedModel:
             f"--merge needs a LoRA model, but this is a plain {type(model).__name__} "
             f"(trained with method 'full' or 'freeze'); export it without --merge"
         )
-    return model.merge_and_unload()
+    peft_model: Any = model
+    return peft_model.merge_and_unload()
 
 
 # --- freeze --------------------------------------------------------------------------------
@@ -216,8 +272,8 @@ def _freeze(model: torch.nn.Module, n: int, task: Task) -> torch.nn.Module:
             f"trainable_layers: {n} is more than the {count} transformer layers of "
             f"{type(model).__name__}; choose 0 to {count} (0 trains only the head)"
         )
-    if task == "causal-lm" and _has_tied_head(model):
-        untie_head(model)
+    if is_generative(task) and _has_tied_head(model):
+        untie_head(model)  # type: ignore[arg-type]  # a causal LM is a PreTrainedModel
     for param in model.parameters():
         param.requires_grad_(False)
     for module in [*layers[count - n :], *_final_modules(model, layers), *_head_modules(model)]:
@@ -310,14 +366,19 @@ def _lora(model: torch.nn.Module, spec: MethodSpec, task: Task) -> torch.nn.Modu
 
     targets = spec.target_modules
     targets = targets.strip() if isinstance(targets, str) else [t.strip() for t in targets]
-    head = _head_names(model) if task == "classify" else None
+    head = _head_names(model) if task == "classify" else []
+    saved = list(dict.fromkeys([*head, *(spec.modules_to_save or [])]))  # a copy: peft extends it
     config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+        task_type=TaskType.SEQ_CLS if task == "classify" else TaskType.CAUSAL_LM,
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=spec.lora_dropout,
         target_modules=targets,
-        modules_to_save=list(head) if head else None,  # a copy: peft extends the list
+        bias=spec.lora_bias,
+        use_rslora=spec.use_rslora,
+        use_dora=spec.use_dora,
+        init_lora_weights=spec.init_lora_weights,  # type: ignore[arg-type]
+        modules_to_save=saved or None,
     )
     try:
         with warnings.catch_warnings():  # peft 0.21 calls an API that transformers 5 deprecates
@@ -368,16 +429,17 @@ def _is_peft(model: object) -> bool:
 
 
 def _unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if _is_peft(model) else model
+    peft_model: Any = model
+    return peft_model.get_base_model() if _is_peft(model) else model
 
 
 def _check_task(model: torch.nn.Module, task: Task) -> None:
     """A causal LM needs an output head; classification needs a head besides the base model."""
     kind = type(model).__name__
-    if task == "causal-lm":
+    if is_generative(task):
         if not _has_lm_head(model):
             raise TrimtabError(
-                f"task causal-lm needs a model with a language-model head, but {kind} has none "
+                f"task {task} needs a model with a language-model head, but {kind} has none "
                 f"(an encoder such as BERT can only be used for classification)"
             )
     elif not _head_names(model) or _has_lm_head(model):

@@ -6,8 +6,10 @@ Three sources are listed:
   weights load offline without work: the package is installed and, for a GGUF-packaged model,
   the fp32 conversion is in the cache;
 - ``hub``: hub models already downloaded into the cache by :func:`pull` or a load;
-- ``run``: fine-tuned runs under a runs folder, each ``<runs_dir>/<run>/`` holding ``run.json``
-  (at least ``base_model``, ``task``, ``method``, ``status``) and, once done, ``final/``.
+- ``run``: fine-tuned runs under a runs folder, read through
+  :class:`~trimtab.models.runs.RunFolder` (``run.json`` with at least ``base_model``, ``task``,
+  ``method``, ``status``; once done, ``final/``). A run whose run.json says "running" but whose
+  lock no process holds is listed as "interrupted (process gone)".
 """
 
 from __future__ import annotations
@@ -16,21 +18,22 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trimtab.errors import TrimtabError
-from trimtab.models.loading import WEIGHTS_PART, _cache_part, ensure_weights
+from trimtab.models.loading import ensure_weights
 from trimtab.models.registry import (
     KNOWN_MODELS,
+    WEIGHTS_PART,
     ModelSpec,
-    _part_is_complete,
     cache_dir,
     resolve_model,
+    weights_part,
 )
+from trimtab.models.runs import RunFolder
 
 _log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-RUN_FINAL = "final"
 _RUN_FIELDS = ("base_model", "task", "method", "status")
 
 
@@ -47,7 +50,7 @@ class CatalogEntry:
     base_model: str | None = None  # runs only
     method: str | None = None  # runs only
     task: str | None = None  # runs only
-    status: str | None = None  # runs only: "completed", "running", "failed", ...
+    status: str | None = None  # runs only: "completed", "running", "failed", ... (RunFolder.status)
 
 
 def list_models(runs_dir: Path) -> list[CatalogEntry]:
@@ -77,9 +80,9 @@ def _known_entry(spec: ModelSpec) -> CatalogEntry:
         resolved = resolve_model(spec.name)  # finds the package without importing it
     except TrimtabError:  # not installed or damaged: pull (or the load) says how to fix it
         resolved = None
-    part = _cache_part(resolved) if resolved is not None else None
+    part = weights_part(resolved) if resolved is not None else None
     if part is not None:  # ready once converted: the marker is what the loader trusts too
-        path = part[0] if _part_is_complete(*part) else None
+        path = part.folder if part.complete else None
     elif resolved is not None:
         path = resolved.path
     return CatalogEntry(spec.name, spec.kind, "package", path is not None, path, spec.description)
@@ -122,49 +125,47 @@ def _run_entries(runs_dir: Path) -> list[CatalogEntry]:
     if not runs_dir.is_dir():
         return []
     entries = []
-    for run_file in sorted(runs_dir.glob(f"*/{RUN_FILE}")):
-        run = _read_run(run_file)
-        if run is None:
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        run = RunFolder(folder)
+        info = _read_run(run)
+        if info is None:
             continue
-        folder = run_file.parent
-        final = folder / RUN_FINAL
-        status, base = str(run["status"]), str(run["base_model"])
-        ready = status == "completed" and final.is_dir()
+        status, base = run.status(), str(info["base_model"])
+        ready = status == "completed" and run.final.is_dir()
         spec = KNOWN_MODELS.get(base)
-        kind = str(run.get("kind") or (spec.kind if spec else "unknown"))
-        description = run.get("description")
+        kind = str(info.get("kind") or (spec.kind if spec else "unknown"))
+        description = info.get("description")
         if not isinstance(description, str):
-            description = f"{run['method']} fine-tune of {base} ({run['task']}), {status}"
+            description = f"{info['method']} fine-tune of {base} ({info['task']}), {status}"
         entries.append(
             CatalogEntry(
                 name=folder.name,
                 kind=kind,
                 source="run",
                 ready=ready,
-                path=final if ready else folder,
+                path=run.final if ready else folder,
                 description=description,
                 base_model=base,
-                method=str(run["method"]),
-                task=str(run["task"]),
+                method=str(info["method"]),
+                task=str(info["task"]),
                 status=status,
             )
         )
     return entries
 
 
-def _read_run(run_file: Path) -> dict | None:
+def _read_run(run: RunFolder) -> dict[str, Any] | None:
     # run.json is written by a training process that may be running or may have crashed: a bad
     # file hides that one run, never the whole list
+    if not run.info_file.is_file():
+        return None  # not a run folder
     try:
-        run = json.loads(run_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        _log.warning("skipping %s: unreadable (%s)", run_file, exc)
+        info = run.info()
+    except (OSError, TrimtabError) as exc:
+        _log.warning("skipping %s: unreadable (%s)", run.info_file, exc)
         return None
-    if not isinstance(run, dict):
-        _log.warning("skipping %s: not a JSON object", run_file)
-        return None
-    missing = [field for field in _RUN_FIELDS if run.get(field) in (None, "")]
+    missing = [field for field in _RUN_FIELDS if info.get(field) in (None, "")]
     if missing:
-        _log.warning("skipping %s: missing %s", run_file, ", ".join(missing))
+        _log.warning("skipping %s: missing %s", run.info_file, ", ".join(missing))
         return None
-    return run
+    return info

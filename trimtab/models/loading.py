@@ -1,4 +1,4 @@
-"""Load a base model for fine-tuning: fp32 weights on CPU, in training mode, with its tokenizer.
+"""Load a model for a task: a base model to fine-tune, or a fine-tuned run, with its tokenizer.
 
 Where the weights are read from (names resolve as in :mod:`trimtab.models.registry`):
 
@@ -7,8 +7,11 @@ Where the weights are read from (names resolve as in :mod:`trimtab.models.regist
   cache part ``model_cache_dir(name)/"weights"``; every load then reads that folder (~1 s);
 - a known model shipped as a Hugging Face folder (``minilm-l6``), or a local folder: read in place;
 - a hub id ``owner/name``: downloaded once into ``model_cache_dir("owner--name")/"weights"``
-  (online users only).
+  (online users only);
+- a fine-tuned run (its folder or ``final/``): full weights read from ``final/``, or its LoRA
+  adapter put on its base model (merged, trainable or kept as a PEFT model: ``adapter``).
 
+Every model comes out in fp32 with a tokenizer that has a pad token and pads on the right.
 Cache parts are built atomically with a ``.complete`` marker, exactly like the tokenizer part.
 """
 
@@ -18,33 +21,34 @@ import functools
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from trimtab.errors import TrimtabError
 from trimtab.models.registry import (
     KNOWN_MODELS,
+    WEIGHTS_PART,
     ResolvedModel,
-    _first_line,
-    _part_is_complete,
-    _quiet_transformers,
-    _write_part,
+    first_line,
     load_tokenizer,
-    model_cache_dir,
+    quiet_transformers,
     resolve_model,
+    weights_part,
 )
+from trimtab.models.tasks import Task, check_task, is_generative
 
 if TYPE_CHECKING:  # transformers is imported lazily: it costs seconds and the CLI must start fast
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 _log = logging.getLogger(__name__)
 
-Task = Literal["causal-lm", "classify"]
-TASKS: tuple[Task, ...] = ("causal-lm", "classify")
-WEIGHTS_PART = "weights"
+Adapter = Literal["merge", "train", "keep"]
+ADAPTERS: tuple[Adapter, ...] = get_args(Adapter)
+__all__ = ["ADAPTERS", "WEIGHTS_PART", "Adapter", "LoadedModel", "ensure_weights", "load_model"]
 # What a hub download keeps: configs, safetensors weights, tokenizer files. Pickled *.bin weights
 # are left out on purpose (loading them can run code), as are ONNX/GGUF/TF copies of the weights.
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
@@ -52,41 +56,118 @@ _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.ji
 
 @dataclass
 class LoadedModel:
-    """A model ready to fine-tune, and what it was made from."""
+    """A model ready to fine-tune or evaluate, and what it was made from."""
 
-    model: PreTrainedModel  # fp32, on CPU, in training mode
+    model: Any  # a transformers model (a PeftModel for adapter "train"/"keep"), fp32, on CPU
     tokenizer: PreTrainedTokenizerBase  # has a pad token; pads on the right
     name: str  # as given by the user
     kind: Literal["decoder", "encoder"]
     source_path: Path  # the Hugging Face folder the weights were read from (model cards, export)
+    task: Task = "sft"
+    labels: list[str] | None = None  # the classification head's labels, in its order
+    run_meta: dict[str, Any] | None = None  # a fine-tuned run's trimtab.json (base_model, ...)
 
 
 class _UnreadableWeights(TrimtabError):
     """transformers could not read a folder; a cache part raising this is rebuilt once."""
 
 
-def load_model(name_or_path: str, task: Task, *, labels: list[str] | None = None) -> LoadedModel:
-    """Load a known model, a local Hugging Face folder or a hub id for ``task``.
+def load_model(
+    name_or_run: str | Path,
+    task: Task,
+    *,
+    labels: list[str] | None = None,
+    adapter: Adapter = "merge",
+) -> LoadedModel:
+    """Load a known model, a local Hugging Face folder, a hub id or a fine-tuned run for ``task``.
 
-    ``causal-lm`` needs a decoder; ``classify`` adds a new classification head with one output
-    per label (``labels`` is required and gives ``id2label``). Raises TrimtabError for anything
-    the user can fix: unknown name, missing package, encoder used for causal-lm, bad folder.
+    ``sft`` and ``lm`` need a decoder (a language-model head); ``classify`` adds a new
+    classification head with one output per label (``labels`` is required and gives
+    ``id2label``). A fine-tuned run keeps its own head and labels; its LoRA adapter is merged
+    into the base weights (``adapter="merge"``), or put on the base as a trainable
+    ``PeftModel`` to continue training (``"train"``) or a frozen one for inference (``"keep"``,
+    returned in eval mode; every other model comes back in training mode). Raises TrimtabError
+    for anything the user can fix: unknown name, missing package, encoder used for sft, bad
+    folder, a run trained for another task.
     """
-    if task not in TASKS:
-        raise TrimtabError(f"unknown task '{task}'; use one of: {', '.join(TASKS)}")
+    task = check_task(task)
+    if adapter not in ADAPTERS:
+        raise TrimtabError(f"unknown adapter mode '{adapter}'; use one of: {', '.join(ADAPTERS)}")
+    resolved = resolve_model(name_or_run)
+    if resolved.source == "run":
+        return _load_run(str(name_or_run), resolved, task, labels, adapter)
     if task == "classify":
         labels = _check_labels(labels)
-    resolved = resolve_model(name_or_path)
+    return _load_base(str(name_or_run), resolved, task, labels)
+
+
+def _load_base(
+    given: str, resolved: ResolvedModel, task: Task, labels: list[str] | None
+) -> LoadedModel:
     folder = _weights_folder(resolved)
     try:
-        return _load(name_or_path, resolved, folder, task, labels)
+        return _load(given, resolved, folder, task, labels)
     except _UnreadableWeights as exc:
         if folder == resolved.path:  # the user's own folder or a package: not ours to rebuild
             raise
         # a cache part damaged after it was written (disk trouble, manual edits): rebuild once
         _log.warning("rebuilding the unreadable cached weights in %s: %s", folder, exc)
         folder = _weights_folder(resolved, rebuild=True)
-        return _load(name_or_path, resolved, folder, task, labels)
+        return _load(given, resolved, folder, task, labels)
+
+
+def _load_run(
+    given: str, resolved: ResolvedModel, task: Task, labels: list[str] | None, adapter: Adapter
+) -> LoadedModel:
+    """A fine-tuned run's model: its full weights, or its LoRA adapter on its base model."""
+    meta, folder = resolved.run_meta or {}, resolved.path
+    assert folder is not None
+    trained_for = meta.get("task")
+    if not isinstance(trained_for, str) or trained_for not in get_args(Task):
+        raise TrimtabError(f"{folder / 'trimtab.json'}: unknown task {trained_for!r}")
+    trained_for = check_task(trained_for)
+    if is_generative(task) != is_generative(trained_for):
+        raise TrimtabError(
+            f"{given} was fine-tuned for task {trained_for}; it cannot be loaded for task {task}"
+        )
+    if task == "classify":
+        run_labels = _check_labels(meta.get("labels"))
+        if labels is not None and list(map(str, labels)) != run_labels:
+            raise TrimtabError(
+                f"{given}: its classification head has the labels {run_labels}, not {labels}"
+            )
+        labels = run_labels
+    if not (folder / "adapter_config.json").is_file():  # full weights: a Hugging Face folder
+        _check_hf_folder(folder)
+        loaded = _load(given, resolved, folder, task, None)
+    else:
+        base = load_model(meta["base_model"], task, labels=labels)
+        loaded = _with_adapter(base, folder, adapter)
+        loaded.name, loaded.source_path = given, folder
+    loaded.task, loaded.labels, loaded.run_meta = task, labels, meta
+    if adapter == "keep":
+        loaded.model.eval()
+    return loaded
+
+
+def _with_adapter(base: LoadedModel, folder: Path, adapter: Adapter) -> LoadedModel:
+    """Put the run's LoRA adapter (and trained head) from ``folder`` on a freshly loaded base."""
+    from peft import PeftModel
+
+    try:
+        with quiet_transformers(), warnings.catch_warnings():
+            # peft 0.21 calls an API that transformers 5 deprecates; nothing for users to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            model = PeftModel.from_pretrained(base.model, folder, is_trainable=adapter == "train")
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise TrimtabError(
+            f"{folder}: could not load the LoRA adapter ({first_line(exc)})"
+        ) from exc
+    if adapter == "merge":
+        model = model.merge_and_unload()
+        model.train()
+    base.model = model
+    return base
 
 
 def ensure_weights(name_or_path: str) -> Path:
@@ -108,27 +189,14 @@ def _check_labels(labels: list[str] | None) -> list[str]:
     return labels
 
 
-def _cache_part(resolved: ResolvedModel) -> tuple[Path, str] | None:
-    """The weights cache part of a model and the marker source it must carry; None: no cache."""
-    if resolved.gguf_file is not None:
-        assert resolved.spec is not None
-        source = f"{resolved.spec.package}:{resolved.gguf_file}"
-        return model_cache_dir(resolved.name) / WEIGHTS_PART, source
-    if resolved.hub_id is not None:
-        name = resolved.hub_id.replace("/", "--")  # one folder level, never a known name
-        return model_cache_dir(name) / WEIGHTS_PART, f"hub:{resolved.hub_id}"
-    return None
-
-
 def _weights_folder(resolved: ResolvedModel, *, rebuild: bool = False) -> Path:
-    part = _cache_part(resolved)
-    if part is None:  # a package or local Hugging Face folder: read in place
+    part = weights_part(resolved)
+    if part is None:  # a package, local Hugging Face folder or run: read in place
         assert resolved.path is not None
         _check_hf_folder(resolved.path)
         return resolved.path
-    target, source = part
-    if not rebuild and _part_is_complete(target, source):
-        return target
+    if not rebuild and part.complete:
+        return part.folder
     if resolved.gguf_file is not None:
         build = functools.partial(_convert_gguf, resolved)
     else:
@@ -141,13 +209,12 @@ def _weights_folder(resolved: ResolvedModel, *, rebuild: bool = False) -> Path:
             )
         build = functools.partial(_download, resolved.hub_id)
     try:
-        _write_part(target, build, source)
+        return part.build(build)
     except OSError as exc:  # unlike the tokenizer, the weights cannot be used without the cache
         raise TrimtabError(
-            f"could not write the weights of '{resolved.name}' to {target}: {exc}. Point "
+            f"could not write the weights of '{resolved.name}' to {part.folder}: {exc}. Point "
             "TRIMTAB_HOME at a writable folder with enough free space."
         ) from exc
-    return target
 
 
 def _convert_gguf(resolved: ResolvedModel, folder: Path) -> None:
@@ -156,10 +223,10 @@ def _convert_gguf(resolved: ResolvedModel, folder: Path) -> None:
     model = _load_gguf_model(resolved.path, resolved.gguf_file)
     # transformers flags a GGUF-loaded model as quantized although its weights are now plain
     # fp32; saved as is, the config would claim a GGUF quantization that the safetensors lack.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # an attribute transformers reads
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with _quiet():
+    with quiet_transformers():
         model.save_pretrained(folder, safe_serialization=True)
     load_tokenizer(resolved.name).save_pretrained(folder)
 
@@ -170,7 +237,7 @@ def _load_gguf_model(folder: Path, filename: str) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     try:
-        with _quiet(), _no_gguf_progress_bar():
+        with quiet_transformers(), _no_gguf_progress_bar():
             return AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=filename, dtype=torch.float32
             )
@@ -186,7 +253,7 @@ def _download(hub_id: str, folder: Path) -> None:
         snapshot_download(hub_id, local_dir=folder, allow_patterns=_HUB_FILES)
     except (OSError, ValueError) as exc:  # hub errors (HTTP, offline, not found) are OSErrors
         raise TrimtabError(
-            f"could not download '{hub_id}' from the Hugging Face hub ({_first_line(exc)}). "
+            f"could not download '{hub_id}' from the Hugging Face hub ({first_line(exc)}). "
             f"Use a known model ({', '.join(KNOWN_MODELS)}) or a local folder."
         ) from exc
     shutil.rmtree(folder / ".cache", ignore_errors=True)  # the hub's own download bookkeeping
@@ -217,15 +284,15 @@ def _load(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     try:
-        with _quiet():
+        with quiet_transformers():
             config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise _UnreadableWeights(
-            f"{folder}: could not read config.json ({_first_line(exc)})"
+            f"{folder}: could not read config.json ({first_line(exc)})"
         ) from exc
     kind = resolved.spec.kind if resolved.spec else _kind_of(given, config)
-    if task == "causal-lm" and kind == "encoder":
-        raise TrimtabError(f"{given} is an encoder: use task classify")
+    if is_generative(task) and kind == "encoder":
+        raise TrimtabError(f"{given} is an encoder: use task classify (not {task})")
     tokenizer = load_tokenizer(str(folder))
     if tokenizer.pad_token is None:  # decoders often have none; eos is never attended to anyway
         if tokenizer.eos_token is None:
@@ -233,34 +300,35 @@ def _load(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"  # training pads on the right; generation sets its own
 
-    auto: type = AutoModelForCausalLM
+    auto: Any = AutoModelForCausalLM
     options: dict[str, object] = {"dtype": torch.float32}  # checkpoints may be stored in bf16
     if task == "classify":
-        assert labels is not None
         _check_has_classifier(given, config)
         auto = AutoModelForSequenceClassification
-        options |= {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)},
-            # decoder classifiers (Llama) read each row's last non-pad token, found by this id
-            "pad_token_id": tokenizer.pad_token_id,
-        }
+        # decoder classifiers (Llama) read each row's last non-pad token, found by this id
+        options["pad_token_id"] = tokenizer.pad_token_id
+        if labels is not None:  # a new head; a fine-tuned run's folder holds its own
+            options |= {
+                "num_labels": len(labels),
+                "id2label": dict(enumerate(labels)),
+                "label2id": {label: i for i, label in enumerate(labels)},
+            }
     try:
-        with _quiet():
+        with quiet_transformers():
             model, info = auto.from_pretrained(folder, output_loading_info=True, **options)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise _UnreadableWeights(
-            f"{folder}: could not load the model weights ({_first_line(exc)})"
+            f"{folder}: could not load the model weights ({first_line(exc)})"
         ) from exc
     # the model must agree with the tokenizer that pads its batches
     model.config.pad_token_id = tokenizer.pad_token_id
     generation = getattr(model, "generation_config", None)  # only generative models have one
     if generation is not None and generation.pad_token_id is None:
         generation.pad_token_id = tokenizer.pad_token_id
-    _report_new_weights(given, model, list(info.get("missing_keys", ())), task)
+    new_head = task == "classify" and labels is not None
+    _report_new_weights(given, model, list(info.get("missing_keys", ())), new_head=new_head)
     model.train()  # from_pretrained returns eval mode; callers fine-tune
-    return LoadedModel(model, tokenizer, given, kind, folder)
+    return LoadedModel(model, tokenizer, given, kind, folder, task=task, labels=labels)
 
 
 def _kind_of(given: str, config: PretrainedConfig) -> Literal["decoder", "encoder"]:
@@ -294,13 +362,13 @@ def _check_has_classifier(given: str, config: PretrainedConfig) -> None:
 
 
 def _report_new_weights(
-    given: str, model: PreTrainedModel, missing: Iterable[str], task: Task
+    given: str, model: PreTrainedModel, missing: Iterable[str], *, new_head: bool
 ) -> None:
     # transformers' load report is silenced; one line says what matters instead. A new head
     # (outside the backbone) is expected for classify; anything else missing means the
     # checkpoint does not fit its config, which the user should hear about.
     prefix = f"{model.base_model_prefix}."
-    head = sorted(k for k in missing if task == "classify" and not k.startswith(prefix))
+    head = sorted(k for k in missing if new_head and not k.startswith(prefix))
     rest = sorted(set(missing) - set(head))
     if head:
         _log.info("%s: new classification head initialised (%s)", given, ", ".join(head))
@@ -311,21 +379,6 @@ def _report_new_weights(
             len(rest),
             ", ".join(rest[:5]) + (" ..." if len(rest) > 5 else ""),
         )
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """No transformers log warnings or progress bars for what is expected (new heads, loading)."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with _quiet_transformers():
-            yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 @contextmanager

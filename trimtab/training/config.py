@@ -9,15 +9,18 @@ OpenAI's API does, and the resolved config is saved in the run folder.
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trimtab.errors import ConfigError
+from trimtab.methods.trainable import INIT_LORA_WEIGHTS, MethodSpec
+from trimtab.models.tasks import Task
 
-Task = Literal["sft", "lm", "classify"]
 Positive = Annotated[int, Field(gt=0)]
 Rate = Annotated[float, Field(gt=0, lt=1)]
 
@@ -30,7 +33,7 @@ class ModelSection(_Section):
     """Which pretrained model to start from."""
 
     name: str = "smollm2-135m"
-    max_length: int = Field(512, gt=1)
+    max_length: int = Field(default=512, gt=1)
     # auto: eager attention on CPU for short sequences (faster there), SDPA otherwise (eager
     # keeps every layer's T x T attention matrix for the backward pass).
     attention: Literal["auto", "eager", "sdpa"] = "auto"
@@ -42,24 +45,53 @@ class DataSection(_Section):
     train: Path | None = None
     valid: Path | None = None
     task: Task = "sft"
-    prompt_loss_weight: float = Field(0.0, ge=0, le=1)
+    prompt_loss_weight: float = Field(default=0.0, ge=0, le=1)
     pack: bool = True
     # End each completion with EOS so generation learns to stop; auto: yes unless the
     # completions are a few labels (classification through sft needs no stop).
     add_eos: bool | Literal["auto"] = "auto"
 
 
-class MethodSection(_Section):
-    """What trains: every weight, the top layers of a frozen trunk, or LoRA adapters."""
+_SPEC = MethodSpec()  # the one set of method defaults: the section takes them from here
 
-    name: Literal["full", "freeze", "lora"] = "lora"
-    trainable_layers: int = Field(0, ge=0)
-    lora_r: int = Field(16, gt=0)
-    lora_alpha: int = Field(32, gt=0)
-    # PEFT's default. On a CPU, dropout's random mask on every LoRA input cost as much as the
-    # matmuls (measured: 4.8 s of an 8 s forward on SmolLM2); set it where data is scarce.
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | str = "all-linear"
+
+class MethodSection(_Section):
+    """What trains: every weight, the top layers of a frozen trunk, or LoRA adapters.
+
+    The LoRA options are PEFT's ``LoraConfig`` options of the same meaning; the defaults are
+    :class:`trimtab.methods.MethodSpec`'s, and :meth:`spec` gives the spec the methods take.
+    """
+
+    name: Literal["full", "freeze", "lora"] = _SPEC.name
+    trainable_layers: int = Field(default=_SPEC.trainable_layers, ge=0)
+    lora_r: int = Field(default=_SPEC.lora_r, gt=0)
+    lora_alpha: int = Field(default=_SPEC.lora_alpha, gt=0)
+    lora_dropout: float = Field(default=_SPEC.lora_dropout, ge=0, lt=1)
+    target_modules: list[str] | str = _SPEC.target_modules
+    lora_bias: Literal["none", "all", "lora_only"] = _SPEC.lora_bias
+    use_rslora: bool = _SPEC.use_rslora
+    use_dora: bool = _SPEC.use_dora
+    init_lora_weights: bool | str = _SPEC.init_lora_weights
+    modules_to_save: list[str] | None = _SPEC.modules_to_save
+
+    @field_validator("init_lora_weights")
+    @classmethod
+    def _known_init(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and not _known_lora_init(value):
+            raise ValueError(
+                f"should be true, false or one of {', '.join(INIT_LORA_WEIGHTS)} "
+                f"(pissa_niter_N for fast PiSSA), got {value!r}"
+            )
+        return value
+
+    def spec(self) -> MethodSpec:
+        """The method options as :func:`trimtab.methods.apply_method` takes them."""
+        return MethodSpec(**self.model_dump())
+
+
+def _known_lora_init(value: str) -> bool:
+    niter = value.removeprefix("pissa_niter_")
+    return value in INIT_LORA_WEIGHTS or (niter != value and niter.isdigit())
 
 
 class OptimSection(_Section):
@@ -67,13 +99,13 @@ class OptimSection(_Section):
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: Rate | Literal["auto"] = "auto"
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.0, ge=0)  # L2
-    l1: float = Field(0.0, ge=0)
-    warmup: float = Field(0.03, ge=0)  # a fraction of the steps below 1, else a step count
+    weight_decay: float = Field(default=0.0, ge=0)  # L2
+    l1: float = Field(default=0.0, ge=0)
+    warmup: float = Field(default=0.03, ge=0)  # a fraction of the steps below 1, else a step count
     schedule: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
 
 
 class TrainConfig(_Section):
@@ -85,18 +117,18 @@ class TrainConfig(_Section):
     optim: OptimSection = OptimSection()
     epochs: Positive | Literal["auto"] = "auto"
     batch_size: Positive | Literal["auto"] = "auto"
-    micro_batch_size: int | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, gt=0)
+    micro_batch_size: int | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
     seed: int = 42
-    eval_every: int | None = Field(None, gt=0)  # steps; None: at the end of every epoch
-    early_stopping_patience: int | None = Field(None, gt=0)
+    eval_every: int | None = Field(default=None, gt=0)  # steps; None: at the end of every epoch
+    early_stopping_patience: int | None = Field(default=None, gt=0)
     keep_best: bool = True
-    save_every: int | None = Field(None, gt=0)  # steps; None: at every evaluation
-    keep_checkpoints: int = Field(2, gt=0)
+    save_every: int | None = Field(default=None, gt=0)  # steps; None: at every evaluation
+    keep_checkpoints: int = Field(default=2, gt=0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    log_every: int = Field(10, gt=0)
+    log_every: int = Field(default=10, gt=0)
     run_dir: Path | None = None  # None: runs/<model>-<method>-<task>-<time>
-    max_loss: float = Field(1e4, gt=0)  # a loss above this counts as exploded
+    max_loss: float = Field(default=1e4, gt=0)  # a loss above this counts as exploded
 
     def problems(self) -> list[str]:
         """Cross-field problems (types and ranges are pydantic's), all of them."""
@@ -107,15 +139,7 @@ class TrainConfig(_Section):
             out += _file_problem("data.train", self.data.train)
         if self.data.valid is not None:
             out += _file_problem("data.valid", self.data.valid)
-        if (
-            isinstance(self.batch_size, int)
-            and self.micro_batch_size
-            and self.batch_size % self.micro_batch_size
-        ):
-            out.append(
-                f"micro_batch_size {self.micro_batch_size} must divide batch_size "
-                f"{self.batch_size} (the batch is reached by gradient accumulation)"
-            )
+        out += batch_problems(self, _example_count(self), world_size())
         if self.method.name != "freeze" and self.method.trainable_layers:
             out.append("method.trainable_layers only applies to method freeze")
         if self.optim.optimizer == "adamw" and self.optim.momentum != 0.9:
@@ -291,15 +315,17 @@ def auto_lr(method: str, task: str) -> float:
     return DEFAULT_LR[method]
 
 
-def resolve_auto(config: TrainConfig, n_train: int) -> TrainConfig:
-    """A copy with every ``auto`` replaced by the value chosen from the data."""
+def resolve_auto(config: TrainConfig, n_train: int, world: int = 1) -> TrainConfig:
+    """A copy with every ``auto`` replaced by the value chosen from the data; an auto batch
+    size is rounded to a multiple of what one step of all processes takes at least."""
     update: dict[str, Any] = {}
     if config.epochs == "auto":
         update["epochs"] = auto_epochs(n_train)
     if config.batch_size == "auto":
         batch = auto_batch_size(n_train)
-        if config.micro_batch_size and batch % config.micro_batch_size:
-            batch = config.micro_batch_size * max(1, round(batch / config.micro_batch_size))
+        unit = (config.micro_batch_size or 1) * world
+        if batch % unit:
+            batch = unit * max(1, round(batch / unit))
         update["batch_size"] = batch
     resolved = config.model_copy(update=update)
     if config.optim.lr == "auto":
@@ -307,6 +333,84 @@ def resolve_auto(config: TrainConfig, n_train: int) -> TrainConfig:
             update={"lr": auto_lr(config.method.name, config.data.task)}
         )
     return resolved
+
+
+MAX_MICRO_BATCH = 16  # sequences per forward pass unless micro_batch_size says otherwise
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a batch is reached: ``micro`` sequences per forward pass on each of ``world``
+    processes, gradients accumulated over ``accum`` micro-batches."""
+
+    batch_size: int
+    micro: int
+    world: int
+
+    @property
+    def accum(self) -> int:
+        return self.batch_size // (self.micro * self.world)
+
+
+def default_micro_batch(batch_size: int, world: int) -> int:
+    """The largest divisor of each process's share of the batch that is at most 16."""
+    share = max(1, batch_size // world)
+    return max(d for d in range(1, min(share, MAX_MICRO_BATCH) + 1) if share % d == 0)
+
+
+def batch_problems(config: TrainConfig, n_train: int | None, world: int) -> list[str]:
+    """Every problem of the batch arithmetic: micro-batch, processes, size of the data."""
+    batch, micro = config.batch_size, config.micro_batch_size
+    out: list[str] = []
+    if isinstance(batch, int):
+        if batch % world:
+            out.append(f"batch_size {batch} must be a multiple of the {world} processes")
+        elif micro and batch % (micro * world):
+            out.append(
+                f"micro_batch_size {micro} must divide batch_size {batch}"
+                + (f" / {world} processes" if world > 1 else "")
+                + " (the batch is reached by gradient accumulation)"
+            )
+    if n_train is not None:
+        needed = batch if isinstance(batch, int) else (micro or 1) * world
+        if needed > n_train:
+            out.append(
+                f"batch_size {needed} is larger than the {n_train} training examples"
+                + (f" ({config.data.train})" if config.data.train else "")
+            )
+    return out
+
+
+def plan_batches(config: TrainConfig, n_train: int, world: int) -> tuple[TrainConfig, BatchPlan]:
+    """Resolve ``auto`` values for ``n_train`` examples and ``world`` processes and check the
+    batch arithmetic: ConfigError with every problem, before anything is loaded."""
+    config = resolve_auto(config, n_train, world)
+    problems = batch_problems(config, n_train, world)
+    if problems:
+        raise ConfigError(problems)
+    batch = int(config.batch_size)
+    micro = config.micro_batch_size or default_micro_batch(batch, world)
+    return config, BatchPlan(batch, micro, world)
+
+
+def world_size() -> int:
+    """Processes of a data-parallel run as torchrun announces them (1 when alone)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def _example_count(config: TrainConfig) -> int | None:
+    """Training examples, counted cheaply (non-empty lines); None when that is not the count
+    (packed lm data: as many examples as its tokens fill) or the file cannot be read."""
+    path = config.data.train
+    if path is None or (config.data.task == "lm" and config.data.pack):
+        return None
+    if not path.is_file() or path.suffix == ".gz":
+        return None
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -1,36 +1,25 @@
 """``trimtab export``: a run's model as a standalone folder, LoRA merged into full weights if asked.
 
-A LoRA run's ``final/`` is a PEFT adapter (what vLLM and LoRAX load beside the base model);
-``--merge`` folds it into the base weights for servers that take one plain model.
+A LoRA run's ``final/`` is a PEFT adapter (``peft.PeftModel.from_pretrained`` loads it on its base
+model); ``--merge`` folds it into the base weights: one plain model that
+``transformers.AutoModel*.from_pretrained`` loads alone.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-from trimtab.errors import OutputExistsError, TrimtabError
-from trimtab.files import staged_dir
-
-
-def model_folder(run: Path) -> Path:
-    """The model folder of a run (its ``final/``), or the folder itself if it is one."""
-    for candidate in (run / "final", run):
-        if (candidate / "trimtab.json").is_file():
-            return candidate
-    raise TrimtabError(
-        f"{run}: no fine-tuned model here (expected a run folder with final/"
-        "trimtab.json, written when training completes)"
-    )
+from trimtab.files import check_output, staged_dir
+from trimtab.models.runs import RunFolder, model_folder, write_meta
 
 
 def export(run: Path, out: Path, *, merge: bool = False, force: bool = False) -> Path:
     """Write the run's model to ``out`` atomically; with ``merge``, LoRA becomes full weights."""
     source = model_folder(run)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"{out}: exists and is not empty; use --force to overwrite")
-    meta = json.loads((source / "trimtab.json").read_text(encoding="utf-8"))
+    check_output(out, force, "export")
+    meta = RunFolder(run).meta()
     is_adapter = (source / "adapter_config.json").is_file()
     with staged_dir(out) as tmp:
         if merge and is_adapter:
@@ -40,20 +29,14 @@ def export(run: Path, out: Path, *, merge: bool = False, force: bool = False) ->
     return out
 
 
-def _merge(source: Path, target: Path, meta: dict) -> None:
-    from peft import PeftModel
-
-    from trimtab.methods import merge_lora
+def _merge(source: Path, target: Path, meta: dict[str, Any]) -> None:
     from trimtab.models.loading import load_model
+    from trimtab.models.registry import quiet_transformers
 
-    task = "classify" if meta.get("task") == "classify" else "causal-lm"
-    loaded = load_model(meta["base_model"], task, labels=meta.get("labels"))
-    merged = merge_lora(PeftModel.from_pretrained(loaded.model, source))
-    merged.save_pretrained(target, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(target)
-    (target / "trimtab.json").write_text(
-        json.dumps(meta | {"method": "full", "merged_from": meta["method"]}, indent=2) + "\n",
-        encoding="utf-8",
-    )
+    loaded = load_model(source, meta["task"], adapter="merge")  # the adapter folded in
+    with quiet_transformers():  # no "Writing model shards" bar: trimtab prints what it wrote
+        loaded.model.save_pretrained(target, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(target)
+    write_meta(target, meta | {"method": "full", "merged_from": meta["method"]})
     if (source / "README.md").is_file():
         shutil.copy(source / "README.md", target / "README.md")

@@ -16,14 +16,13 @@ N processes with micro-batch b compute the same update as one process with batch
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import math
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,14 +33,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from trimtab.errors import TrimtabError
-
-IGNORE = -100
+from trimtab.models.batching import IGNORE, autocast, chunks
+from trimtab.training.batches import collate
 
 
 class TrainingDiverged(TrimtabError):
     """The loss became NaN or exploded; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class TrainingInterrupted(TrimtabError):
+    """Ctrl-C (KeyboardInterrupt) during training: the run is marked interrupted; the message
+    says the step reached, the last checkpoint kept and the command that resumes."""
+
+    exit_code = 130
 
 
 # --- the objective -------------------------------------------------------------------------
@@ -60,7 +66,8 @@ class Objective(nn.Module):
         self.causal = causal
         self.trunk = trunk
         if causal:
-            hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+            wrapper: Any = model  # a transformers or PEFT model: attributes nn.Module can't type
+            hf = wrapper.get_base_model() if hasattr(model, "get_base_model") else wrapper
             self.backbone = getattr(hf, hf.base_model_prefix)
             self.head = hf.get_output_embeddings()
 
@@ -106,6 +113,7 @@ def loss_units(batch: dict[str, torch.Tensor], causal: bool) -> float:
 
 
 def make_optimizer(params: list[nn.Parameter], optim: Any, lr: float) -> torch.optim.Optimizer:
+    """SGD (with ``optim.momentum``) or AdamW (``optim.betas``), with ``optim.weight_decay``."""
     if optim.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay
@@ -117,24 +125,75 @@ def make_optimizer(params: list[nn.Parameter], optim: Any, lr: float) -> torch.o
     )
 
 
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return max(0.0, 1 - progress)
+    """transformers' schedule of that name, with warmup factor ``(step + 1) / (warmup + 1)``.
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    transformers' warmup starts at ``step / warmup``: a learning rate of 0 at the first step,
+    a step that trains nothing. Its schedule built one step longer and advanced by one step
+    gives exactly the factors ``(s + 1) / (W + 1)`` during warmup, then the same linear or
+    cosine decay to 0 at ``total_steps`` (or a constant 1).
+    """
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        SCHEDULES[schedule],
+        optimizer,
+        num_warmup_steps=warmup_steps + 1,
+        num_training_steps=total_steps + 1,
+    )
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+    return scheduler
 
 
 def l1_penalty(params: list[nn.Parameter]) -> torch.Tensor:
+    """Sum of absolute values of ``params`` (the L1 term, scaled by ``optim.l1`` by the caller)."""
     return sum(p.abs().sum() for p in params)  # type: ignore[return-value]
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """The gradients' global norm, after clipping it to ``max_norm`` (None: no clipping)."""
+    if max_norm is None:
+        grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def evaluate(
+    objective: Objective,
+    items: list[Any],
+    pad_id: int,
+    device: torch.device,
+    bf16: bool,
+    batch_size: int = 32,
+    extras: Any = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy (token accuracy for causal tasks) over ``items``.
+
+    ``extras(items)``: what the method adds to a collated batch (cached features)."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    loss = correct = count = 0.0
+    was_training = objective.training
+    objective.eval()
+    with torch.no_grad():
+        for idx in chunks(order, batch_size):
+            group = [items[i] for i in idx]
+            batch = collate(group, pad_id)
+            if extras is not None:
+                batch.update(extras(group))
+            with autocast(device, bf16):
+                part, hits, n = objective(to_device(batch, device))
+            loss += float(part)
+            correct += float(hits)
+            count += float(n)
+    objective.train(was_training)
+    return {"valid_loss": loss / max(count, 1.0), "valid_accuracy": correct / max(count, 1.0)}
 
 
 # --- environment ---------------------------------------------------------------------------
@@ -173,19 +232,6 @@ def device_for(d: Dist) -> torch.device:
     return torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def bf16_available(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    is_supported = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(is_supported and is_supported())
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -217,7 +263,8 @@ def all_reduce(values: list[float], d: Dist, device: torch.device) -> list[float
 
 
 class Progress:
-    """A one-line bar with loss, tokens/s and ETA in a terminal; plain log lines otherwise."""
+    """tqdm's bar with loss, tokens/s and learning rate in a terminal; plain log lines every
+    ``log_every`` steps otherwise (or through ``write``, when given)."""
 
     def __init__(
         self,
@@ -227,41 +274,44 @@ class Progress:
         log_every: int,
         write: Callable[[str], None] | None = None,
     ):
+        from tqdm.auto import tqdm
+
         self.total, self.enabled, self.log_every = total, enabled, log_every
-        self.tty = sys.stderr.isatty() and write is None
+        self.tty = enabled and sys.stderr.isatty() and write is None
         self.write = write or (lambda s: print(s, file=sys.stderr, flush=True))
         self.t0, self.start = time.perf_counter(), start
+        self.bar = tqdm(
+            total=total, initial=start, disable=not self.tty, file=sys.stderr, unit="step"
+        )
 
     def update(self, step: int, loss: float, tokens_per_s: float, lr: float) -> None:
+        """Show the progress after ``step`` (counted from 1)."""
         if not self.enabled:
             return
-        done = step - self.start
-        eta = (time.perf_counter() - self.t0) / max(1, done) * (self.total - step)
-        text = (
-            f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
-            f"lr {lr:.2e}  eta {_duration(eta)}"
-        )
         if self.tty:
-            width = 24
-            filled = int(width * step / max(1, self.total))
-            print(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {text}",
-                end="",
-                file=sys.stderr,
-                flush=True,
+            self.bar.set_postfix_str(
+                f"loss {loss:.4f}, {tokens_per_s:,.0f} tok/s, lr {lr:.2e}", refresh=False
             )
+            self.bar.update(step - self.bar.n)
         elif step % self.log_every == 0 or step == self.total:
-            self.write(text)
+            done = step - self.start
+            eta = (time.perf_counter() - self.t0) / max(1, done) * (self.total - step)
+            self.write(
+                f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+                f"lr {lr:.2e}  eta {_duration(eta)}"
+            )
 
     def message(self, text: str) -> None:
-        if self.enabled:
-            if self.tty:
-                print(file=sys.stderr)
+        """A line of its own (above the bar in a terminal)."""
+        if not self.enabled:
+            return
+        if self.tty:
+            self.bar.write(text, file=sys.stderr)
+        else:
             self.write(text)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
+        self.bar.close()
 
 
 def _duration(seconds: float) -> str:
@@ -271,8 +321,3 @@ def _duration(seconds: float) -> str:
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -1,6 +1,10 @@
 """``trimtab train``: load, make trainable, train, evaluate, checkpoint, export.
 
 :func:`train` is the whole recipe: the CLI only builds a :class:`TrainConfig` and calls it.
+It runs in three parts around one :class:`Session` (everything a run holds): :func:`_setup`
+(data, model, method, optimizer; every batch-size problem is found before a model is loaded),
+:func:`_step` (one optimizer step over an accumulated batch) and :func:`_evaluate_and_save`.
+What is specific to a method is the method object's (:mod:`trimtab.methods.method`).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ import contextlib
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +21,28 @@ import torch
 import torch.distributed as dist
 
 from trimtab.errors import ConfigError, TrimtabError
-from trimtab.files import staged_dir
-from trimtab.methods import (
-    FrozenTrunk,
-    MethodSpec,
-    apply_method,
-    save_trainable,
-    trainable_parameters,
-)
+from trimtab.files import staged_dir, write_json, write_text
+from trimtab.methods import TrainingMethod, method_for, save_trainable, trainable_parameters
 from trimtab.models import resolve_model
-from trimtab.models.loading import load_model
+from trimtab.models.batching import autocast, bf16_available
+from trimtab.models.loading import Adapter, load_model
+from trimtab.models.runs import RunFolder
+from trimtab.models.scoring import score_labels
+from trimtab.models.tasks import is_generative
 from trimtab.training import batches as b
 from trimtab.training import checkpoint as ckpt
-from trimtab.training.config import TrainConfig, load_config, resolve_auto
+from trimtab.training.config import BatchPlan, TrainConfig, dump_config, load_config, plan_batches
+from trimtab.training.dataset import Data, encode_splits, read_splits
 from trimtab.training.loop import (
     Dist,
     Objective,
     Progress,
     TrainingDiverged,
+    TrainingInterrupted,
     all_reduce,
-    autocast,
-    bf16_available,
-    chunks,
+    clip_gradients,
     device_for,
+    evaluate,
     init_distributed,
     l1_penalty,
     loss_units,
@@ -49,7 +52,7 @@ from trimtab.training.loop import (
     steady_malloc,
     to_device,
 )
-from trimtab.training.run import RunFolder, default_run_dir, model_card, write_json_atomically
+from trimtab.training.run import default_run_dir, model_card
 
 
 @dataclass
@@ -62,13 +65,44 @@ class TrainResult:
 
 
 @dataclass
-class Data:
-    """Encoded examples of both splits and what the task needs to know."""
+class Session:
+    """Everything one run holds, shared by setup, the steps and evaluation."""
 
-    train: list[Any]
-    valid: list[Any]
-    labels: list[str] | None
-    pad_id: int
+    config: TrainConfig
+    run: RunFolder
+    d: Dist
+    device: torch.device
+    log: Any
+    progress: bool
+    parent: dict[str, Any] | None = None  # run.json facts of the run this one starts from
+    adapter_base: str | None = None  # what trimtab.json names as the base of the weights
+    data: Data = field(init=False)
+    tokenizer: Any = None
+    method: TrainingMethod = field(init=False)
+    model: torch.nn.Module = field(init=False)
+    objective: Objective = field(init=False)
+    runner: Any = field(init=False)  # the objective, or DistributedDataParallel around it
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    optimizer: Any = None
+    scheduler: Any = None
+    plan: BatchPlan = field(init=False)
+    sampler: b.LengthGroupedSampler = field(init=False)
+    bf16: bool = False
+    total: int = 0
+    steps_per_epoch: int = 0
+    state: ckpt.LoopState = field(default_factory=ckpt.LoopState)
+    bar: Progress | None = None
+    started: float = 0.0
+    window: tuple[float, float] = (0.0, 0.0)  # (start time, tokens) of the speed window
+    step_loss: float = float("nan")
+
+    @property
+    def causal(self) -> bool:
+        return is_generative(self.config.data.task)
+
+    def say(self, text: str) -> None:
+        if self.progress and self.d.main:
+            (self.log or (lambda s: print(s, flush=True)))(text)
 
 
 def train(
@@ -78,307 +112,176 @@ def train(
     progress: bool = True,
     log: Any = None,
 ) -> TrainResult:
-    """Train per ``config`` (or continue the run folder ``resume`` from its last checkpoint)."""
+    """Train per ``config`` (or continue the run folder ``resume`` from its last checkpoint).
+
+    The run folder is locked for the whole run (:class:`~trimtab.models.runs.RunLockedError`
+    at once if another process trains it). Ctrl-C marks the run ``interrupted`` and raises
+    :class:`~trimtab.training.loop.TrainingInterrupted`, which says how to resume.
+    """
     d = init_distributed()
-    device = device_for(d)
     steady_malloc()
-    if resume is not None:
-        run = RunFolder(Path(resume))
-        if not run.config_file.is_file():
-            raise TrimtabError(f"{resume}: not a trimtab run folder (no config.yaml) to resume")
-        config = load_config(run.config_file)
-    else:
-        run = RunFolder(config.run_dir or default_run_dir(config))
-        if run.info_file.exists():
+    run, config = _open_run(config, resume)
+    seed_everything(config.seed)
+    resolved = resolve_model(config.model.name)  # an unknown model fails before data is read
+    records = read_splits(config)
+    if resume is None and not _packed(config):  # examples = lines: check batches right now
+        config = plan_batches(config, len(records["train"]), d.world)[0]
+    with run.lock() if d.main else contextlib.nullcontext():
+        if resume is None and run.info_file.exists():
             raise TrimtabError(
                 f"{run.path}: a run already exists there; resume it with "
                 f"--resume {run.path} or choose another run_dir"
             )
-    seed_everything(config.seed)
+        s = Session(config, run, d, device_for(d), log, progress)
+        if resolved.source == "run" and resolved.path is not None:
+            s.parent, s.adapter_base = _lineage(resolved.path, resolved.run_meta or {}, config)
+        try:
+            _setup(s, records, resume)
+            _train_steps(s)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(_interrupted(s)) from None
+        finally:
+            if s.bar is not None:
+                s.bar.close()
+        return _finish(s)
 
-    resolve_model(config.model.name)  # an unknown model fails before any data is read
-    classify = config.data.task == "classify"
-    records = _read(config)
-    labels = b.label_names(records["train"]) if classify else None
-    loaded = load_model(config.model.name, "classify" if classify else "causal-lm", labels=labels)
-    data = _encode(config, records, loaded.tokenizer, labels)
-    if resume is None:
-        config = resolve_auto(config, len(data.train))
-        config = config.model_copy(update={"run_dir": run.path})
-    loaded.model.set_attn_implementation(_attention(config, device, data))
-    spec = MethodSpec(
-        config.method.name,
-        config.method.trainable_layers,
-        config.method.lora_r,
-        config.method.lora_alpha,
-        config.method.lora_dropout,
-        config.method.target_modules,
-    )
-    model = apply_method(loaded.model, spec, "classify" if classify else "causal-lm").to(device)
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available(device))
-    if bf16 and config.method.name == "lora":
-        _frozen_linears_to_bf16(model)
 
-    trunk = None
-    if config.method.name == "freeze" and FrozenTrunk.supported(model):
-        trunk = FrozenTrunk(
-            model, config.method.trainable_layers, "classify" if classify else "causal-lm"
-        )
-        started = time.perf_counter()
-        for split in (data.train, data.valid):
-            _cache_features(trunk, split, data.pad_id, device, bf16)
-        if progress and d.main:
-            _say(
-                log,
-                f"cached frozen-trunk features of {len(data.train) + len(data.valid)} "
-                f"examples in {time.perf_counter() - started:.1f} s",
-            )
+# --- setup -----------------------------------------------------------------------------------
 
-    # Default micro-batch: the batch split over the processes, at most 16 sequences at once.
-    micro = config.micro_batch_size or max(1, min(int(config.batch_size) // d.world, 16))
-    per_step = micro * d.world
-    if int(config.batch_size) % per_step:
-        raise ConfigError(
-            [
-                f"batch_size {config.batch_size} must be a multiple of "
-                f"micro_batch_size {micro} x {d.world} processes"
-            ]
-        )
-    accum = int(config.batch_size) // per_step
-    sampler = b.LengthGroupedSampler(
-        [len(e.input_ids) for e in data.train], micro, config.seed, rank=d.rank, world_size=d.world
-    )
-    steps_per_epoch = len(sampler) // accum
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            [
-                f"batch_size {config.batch_size} is larger than the "
-                f"{len(data.train)} training examples"
-            ]
-        )
-    total = int(config.epochs) * steps_per_epoch
-    if config.max_steps:
-        total = min(total, config.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config.optim, float(config.optim.lr))
-    warmup = config.optim.warmup
-    warmup_steps = round(warmup * total) if warmup < 1 else int(warmup)
-    scheduler = make_scheduler(optimizer, config.optim.schedule, warmup_steps, total)
-    objective = Objective(model, causal=not classify, trunk=trunk)
-    runner: torch.nn.Module = objective
-    if d.world > 1:
-        runner = torch.nn.parallel.DistributedDataParallel(objective)
 
-    state = ckpt.LoopState()
+def _open_run(config: TrainConfig | None, resume: Path | None) -> tuple[RunFolder, TrainConfig]:
     if resume is not None:
-        latest = ckpt.latest_checkpoint(run.path)
-        ckpt.remove_partial(run.path)
-        if latest is not None:
-            state = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
-            if d.main:
-                run.truncate_metrics(state.metrics_lines)
-                _say(log, f"resumed {run.path} from {latest.name}")
-    trainable, everything = trainable_parameters(model)
-    if d.main:
-        run.start(
-            config,
-            {
-                "name": run.path.name,
-                "base_model": config.model.name,
-                "task": config.data.task,
-                "method": config.method.name,
-                "labels": labels,
-                "train_examples": len(data.train),
-                "valid_examples": len(data.valid),
-                "trainable_parameters": trainable,
-                "total_parameters": everything,
-                "world_size": d.world,
-                "bf16": bf16,
-                "device": str(device),
-                "feature_cache": trunk is not None,
-            },
+        run = RunFolder(Path(resume))
+        if not run.config_file.is_file():
+            raise TrimtabError(f"{resume}: not a trimtab run folder (no config.yaml) to resume")
+        return run, load_config(run.config_file)
+    if config is None:
+        raise TrimtabError("train: give a config, or a run folder to resume")
+    return RunFolder(config.run_dir or default_run_dir(config)), config
+
+
+def _lineage(
+    folder: Path, meta: dict[str, Any], config: TrainConfig
+) -> tuple[dict[str, Any], str | None]:
+    """A run that starts from a fine-tuned run (``folder``, its final/): what run.json says
+    (``parent_run``; ``base_model``, the pretrained model however many runs back), and the
+    model a new LoRA adapter goes on (the parent's own weights when they are full weights)."""
+    root = meta.get("base_model") or str(folder)
+    parent_run = meta.get("run") or str(folder.parent if folder.name == "final" else folder)
+    full_weights = not (folder / "adapter_config.json").is_file()
+    adapter_base = str(folder) if full_weights and config.method.name == "lora" else root
+    return {"parent_run": parent_run, "base_model": root}, adapter_base
+
+
+def _packed(config: TrainConfig) -> bool:
+    """Packed lm data has as many examples as its tokens fill: known after tokenizing only."""
+    return config.data.task == "lm" and config.data.pack
+
+
+def _setup(s: Session, records: dict[str, list[Any]], resume: Path | None) -> None:
+    config = s.config
+    classify = config.data.task == "classify"
+    labels = b.label_names(records["train"]) if classify else None
+    method = method_for(config.method.spec())
+    adapter: Adapter = "train" if method.name == "lora" else "merge"  # a parent's goes on
+    loaded = load_model(config.model.name, config.data.task, labels=labels, adapter=adapter)
+    s.tokenizer, s.data = loaded.tokenizer, encode_splits(config, records, loaded.tokenizer, labels)
+    if resume is None:
+        if _packed(config):
+            config = plan_batches(config, len(s.data.train), s.d.world)[0]
+        s.config = config = config.model_copy(update={"run_dir": s.run.path})
+    s.plan = plan_batches(config, len(s.data.train), s.d.world)[1]
+    loaded.model.set_attn_implementation(_attention(config, s.device, s.data))
+    s.method = method
+    s.model = method.apply(loaded.model, config.data.task).to(s.device)
+    s.bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available(s.device))
+    method.prepare(s.model, bf16=s.bf16)
+    said = method.precompute(
+        s.model,
+        config.data.task,
+        [s.data.train, s.data.valid],
+        lambda items: to_device(b.collate(items, s.data.pad_id), s.device),
+        bf16=s.bf16,
+    )
+    if said:
+        s.say(said)
+    _make_optimizer(s)
+    if resume is not None:
+        _restore(s)
+    _start(s)
+
+
+def _make_optimizer(s: Session) -> None:
+    config, plan = s.config, s.plan
+    s.sampler = b.LengthGroupedSampler(
+        [len(e.input_ids) for e in s.data.train],
+        plan.micro,
+        config.seed,
+        rank=s.d.rank,
+        world_size=s.d.world,
+    )
+    # The micro-batches left over by accumulation make a last, shorter step: every example
+    # trains every epoch (its loss is normalised by its own units, as every step's is).
+    s.steps_per_epoch = -(-len(s.sampler) // plan.accum)
+    s.total = int(config.epochs) * s.steps_per_epoch
+    if config.max_steps:
+        s.total = min(s.total, config.max_steps)
+    s.params = [p for p in s.model.parameters() if p.requires_grad]
+    s.optimizer = make_optimizer(s.params, config.optim, float(config.optim.lr))
+    warmup = config.optim.warmup
+    warmup_steps = round(warmup * s.total) if warmup < 1 else int(warmup)
+    s.scheduler = make_scheduler(s.optimizer, config.optim.schedule, warmup_steps, s.total)
+    s.objective = Objective(s.model, causal=s.causal, trunk=s.method.top)
+    s.runner = s.objective
+    if s.d.world > 1:
+        s.runner = torch.nn.parallel.DistributedDataParallel(s.objective)
+
+
+def _restore(s: Session) -> None:
+    latest = ckpt.latest_checkpoint(s.run.path)
+    ckpt.remove_partial(s.run.path)
+    if latest is not None:
+        s.state = ckpt.load_checkpoint(latest, s.model, s.optimizer, s.scheduler)
+        if s.d.main:
+            s.run.truncate_metrics(s.state.metrics_lines)
+            s.say(f"resumed {s.run.path} from {latest.name}")
+
+
+def _start(s: Session) -> None:
+    config, plan, data = s.config, s.plan, s.data
+    trainable, everything = trainable_parameters(s.model)
+    short = len(s.sampler) % plan.accum
+    if s.d.main:
+        info = {
+            "name": s.run.path.name,
+            "base_model": config.model.name,
+            "task": config.data.task,
+            "method": config.method.name,
+            "labels": data.labels,
+            "train_examples": len(data.train),
+            "valid_examples": len(data.valid),
+            "trainable_parameters": trainable,
+            "total_parameters": everything,
+            "world_size": s.d.world,
+            "micro_batch_size": plan.micro,
+            "accumulation": plan.accum,
+            "last_step_micro_batches": short or plan.accum,
+            "bf16": s.bf16,
+            "device": str(s.device),
+            "feature_cache": s.method.top is not None,
+        }
+        s.run.start(dump_config(config), info | (s.parent or {}))
+        s.say(
+            f"{config.model.name} {config.method.name} ({trainable:,} of {everything:,} "
+            f"parameters train), {len(data.train):,} examples, {config.epochs} epochs x "
+            f"{s.steps_per_epoch} steps, batch {config.batch_size} = {plan.micro} x "
+            f"{plan.accum} x {s.d.world}"
+            + (f" (each epoch's last step: {short} x {plan.micro} x {s.d.world})" if short else "")
+            + f", lr {config.optim.lr:g}, {'bf16' if s.bf16 else 'fp32'}; run {s.run.path}"
         )
-        if progress:
-            _say(
-                log,
-                f"{config.model.name} {config.method.name} ({trainable:,} of "
-                f"{everything:,} parameters train), {len(data.train):,} examples, "
-                f"{config.epochs} epochs x {steps_per_epoch} steps, batch "
-                f"{config.batch_size} = {micro} x {accum} x {d.world}, lr "
-                f"{config.optim.lr:g}, {'bf16' if bf16 else 'fp32'}; run {run.path}",
-            )
-
-    def collate_with(indices: list[int]) -> dict[str, torch.Tensor]:
-        items = [data.train[i] for i in indices]
-        batch = b.collate(items, data.pad_id)
-        if trunk is not None:
-            batch["features"] = _pad_features([e.features for e in items])
-        return to_device(batch, device)
-
-    bar = Progress(total, state.step, progress and d.main, config.log_every, write=log)
-    window_start, window_tokens = time.perf_counter(), 0
-    run_start = time.perf_counter() - state.elapsed
-    stop = False
-    step_loss = float("nan")
-    try:
-        while state.step < total and not stop:
-            batches = sampler.batches(state.epoch)
-            usable = len(batches) // accum * accum
-            while state.batch_in_epoch < usable and state.step < total:
-                group = batches[state.batch_in_epoch : state.batch_in_epoch + accum]
-                micro_batches = [collate_with(idx) for idx in group]
-                units = all_reduce(
-                    [sum(loss_units(mb, not classify) for mb in micro_batches)], d, device
-                )[0]
-                loss_sum = correct = count = tokens = 0.0
-                for i, batch in enumerate(micro_batches):
-                    sync = (
-                        runner.no_sync()
-                        if d.world > 1 and i < len(micro_batches) - 1
-                        else contextlib.nullcontext()
-                    )
-                    with sync, autocast(device, bf16):
-                        part, hits, n = runner(batch)
-                        loss = part * (d.world / max(units, 1.0))
-                        if config.optim.l1:
-                            loss = loss + config.optim.l1 * l1_penalty(params) / len(micro_batches)
-                    loss.backward()
-                    loss_sum += part.item()
-                    correct += float(hits)
-                    count += float(n)
-                    tokens += float(batch["attention_mask"].sum())
-                loss_sum, correct, count, tokens = all_reduce(
-                    [loss_sum, correct, count, tokens], d, device
-                )
-                step_loss = loss_sum / max(count, 1.0)
-                grad_norm = _clip(params, config.optim.max_grad_norm)
-                if (
-                    not math.isfinite(step_loss)
-                    or step_loss > config.max_loss
-                    or not math.isfinite(grad_norm)
-                ):
-                    raise TrainingDiverged(_diverged(run, state.step + 1, step_loss))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                state.batch_in_epoch += accum
-                state.tokens += int(tokens)
-                window_tokens += tokens
-                now = time.perf_counter()
-                speed = window_tokens / max(now - window_start, 1e-9)
-                lr = scheduler.get_last_lr()[0]
-                bar.update(state.step, step_loss, speed, lr)
-                epoch_end = state.batch_in_epoch >= usable
-                if d.main and (state.step % config.log_every == 0 or state.step == total):
-                    run.log(
-                        {
-                            "step": state.step,
-                            "epoch": state.epoch + state.batch_in_epoch / max(usable, 1),
-                            "train_loss": round(step_loss, 6),
-                            "train_token_accuracy": round(correct / max(count, 1), 6),
-                            "lr": lr,
-                            "tokens_per_second": round(speed, 1),
-                            "grad_norm": round(grad_norm, 6),
-                        }
-                    )
-                    state.metrics_lines += 1
-                    window_start, window_tokens = time.perf_counter(), 0
-                due_eval = (
-                    state.step % config.eval_every == 0 if config.eval_every else epoch_end
-                ) or state.step == total
-                if due_eval:
-                    stop = _evaluate_and_save(
-                        config,
-                        run,
-                        d,
-                        device,
-                        bf16,
-                        objective,
-                        data,
-                        state,
-                        model,
-                        optimizer,
-                        scheduler,
-                        bar,
-                        run_start,
-                        loaded.tokenizer,
-                        labels,
-                    )
-                    if stop:
-                        break
-                elif config.save_every and state.step % config.save_every == 0 and d.main:
-                    state.elapsed = time.perf_counter() - run_start
-                    ckpt.save_checkpoint(
-                        run.checkpoint(state.step), model, optimizer, scheduler, state
-                    )
-                    ckpt.prune(run.path, config.keep_checkpoints, set())
-            if state.batch_in_epoch >= usable:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - run_start
-    results = {
-        "steps": state.step,
-        "epochs": round(state.epoch + state.batch_in_epoch / max(1, len(sampler)), 3),
-        "train_seconds": round(elapsed, 1),
-        "tokens": state.tokens,
-        "tokens_per_second": round(state.tokens / max(elapsed, 1e-9), 1),
-        "train_loss": round(step_loss, 6) if state.step else None,
-        "best_step": state.best_step,
-    }
-    last_valid = [m for m in run.metrics() if "valid_loss" in m] if d.main else []
-    if last_valid:
-        best = min(last_valid, key=lambda m: m["valid_loss"])
-        results.update(valid_loss=best["valid_loss"], valid_accuracy=best.get("valid_accuracy"))
-    if d.main:
-        best_dir = run.best if (config.keep_best and state.best_step is not None) else None
-        if best_dir is not None and best_dir.is_dir():
-            _copy_atomically(best_dir, run.final)
-        else:
-            _export(run.final, model, loaded.tokenizer, config, run, labels)
-        run.update(status="completed", results=results)
-        (run.final / "README.md").write_text(model_card(config, run.info()), encoding="utf-8")
-    if d.world > 1:
-        dist.barrier()
-    return TrainResult(run.path, run.final, results)
-
-
-# --- helpers of train() ----------------------------------------------------------------------
-
-
-def _say(log: Any, text: str) -> None:
-    (log or (lambda s: print(s, flush=True)))(text)
-
-
-def _read(config: TrainConfig) -> dict[str, list[Any]]:
-    out = {"train": b.read_examples(config.data.train)}
-    out["valid"] = b.read_examples(config.data.valid) if config.data.valid else []
-    return out
-
-
-def _encode(
-    config: TrainConfig, records: dict[str, list[Any]], tokenizer: Any, labels: list[str] | None
-) -> Data:
-    length = config.model.max_length
-    out: dict[str, list[Any]] = {}
-    for split, items in records.items():
-        if not items:
-            out[split] = []
-        elif config.data.task == "classify":
-            out[split] = b.encode_classify(items, tokenizer, length, labels or [])
-        elif config.data.task == "lm":
-            out[split] = b.encode_lm(items, tokenizer, length, pack=config.data.pack)
-        else:
-            out[split] = b.encode_sft(
-                items,
-                tokenizer,
-                length,
-                config.data.prompt_loss_weight,
-                add_eos=_add_eos(config, records["train"]),
-            )
-    return Data(out["train"], out["valid"], labels, tokenizer.pad_token_id)
+    s.bar = Progress(s.total, s.state.step, s.progress and s.d.main, config.log_every, write=s.log)
+    s.started = time.perf_counter() - s.state.elapsed
+    s.window = (time.perf_counter(), 0.0)
 
 
 EAGER_MAX_TOKENS = 256
@@ -394,61 +297,90 @@ def _attention(config: TrainConfig, device: torch.device, data: Data) -> str:
     return "eager" if device.type == "cpu" and longest <= EAGER_MAX_TOKENS else "sdpa"
 
 
-def _frozen_linears_to_bf16(model: torch.nn.Module) -> None:
-    """LoRA never changes the base weights, and autocast would cast each frozen linear weight
-    to bf16 on every forward: cast them once. Trainable weights stay fp32 (master weights);
-    embeddings (and a head tied to them) stay fp32 so the residual stream keeps its precision.
-    The saved adapter is unaffected; the base model is reloaded in fp32 wherever it is used."""
-    embedding = model.get_input_embeddings().weight
-    with torch.no_grad():
-        for module in model.modules():
-            if (
-                isinstance(module, torch.nn.Linear)
-                and not module.weight.requires_grad
-                and module.weight is not embedding
-            ):
-                module.weight.data = module.weight.data.to(torch.bfloat16)
-                if module.bias is not None and not module.bias.requires_grad:
-                    module.bias.data = module.bias.data.to(torch.bfloat16)
+# --- the steps -------------------------------------------------------------------------------
 
 
-def _add_eos(config: TrainConfig, train: list[Any]) -> bool:
-    if config.data.add_eos != "auto":
-        return bool(config.data.add_eos)
-    try:
-        distinct = len(b.label_names(train))
-    except TrimtabError:  # not prompt/completion or chat: nothing to classify
-        return True
-    return not (distinct <= 50 and distinct * 3 <= len(train))
+def _collate(s: Session, items: list[Any]) -> dict[str, torch.Tensor]:
+    batch = b.collate(items, s.data.pad_id)
+    batch.update(s.method.extras(items))
+    return to_device(batch, s.device)
 
 
-def _cache_features(
-    trunk: Any, items: list[Any], pad_id: int, device: torch.device, bf16: bool
-) -> None:
-    """Run the frozen trunk once over every example; keep each example's features."""
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    with torch.no_grad():
-        for idx in chunks(order, 64):
-            batch = to_device(b.collate([items[i] for i in idx], pad_id), device)
-            with autocast(device, bf16):
-                feats = trunk.features(batch["input_ids"], batch["attention_mask"])
-            feats = feats.to(torch.bfloat16 if bf16 else torch.float32)  # half the memory
-            for row, i in enumerate(idx):
-                n = len(items[i].input_ids)
-                items[i].features = feats[row, :n].cpu() if feats.dim() == 3 else feats[row].cpu()
+def _train_steps(s: Session) -> None:
+    config, state = s.config, s.state
+    while state.step < s.total:
+        batches = s.sampler.batches(state.epoch)
+        while state.batch_in_epoch < len(batches) and state.step < s.total:
+            group = batches[state.batch_in_epoch : state.batch_in_epoch + s.plan.accum]
+            _step(s, [_collate(s, [s.data.train[i] for i in idx]) for idx in group])
+            state.batch_in_epoch += len(group)
+            epoch_end = state.batch_in_epoch >= len(batches)
+            due_eval = (
+                state.step % config.eval_every == 0 if config.eval_every else epoch_end
+            ) or state.step == s.total
+            if due_eval:
+                if _evaluate_and_save(s):
+                    return
+            elif config.save_every and state.step % config.save_every == 0 and s.d.main:
+                _checkpoint(s)
+        if state.batch_in_epoch >= len(batches):
+            state.epoch += 1
+            state.batch_in_epoch = 0
 
 
-def _pad_features(features: list[torch.Tensor]) -> torch.Tensor:
-    if features[0].dim() == 1:
-        return torch.stack(features)
-    return torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
-
-
-def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
-    if max_norm is None:
-        grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-        return float(torch.stack(grads).norm()) if grads else 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+def _step(s: Session, micro_batches: list[dict[str, torch.Tensor]]) -> None:
+    """One optimizer step: forward and backward over the micro-batches, normalised by the
+    global loss units of this step, then clip, check, update and log."""
+    config, d, state = s.config, s.d, s.state
+    units = sum(loss_units(mb, s.causal) for mb in micro_batches)
+    units = all_reduce([units], d, s.device)[0]
+    loss_sum = correct = count = tokens = 0.0
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = s.runner.no_sync() if d.world > 1 and not last else contextlib.nullcontext()
+        with sync, autocast(s.device, s.bf16):
+            part, hits, n = s.runner(batch)
+            loss = part * (d.world / max(units, 1.0))
+            if config.optim.l1:
+                loss = loss + config.optim.l1 * l1_penalty(s.params) / len(micro_batches)
+        loss.backward()
+        loss_sum += part.item()
+        correct += float(hits)
+        count += float(n)
+        tokens += float(batch["attention_mask"].sum())
+    loss_sum, correct, count, tokens = all_reduce([loss_sum, correct, count, tokens], d, s.device)
+    s.step_loss = loss_sum / max(count, 1.0)
+    grad_norm = clip_gradients(s.params, config.optim.max_grad_norm)
+    if not (math.isfinite(s.step_loss) and s.step_loss <= config.max_loss) or not math.isfinite(
+        grad_norm
+    ):
+        raise TrainingDiverged(_diverged(s.run, state.step + 1, s.step_loss))
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.tokens += int(tokens)
+    start, window_tokens = s.window[0], s.window[1] + tokens
+    speed = window_tokens / max(time.perf_counter() - start, 1e-9)
+    s.window = (start, window_tokens)
+    lr = s.scheduler.get_last_lr()[0]
+    assert s.bar is not None
+    s.bar.update(state.step, s.step_loss, speed, lr)
+    if d.main and (state.step % config.log_every == 0 or state.step == s.total):
+        accuracy = "train_mean_token_accuracy" if s.causal else "train_accuracy"
+        s.run.log(
+            {
+                "step": state.step,
+                "epoch": state.epoch + state.batch_in_epoch / max(len(s.sampler), 1),
+                "train_loss": round(s.step_loss, 6),
+                accuracy: round(correct / max(count, 1), 6),
+                "lr": lr,
+                "tokens_per_second": round(speed, 1),
+                "grad_norm": round(grad_norm, 6),
+            }
+        )
+        state.metrics_lines += 1
+        s.window = (time.perf_counter(), 0.0)
 
 
 def _diverged(run: RunFolder, step: int, loss: float) -> str:
@@ -464,120 +396,158 @@ def _diverged(run: RunFolder, step: int, loss: float) -> str:
     return message
 
 
-def evaluate(
-    objective: Objective,
-    items: list[Any],
-    pad_id: int,
-    device: torch.device,
-    bf16: bool,
-    batch_size: int = 32,
-) -> dict[str, float]:
-    """Mean loss and accuracy (token accuracy for causal tasks) over ``items``."""
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    loss = correct = count = 0.0
-    was_training = objective.training
-    objective.eval()
-    with torch.no_grad():
-        for idx in chunks(order, batch_size):
-            group = [items[i] for i in idx]
-            batch = b.collate(group, pad_id)
-            if objective.trunk is not None:
-                batch["features"] = _pad_features([e.features for e in group])
-            with autocast(device, bf16):
-                part, hits, n = objective(to_device(batch, device))
-            loss += float(part)
-            correct += float(hits)
-            count += float(n)
-    objective.train(was_training)
-    return {"valid_loss": loss / max(count, 1.0), "valid_accuracy": correct / max(count, 1.0)}
+def _interrupted(s: Session) -> str:
+    """Mark the run interrupted (main rank) and say where it stands and how to go on."""
+    last = ckpt.latest_checkpoint(s.run.path) if s.run.path.is_dir() else None
+    step = s.state.step
+    kept = f"the last checkpoint kept is {last}" if last else "no checkpoint yet"
+    if s.d.main and s.run.info_file.exists():
+        s.run.update(
+            status="interrupted",
+            interrupted_step=step,
+            last_checkpoint=str(last) if last else None,
+        )
+    if not s.run.config_file.is_file():
+        return f"interrupted before training started: nothing to resume in {s.run.path}"
+    return (
+        f"interrupted at step {step} of {s.total}; {kept}. "
+        f"Continue with: trimtab train --resume {s.run.path}"
+    )
 
 
-def _evaluate_and_save(
-    config: TrainConfig,
-    run: RunFolder,
-    d: Dist,
-    device: torch.device,
-    bf16: bool,
-    objective: Objective,
-    data: Data,
-    state: ckpt.LoopState,
-    model: torch.nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    bar: Progress,
-    run_start: float,
-    tokenizer: Any,
-    labels: list[str] | None,
-) -> bool:
+# --- evaluation and saving -------------------------------------------------------------------
+
+
+def _valid_scores(s: Session) -> dict[str, float]:
+    """valid_loss; valid_accuracy: of the labels (classify, or sft on a few labels: the
+    likeliest label after the prompt against the true one); valid_mean_token_accuracy
+    (OpenAI's name) for sft and lm."""
+    data = s.data
+    scores = evaluate(
+        s.objective, data.valid, data.pad_id, s.device, s.bf16, extras=s.method.extras
+    )
+    if not s.causal:
+        return scores
+    out = {
+        "valid_loss": scores["valid_loss"],
+        "valid_mean_token_accuracy": scores["valid_accuracy"],
+    }
+    if data.scored is not None:
+        prompts, answers, labels = data.scored
+        was_training = s.model.training
+        logp = score_labels(
+            s.model,
+            s.tokenizer,
+            prompts,
+            labels,
+            max_length=s.config.model.max_length,
+            bf16=s.bf16,
+        )
+        s.model.train(was_training)
+        picked = [labels[i] for i in logp.argmax(-1).tolist()]
+        out["valid_accuracy"] = sum(p == a for p, a in zip(picked, answers)) / len(answers)
+    return out
+
+
+def _evaluate_and_save(s: Session) -> bool:
     """Evaluate (rank 0), keep the best, checkpoint; True when early stopping says stop."""
+    state = s.state
     stop = 0.0
-    if d.main:
-        if data.valid:
-            scores = evaluate(objective, data.valid, data.pad_id, device, bf16)
-            run.log(
-                {
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    **{k: round(v, 6) for k, v in scores.items()},
-                }
+    if s.d.main:
+        if s.data.valid:
+            scores = _valid_scores(s)
+            s.run.log(
+                {"step": state.step, "epoch": state.epoch}
+                | {k: round(v, 6) for k, v in scores.items()}
             )
             state.metrics_lines += 1
-            bar.message(
-                f"step {state.step}: valid loss {scores['valid_loss']:.4f}, "
-                f"accuracy {scores['valid_accuracy']:.4f}"
+            accuracy = scores.get("valid_accuracy", scores.get("valid_mean_token_accuracy"))
+            assert s.bar is not None
+            s.bar.message(
+                f"step {state.step}: valid loss {scores['valid_loss']:.4f}, accuracy {accuracy:.4f}"
             )
-            if state.best_score is None or scores["valid_loss"] < state.best_score:
-                state.best_score, state.best_step, state.bad_evals = (
-                    scores["valid_loss"],
-                    state.step,
-                    0,
-                )
-                if config.keep_best:
-                    _export(run.best, model, tokenizer, config, run, labels)
-            else:
-                state.bad_evals += 1
-                if (
-                    config.early_stopping_patience
-                    and state.bad_evals >= config.early_stopping_patience
-                ):
-                    bar.message(
-                        f"early stopping: no improvement in {state.bad_evals} "
-                        f"evaluations; best step {state.best_step}"
-                    )
-                    stop = 1.0
-        state.elapsed = time.perf_counter() - run_start
-        ckpt.save_checkpoint(run.checkpoint(state.step), model, optimizer, scheduler, state)
-        ckpt.prune(run.path, config.keep_checkpoints, set())
-    if d.world > 1:
-        stop = all_reduce([stop], d, device)[0]
+            stop = float(_track_best(s, scores["valid_loss"]))
+        _checkpoint(s)
+    if s.d.world > 1:
+        stop = all_reduce([stop], s.d, s.device)[0]
     return stop > 0
 
 
-def _export(
-    folder: Path,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    config: TrainConfig,
-    run: RunFolder,
-    labels: list[str] | None,
-) -> None:
+def _track_best(s: Session, loss: float) -> bool:
+    """Keep the best model by validation loss; True when early stopping says stop."""
+    config, state = s.config, s.state
+    if state.best_score is None or loss < state.best_score:
+        state.best_score, state.best_step, state.bad_evals = loss, state.step, 0
+        if config.keep_best:
+            _export(s, s.run.best)
+        return False
+    state.bad_evals += 1
+    patience = config.early_stopping_patience
+    if patience and state.bad_evals >= patience:
+        assert s.bar is not None
+        s.bar.message(
+            f"early stopping: no improvement in {state.bad_evals} evaluations; "
+            f"best step {state.best_step}"
+        )
+        return True
+    return False
+
+
+def _checkpoint(s: Session) -> None:
+    s.state.elapsed = time.perf_counter() - s.started
+    ckpt.save_checkpoint(s.run.checkpoint(s.state.step), s.model, s.optimizer, s.scheduler, s.state)
+    ckpt.prune(s.run.path, s.config.keep_checkpoints, set())
+
+
+def _finish(s: Session) -> TrainResult:
+    config, state, run = s.config, s.state, s.run
+    elapsed = time.perf_counter() - s.started
+    results: dict[str, Any] = {
+        "steps": state.step,
+        "epochs": round(state.epoch + state.batch_in_epoch / max(1, len(s.sampler)), 3),
+        "train_seconds": round(elapsed, 1),
+        "tokens": state.tokens,
+        "tokens_per_second": round(state.tokens / max(elapsed, 1e-9), 1),
+        "train_loss": round(s.step_loss, 6) if state.step else None,
+        "best_step": state.best_step,
+    }
+    evaluated = [m for m in run.metrics() if "valid_loss" in m] if s.d.main else []
+    if evaluated:
+        best = min(evaluated, key=lambda m: m["valid_loss"])
+        for key in ("valid_loss", "valid_accuracy", "valid_mean_token_accuracy"):
+            if key in best:
+                results[key] = best[key]
+    if s.d.main:
+        if config.keep_best and state.best_step is not None and run.best.is_dir():
+            with staged_dir(run.final) as tmp:
+                shutil.copytree(run.best, tmp, dirs_exist_ok=True)
+        else:
+            _export(s, run.final)
+        run.update(status="completed", results=results)
+        write_text(run.final / "README.md", model_card(config, run.info()))
+    if s.d.world > 1:
+        dist.barrier()
+    return TrainResult(run.path, run.final, results)
+
+
+def _export(s: Session, folder: Path) -> None:
     """Write a complete model folder: weights, tokenizer, trimtab.json (all or nothing)."""
+    config = s.config
     with staged_dir(folder) as tmp:
-        save_trainable(model, tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json_atomically(
+        save_trainable(s.model, tmp)
+        s.tokenizer.save_pretrained(tmp)
+        write_json(
             tmp / "trimtab.json",
             {
-                "base_model": config.model.name,
+                "base_model": s.adapter_base or config.model.name,
                 "task": config.data.task,
                 "method": config.method.name,
-                "labels": labels,
+                "labels": s.data.labels,
                 "max_length": config.model.max_length,
-                "run": str(run.path),
-            },
+                "run": str(s.run.path),
+            }
+            | ({"parent_run": s.parent["parent_run"]} if s.parent else {}),
         )
 
 
-def _copy_atomically(source: Path, folder: Path) -> None:
-    with staged_dir(folder) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+__all__ = ["ConfigError", "TrainResult", "evaluate", "train"]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trimtab.evaluation.scoring import label_token_ids, score_labels
+from trimtab.models.scoring import label_token_ids, score_labels
 
 PROMPTS = [
     "Great product, works well.\n\n###\n\n",

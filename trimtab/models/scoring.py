@@ -5,17 +5,19 @@ what follows: with the leading-space convention every star label is ``' '`` + di
 so one forward pass over prompt + ``' '`` gives every label's score from the last position's
 distribution. Labels that differ in more than their last token are scored with one sequence
 per label, batched. ``classify``-task models (a classification head) use their head's logits.
+:func:`language_model_loss` scores held-out tokens (evaluation's loss and perplexity).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from trimtab.generation.generate import left_pad
-from trimtab.training.loop import chunks
+from trimtab.models.batching import IGNORE, autocast, chunks, left_pad
 
 
 def label_token_ids(tokenizer: Any, labels: list[str]) -> list[list[int]]:
@@ -62,8 +64,13 @@ def score_labels(
             rows = [_fit(prompt_ids[i], shared, max_length) for i in idx]
             with autocast:
                 logp = _tail_logprobs(model, rows, len(shared) + 1, pad)
-            prefix = sum(logp[:, j, t] for j, t in enumerate(shared)) if shared else 0.0
-            out[idx] = logp[:, -1, [s[-1] for s in seqs]] + (prefix[:, None] if shared else 0.0)
+            last = logp[:, -1, [s[-1] for s in seqs]]
+            if shared:  # the shared tokens' log-probabilities add to every label's score
+                last = (
+                    last
+                    + torch.stack([logp[:, j, t] for j, t in enumerate(shared)]).sum(0)[:, None]
+                )
+            out[idx] = last
         else:
             for col, seq in enumerate(seqs):
                 rows = [_fit(prompt_ids[i], seq, max_length) for i in idx]
@@ -123,3 +130,72 @@ def classify_logits(
             logits = model(**enc).logits
         out[idx] = F.log_softmax(logits.float(), dim=-1).cpu()
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageModelLoss:
+    """Summed cross-entropy of the scored tokens, how many were right, and how many there were."""
+
+    loss_sum: float
+    correct: int
+    tokens: int
+
+    @property
+    def loss(self) -> float:
+        """Mean loss per scored token (nats)."""
+        return self.loss_sum / max(self.tokens, 1)
+
+    @property
+    def token_accuracy(self) -> float:
+        """Share of scored tokens that were the model's most likely next token."""
+        return self.correct / max(self.tokens, 1)
+
+
+@torch.no_grad()
+def language_model_loss(
+    model: Any,
+    sequences: Sequence[tuple[list[int], list[int]]],
+    pad_id: int | None,
+    *,
+    batch_size: int = 16,
+    bf16: bool = False,
+) -> LanguageModelLoss:
+    """Next-token loss of ``(input_ids, labels)`` sequences, labels :data:`IGNORE` where unscored.
+
+    Labels are aligned with the inputs (position ``t`` is predicted from the tokens before
+    it), as Hugging Face models take them. Only the positions that are scored go through the
+    output head, never the whole vocabulary at every token. Sequences run in length order.
+    """
+    model.eval()
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone, head = getattr(hf, hf.base_model_prefix), hf.get_output_embeddings()
+    device = next(model.parameters()).device
+    pad = 0 if pad_id is None else pad_id
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+    loss_sum, correct, tokens = 0.0, 0, 0
+    for idx in chunks(order, batch_size):
+        ids, mask, labels = _pad_right([sequences[i] for i in idx], pad, device)
+        with autocast(device, bf16):
+            hidden = backbone(input_ids=ids, attention_mask=mask)[0]
+            targets = labels[:, 1:]
+            keep = targets != IGNORE
+            logits = head(hidden[:, :-1][keep]).float()
+        targets = targets[keep]
+        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+        correct += int((logits.argmax(-1) == targets).sum())
+        tokens += int(targets.numel())
+    return LanguageModelLoss(loss_sum, correct, tokens)
+
+
+def _pad_right(
+    rows: list[tuple[list[int], list[int]]], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (row, row_labels) in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        labels[i, : len(row_labels)] = torch.tensor(row_labels)
+    return ids.to(device), mask.to(device), labels.to(device)
