@@ -12,13 +12,9 @@ import csv
 import time
 from pathlib import Path
 
+from trimtab.data.prepared import encode_classify, encode_sft, label_names
 from trimtab.models.registry import load_tokenizer
-from trimtab.training.batches import (
-    LengthGroupedSampler,
-    encode_classify,
-    encode_sft,
-    label_names,
-)
+from trimtab.training.batches import LengthGroupedSampler
 
 REPO = Path(__file__).resolve().parent.parent
 

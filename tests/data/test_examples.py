@@ -513,7 +513,7 @@ def test_strip_separator_without_a_name_keeps_text_that_ends_otherwise():
 
 
 def test_training_reader_accepts_every_conversation_prepare_writes():
-    from trimtab.training.batches import detect_format
+    from trimtab.data.prepared import detect_format
 
     messages = [
         {"role": "user", "content": "weather?"},
@@ -526,7 +526,7 @@ def test_training_reader_accepts_every_conversation_prepare_writes():
 
 
 def test_training_reader_reports_bad_messages_as_prepare_does():
-    from trimtab.training.batches import detect_format
+    from trimtab.data.prepared import detect_format
 
     bad = [{"role": "human", "content": 3}]
     with pytest.raises(DataError) as trained:

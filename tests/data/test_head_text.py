@@ -22,7 +22,7 @@ def test_head_text_is_the_prompt_without_prepares_separator():
 def test_training_encodes_the_same_tokens_for_a_head_with_or_without_the_separator(
     tiny_tokenizer_dir,
 ):
-    from trimtab.training.batches import encode_classify
+    from trimtab.data.prepared import encode_classify
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     with_sep = [{"prompt": p + SEP, "completion": " " + c} for p, c in ROWS]

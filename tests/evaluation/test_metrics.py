@@ -98,3 +98,11 @@ def test_generation_scores_need_one_prediction_per_reference():
 
     with pytest.raises(ValueError, match="2 references but 1 predictions"):
         generation_scores(["a"], ["a", "b"])
+
+
+def test_bootstrap_interval_matches_the_normal_approximation_of_a_proportion():
+    # 500 right of 1,000: the 95% interval is about 0.5 +- 1.96 * sqrt(0.25 / 1000) = +- 0.031
+    correct = [True, False] * 500
+    low, high = bootstrap_ci(correct, samples=2000, seed=3)
+    assert abs((high - low) - 2 * 0.031) < 0.008
+    assert abs((low + high) / 2 - 0.5) < 0.005

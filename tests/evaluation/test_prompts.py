@@ -5,7 +5,6 @@ from trimtab.evaluation.prompts import (
     baseline_prompts,
     parse_label,
     pick_shots,
-    strip_separator,
 )
 
 LABELS = ["1", "2", "3", "4", "5"]
@@ -44,11 +43,6 @@ def test_answer_naming_no_label_is_invalid():
 def test_text_labels_are_found_case_sensitively_as_words():
     assert parse_label("The answer: positive.", ["negative", "positive"]) == "positive"
     assert parse_label("unpositive", ["negative", "positive"]) is None
-
-
-def test_separator_is_stripped_from_the_prompt():
-    assert strip_separator("great\n\n###\n\n", "\n\n###\n\n") == "great"
-    assert strip_separator("great  \n", None) == "great"
 
 
 def test_shots_cover_every_label_before_repeating_one():

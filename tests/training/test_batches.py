@@ -16,12 +16,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from trimtab.errors import DataError
-from trimtab.training.batches import (
-    IGNORE,
+from trimtab.data.prepared import (
     Encoded,
-    LengthGroupedSampler,
-    collate,
     detect_format,
     encode_classify,
     encode_lm,
@@ -29,6 +25,9 @@ from trimtab.training.batches import (
     label_names,
     read_examples,
 )
+from trimtab.errors import DataError
+from trimtab.models.batching import IGNORE
+from trimtab.training.batches import LengthGroupedSampler, collate
 
 SEP = "\n\n###\n\n"
 TEMPLATE = (

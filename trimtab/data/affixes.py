@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from trimtab.data.checks import CheckResult, Fix, State, _locations
+from trimtab.data.checks import CheckResult, Fix, State, locations
 from trimtab.data.examples import SEPARATOR_CANDIDATES, SEPARATOR_NUMBERED
 from trimtab.errors import DataError, Problem
 
@@ -151,7 +151,7 @@ def _suffix_check(
                 f"{requested!r} occurs inside {len(inside)} examples, so {why}; "
                 "choose another or leave it unset",
                 len(inside),
-                _locations(inside),
+                locations(inside),
             )
         marker = requested
     else:
@@ -309,6 +309,6 @@ def check_leading_space(state: State) -> CheckResult | None:
         "usually attach the space to the next word, so a leading space matches "
         "how text continues",
         len(missing),
-        _locations(missing),
+        locations(missing),
         fix=Fix("add-leading-space", "Start every completion with a space", True, add),
     )

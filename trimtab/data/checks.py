@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trimtab.data.examples import Example, Mode, looks_like_classification
+from trimtab.models.tasks import ModelKind
 
 Status = Literal["ok", "info", "warning", "error"]
 Task = Literal[
     "classification", "conditional-generation", "open-ended-generation", "language-modeling"
 ]
 OutputFormat = Literal["prompt-completion", "chat", "text"]
-ModelKind = Literal["decoder", "encoder"]
 
 MAX_LOCATIONS = 5  # example locations shown per check
 MIN_PER_CLASS = 100  # OpenAI's advice: at least ~100 examples per class
@@ -165,11 +165,11 @@ def _last_assistant(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def _locations(examples: list[Example]) -> list[str]:
+def locations(examples: list[Example]) -> list[str]:
     return [ex.where for ex in examples[:MAX_LOCATIONS]]
 
 
-def _drop(bad: list[Example]) -> Callable[[State], None]:
+def drop(bad: list[Example]) -> Callable[[State], None]:
     ids = {id(ex) for ex in bad}
     return lambda s: setattr(s, "examples", [ex for ex in s.examples if id(ex) not in ids])
 
@@ -226,12 +226,12 @@ def check_invalid_utf8(state: State) -> CheckResult:
         "warning",
         f"{len(bad)} examples contain bytes that are not valid UTF-8 (decoded as U+FFFD)",
         len(bad),
-        _locations(bad),
+        locations(bad),
         fix=Fix(
             "drop-invalid-utf8",
             f"Remove the {len(bad)} examples with invalid UTF-8",
             True,
-            _drop(bad),
+            drop(bad),
         ),
     )
 
@@ -259,7 +259,7 @@ def check_control_characters(state: State) -> CheckResult:
         "warning",
         f"{len(bad)} examples contain control characters (other than tab and newline)",
         len(bad),
-        _locations(bad),
+        locations(bad),
         fix=Fix(
             "strip-control-characters",
             f"Strip control characters from {len(bad)} examples",
@@ -302,9 +302,9 @@ def check_empty_fields(state: State) -> CheckResult:
         "warning",
         what,
         len(bad),
-        _locations(bad),
+        locations(bad),
         details,
-        Fix("drop-empty", f"Remove the {len(bad)} examples with empty fields", True, _drop(bad)),
+        Fix("drop-empty", f"Remove the {len(bad)} examples with empty fields", True, drop(bad)),
     )
 
 
@@ -360,12 +360,12 @@ def check_duplicates(state: State) -> CheckResult:
         "warning",
         f"{len(dups)} examples repeat an earlier one exactly",
         len(dups),
-        _locations(dups),
+        locations(dups),
         fix=Fix(
             "drop-duplicates",
             f"Remove {len(dups)} duplicates, keeping the first",
             True,
-            _drop(dups),
+            drop(dups),
         ),
     )
 
@@ -394,12 +394,12 @@ def check_near_duplicates(state: State) -> CheckResult:
         "warning",
         f"{len(near)} examples differ from an earlier one only in case, spaces or punctuation",
         len(near),
-        _locations(near),
+        locations(near),
         fix=Fix(
             "drop-near-duplicates",
             f"Remove {len(near)} near-duplicates, keeping the first",
             True,
-            _drop(near),
+            drop(near),
         ),
     )
 
@@ -428,13 +428,13 @@ def check_contradictions(state: State) -> CheckResult:
         "warning",
         f"{len(conflicting)} prompts appear with different completions ({len(bad)} examples)",
         len(bad),
-        _locations(bad),
+        locations(bad),
         {"prompts": len(conflicting)},
         Fix(
             "drop-contradictions",
             f"Remove all {len(bad)} contradicting examples",
             False,
-            _drop(bad),
+            drop(bad),
         ),
     )
 
@@ -464,7 +464,7 @@ def check_uppercase(state: State) -> CheckResult:
             status,
             f"{share:.1%} of letters are upper case; {len(shouting)} examples are all capitals",
             len(shouting),
-            _locations(shouting),
+            locations(shouting),
             details,
         )
 
@@ -485,7 +485,7 @@ def check_uppercase(state: State) -> CheckResult:
         f"{share:.1%} of letters are upper case: upper-case text tends to train "
         "worse than normal mixed case",
         len(shouting),
-        _locations(shouting),
+        locations(shouting),
         details,
         Fix("lowercase", "Lower-case all text", False, lowercase),
     )

@@ -175,6 +175,8 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     check_output_dir(options.out, options.force)
     tokenizer_name = None if options.model == "none" else options.model
     # an unknown name fails before the data is read
+    from trimtab.models.registry import model_kind
+
     kind = model_kind(tokenizer_name) if tokenizer_name else None
 
     mapping = Mapping(
@@ -336,31 +338,6 @@ def _output_format(options: PrepareOptions, mode: str) -> c.OutputFormat:
             ]
         )
     return options.format
-
-
-def model_kind(name: str) -> c.ModelKind | None:
-    """Whether ``--model`` is a decoder or an encoder, without loading it; None when unknown.
-
-    Known models say it in the registry; a local folder by its config.json, by the catalog's
-    rule (a language-model head is a decoder; a bare encoder or a classification head reads the
-    text whole). Read by hand: importing transformers to classify it would cost seconds. Hub ids
-    and folders without a config keep the decoder conventions.
-    """
-    from trimtab.models import resolve_model
-
-    model = resolve_model(name)
-    if model.spec is not None:
-        return model.spec.kind
-    config = model.path / "config.json" if model.path is not None else None
-    if config is None or not config.is_file():
-        return None
-    try:
-        architectures = " ".join(json.loads(config.read_text(encoding="utf-8"))["architectures"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not architectures:
-        return None
-    return "decoder" if "CausalLM" in architectures or "LMHead" in architectures else "encoder"
 
 
 def _load_tokenizer(name: str | None, chat: bool) -> Any:

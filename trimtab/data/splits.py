@@ -11,7 +11,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Literal
 
-from trimtab.data.checks import MIN_PER_CLASS, CheckResult, Fix, State, Status, _locations
+from trimtab.data.checks import MIN_PER_CLASS, CheckResult, Fix, State, Status, locations
 from trimtab.data.examples import Example
 
 SPLITS = ("train", "valid", "test")
@@ -140,7 +140,7 @@ def check_leakage(state: State) -> CheckResult:
         "warning",
         message,
         len(removable) + len(stuck),
-        _locations(removable + stuck),
+        locations(removable + stuck),
         details,
         fix,
     )

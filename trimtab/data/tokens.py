@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from trimtab.data.checks import CheckResult, Fix, State, _drop, _locations
+from trimtab.data.checks import CheckResult, Fix, State, drop, locations
 from trimtab.data.examples import Example
 from trimtab.models.chat import render_chat
 
@@ -234,7 +234,7 @@ def check_long_examples(state: State, max_length: int, counts: TokenCounts | Non
             f"{len(long)} texts are longer than {max_length} tokens; they are "
             "split into chunks when packed for training",
             len(long),
-            _locations(long),
+            locations(long),
         )
     if state.task == "classification":
         why = "their prompts will be truncated (the label is kept), which loses some input"
@@ -246,12 +246,12 @@ def check_long_examples(state: State, max_length: int, counts: TokenCounts | Non
         "warning",
         f"{len(long)} examples are longer than {max_length} tokens: {why}",
         len(long),
-        _locations(long),
+        locations(long),
         fix=Fix(
             "drop-long",
             f"Remove the {len(long)} examples over {max_length} tokens",
             state.task != "classification",
-            _drop(long),
+            drop(long),
         ),
     )
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trimtab import __version__
+from trimtab.data.examples import strip_separator
 from trimtab.errors import ConfigError, TrimtabError
 from trimtab.evaluation.evaluate import (
     EvalData,
@@ -30,7 +31,7 @@ from trimtab.evaluation.evaluate import (
     load_eval_data,
     load_for_eval,
 )
-from trimtab.evaluation.prompts import Shot, pick_shots, strip_separator
+from trimtab.evaluation.prompts import Shot, pick_shots
 from trimtab.files import check_output
 from trimtab.models.runs import RunFolder
 
@@ -191,7 +192,10 @@ def _shots(data: EvalData, k: int, seed: int) -> list[Shot]:
 
     assert data.train is not None and data.labels is not None
     examples = [
-        (strip_separator(r.fields["prompt"], data.separator), r.fields["completion"].strip())
+        (
+            strip_separator(r.fields["prompt"], data.separator).rstrip(),
+            r.fields["completion"].strip(),
+        )
         for r in read_examples(data.train)
         if "prompt" in r.fields
     ]

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from trimtab.data.examples import head_text, looks_like_classification
+from trimtab.data.examples import head_text, looks_like_classification, strip_separator
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.metrics import (
     ClassificationReport,
@@ -31,7 +31,7 @@ from trimtab.evaluation.metrics import (
     generation_scores,
     sort_labels,
 )
-from trimtab.evaluation.prompts import Shot, baseline_prompts, parse_label, strip_separator
+from trimtab.evaluation.prompts import Shot, baseline_prompts, parse_label
 from trimtab.models.batching import bf16_available
 from trimtab.models.scoring import classify_logits, language_model_loss, score_labels
 from trimtab.models.tasks import Task
@@ -197,7 +197,7 @@ def classification_inputs(
     if model.fine_tuned and shots is None:
         space = " " if data.leading_space else ""
         return data.prompts, [space + label for label in labels]
-    texts = [strip_separator(p, data.separator) for p in data.prompts]
+    texts = [strip_separator(p, data.separator).rstrip() for p in data.prompts]
     return baseline_prompts(
         model.tokenizer,
         texts,

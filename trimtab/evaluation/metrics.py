@@ -8,7 +8,6 @@ parsed to nothing) count as wrong and are reported separately.
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -54,15 +53,19 @@ def _ordinal(labels: list[str]) -> dict[str, float] | None:
 def bootstrap_ci(
     correct: list[bool], *, samples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``correct``."""
+    """Percentile bootstrap interval of the mean of ``correct`` (all resamples drawn at once
+    with numpy: 1,000 x 5,000 draws take milliseconds, not the seconds of a Python loop)."""
+    import numpy as np
+
     n = len(correct)
     if n == 0:
         return (0.0, 0.0)
-    rng = random.Random(seed)
-    values = [int(c) for c in correct]
-    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(samples))
+    values = np.asarray(correct, dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    means = np.sort(values[draws].mean(axis=1))
     tail = (1 - level) / 2
-    return (means[int(tail * (samples - 1))], means[int((1 - tail) * (samples - 1) + 0.5)])
+    low, high = means[int(tail * (samples - 1))], means[int((1 - tail) * (samples - 1) + 0.5)]
+    return (float(low), float(high))
 
 
 def classification_report(

@@ -29,13 +29,6 @@ class Shot:
     label: str
 
 
-def strip_separator(prompt: str, separator: str | None) -> str:
-    """The prompt's text without the separator ``trimtab prepare`` appended."""
-    if separator and prompt.endswith(separator):
-        return prompt[: -len(separator)]
-    return prompt.rstrip()
-
-
 def pick_shots(
     examples: Sequence[tuple[str, str]], labels: Sequence[str], k: int, *, seed: int = 0
 ) -> list[Shot]:

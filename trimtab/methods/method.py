@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from trimtab.methods.trainable import MethodSpec, Task, _is_peft, apply_method
+from trimtab.methods.trainable import MethodSpec, Task, apply_method, is_peft
 
 if TYPE_CHECKING:
     import torch
@@ -123,7 +123,7 @@ class Lora(TrainingMethod):
     def apply(self, model: torch.nn.Module, task: Task) -> torch.nn.Module:
         """A model that already carries a trainable adapter (a LoRA run continued, loaded with
         ``adapter="train"``) keeps it: the adapter's own options were fixed by that run."""
-        if _is_peft(model):
+        if is_peft(model):
             return model
         return apply_method(model, self.spec, task)
 

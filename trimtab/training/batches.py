@@ -1,6 +1,6 @@
 """Length-grouped batches of encoded examples for training.
 
-Examples are read and encoded by :mod:`trimtab.data.prepared` (re-exported here). A step costs
+Examples are read and encoded by :mod:`trimtab.data.prepared`. A step costs
 what its padded batch costs, so :class:`LengthGroupedSampler` groups similar lengths and
 :func:`collate` pads each batch only to its own longest example.
 """
@@ -11,40 +11,12 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from trimtab.data.prepared import (
-    Encoded,
-    Format,
-    Records,
-    TemplateRefused,
-    detect_format,
-    encode_classify,
-    encode_lm,
-    encode_sft,
-    label_names,
-    read_examples,
-    render_chat,
-)
+from trimtab.data.prepared import Encoded
 from trimtab.models.batching import IGNORE
 
 if TYPE_CHECKING:  # torch costs a second to import; only collate needs it
     import torch
 
-__all__ = [
-    "IGNORE",
-    "Encoded",
-    "Format",
-    "LengthGroupedSampler",
-    "Records",
-    "TemplateRefused",
-    "collate",
-    "detect_format",
-    "encode_classify",
-    "encode_lm",
-    "encode_sft",
-    "label_names",
-    "read_examples",
-    "render_chat",
-]
 MEGA_BATCHES = 50  # the sampler sorts by length within chunks of 50 global batches
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trimtab.data import prepared
 from trimtab.data.examples import looks_like_classification
 from trimtab.errors import TrimtabError
-from trimtab.training import batches as b
 from trimtab.training.config import TrainConfig
 
 
@@ -29,8 +29,8 @@ class Data:
 
 def read_splits(config: TrainConfig) -> dict[str, list[Any]]:
     """The records of the train and valid splits (valid: none if the config names none)."""
-    out = {"train": b.read_examples(config.data.train)}  # type: ignore[arg-type]
-    out["valid"] = b.read_examples(config.data.valid) if config.data.valid else []
+    out = {"train": prepared.read_examples(config.data.train)}  # type: ignore[arg-type]
+    out["valid"] = prepared.read_examples(config.data.valid) if config.data.valid else []
     return out
 
 
@@ -47,11 +47,11 @@ def encode_splits(
         if not items:
             out[split] = []
         elif task == "classify":
-            out[split] = b.encode_classify(items, tokenizer, length, labels or [])
+            out[split] = prepared.encode_classify(items, tokenizer, length, labels or [])
         elif task == "lm":
-            out[split] = b.encode_lm(items, tokenizer, length, pack=config.data.pack)
+            out[split] = prepared.encode_lm(items, tokenizer, length, pack=config.data.pack)
         else:
-            out[split] = b.encode_sft(
+            out[split] = prepared.encode_sft(
                 items, tokenizer, length, config.data.prompt_loss_weight, add_eos=bool(add_eos)
             )
     scored = _scored(records["valid"], learnt or []) if few_labels else None
@@ -61,7 +61,7 @@ def encode_splits(
 def completions(records: list[Any]) -> list[str] | None:
     """What sft learns to write: each completion (chat: the last assistant message)."""
     try:
-        b.label_names(records)  # checks the format: prompt/completion or chat
+        prepared.label_names(records)  # checks the format: prompt/completion or chat
     except TrimtabError:
         return None
     out = []

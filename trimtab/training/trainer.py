@@ -20,13 +20,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trimtab.errors import ConfigError, TrimtabError
-from trimtab.files import staged_dir, write_json, write_text
+from trimtab.data.prepared import label_names
+from trimtab.errors import TrimtabError
+from trimtab.files import staged_dir, write_text
 from trimtab.methods import TrainingMethod, method_for, save_trainable, trainable_parameters
 from trimtab.models import resolve_model
 from trimtab.models.batching import autocast, bf16_available
 from trimtab.models.loading import Adapter, load_model
-from trimtab.models.runs import RunFolder
+from trimtab.models.runs import RunFolder, write_meta
 from trimtab.models.scoring import score_labels
 from trimtab.models.tasks import is_generative
 from trimtab.training import batches as b
@@ -138,12 +139,14 @@ def train(
         try:
             _setup(s, records, resume)
             _train_steps(s)
+            if s.bar is not None:
+                s.bar.close()
+            return _finish(s)  # a Ctrl-C while final/ is written also says how to resume
         except KeyboardInterrupt:
             raise TrainingInterrupted(_interrupted(s)) from None
         finally:
             if s.bar is not None:
                 s.bar.close()
-        return _finish(s)
 
 
 # --- setup -----------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def _packed(config: TrainConfig) -> bool:
 def _setup(s: Session, records: dict[str, list[Any]], resume: Path | None) -> None:
     config = s.config
     classify = config.data.task == "classify"
-    labels = b.label_names(records["train"]) if classify else None
+    labels = label_names(records["train"]) if classify else None
     method = method_for(config.method.spec())
     adapter: Adapter = "train" if method.name == "lora" else "merge"  # a parent's goes on
     loaded = load_model(config.model.name, config.data.task, labels=labels, adapter=adapter)
@@ -536,8 +539,8 @@ def _export(s: Session, folder: Path) -> None:
     with staged_dir(folder) as tmp:
         save_trainable(s.model, tmp)
         s.tokenizer.save_pretrained(tmp)
-        write_json(
-            tmp / "trimtab.json",
+        write_meta(
+            tmp,
             {
                 "base_model": s.adapter_base or config.model.name,
                 "task": config.data.task,
@@ -550,4 +553,4 @@ def _export(s: Session, folder: Path) -> None:
         )
 
 
-__all__ = ["ConfigError", "TrainResult", "evaluate", "train"]
+__all__ = ["TrainResult", "train"]
