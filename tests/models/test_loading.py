@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -371,19 +370,15 @@ def smollm2_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, obj
         real_loader = loading._load_gguf_model
         seen: dict[str, object] = {}
 
-        def measured_loader(folder: Path, filename: str):
-            start = time.perf_counter()
+        def keeping_loader(folder: Path, filename: str):
             seen["model"] = real_loader(folder, filename)
-            seen["gguf_load_s"] = time.perf_counter() - start
             return seen["model"]
 
-        mp.setattr(loading, "_load_gguf_model", measured_loader)
-        start = time.perf_counter()
+        mp.setattr(loading, "_load_gguf_model", keeping_loader)
         folder = ensure_weights("smollm2-135m")
-        convert_s = time.perf_counter() - start
         if "model" not in seen:  # converted by an earlier session in a user-set TRIMTAB_HOME
             resolved = registry.resolve_model("smollm2-135m")
-            measured_loader(resolved.path, resolved.gguf_file)
+            keeping_loader(resolved.path, resolved.gguf_file)
         model = seen.pop("model")
         tokenizer = registry.load_tokenizer("smollm2-135m")
         inputs = tokenizer(["Hello! How are you today?"], return_tensors="pt")
@@ -394,8 +389,6 @@ def smollm2_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, obj
             "inputs": inputs,
             "logits": logits,
             "tied": model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(),
-            "gguf_load_s": seen["gguf_load_s"],
-            "convert_s": convert_s,
         }
 
 

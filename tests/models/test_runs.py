@@ -158,7 +158,7 @@ def test_a_second_process_gets_run_locked_error_at_once(tmp_path: Path):
         with pytest.raises(RunLockedError, match="another process is training this run"):
             with run.lock():
                 pass
-        assert time.monotonic() - started < 1  # refused, not waited for
+        assert time.monotonic() - started < 5  # refused, not waited for (the holder never lets go)
         assert run.is_live()
     finally:
         holder.kill()
