@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--run",
@@ -48,7 +48,11 @@ def main() -> int:
         help="no bf16 autocast: the three sides then agree exactly (in bf16 a "
         "near-tie between two labels can go either way)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def inputs_exist(args: argparse.Namespace) -> bool:
+    """Whether --run and --data exist; says what to do on stderr when one does not."""
     for path in (args.run, args.data):
         if not Path(path).exists():
             print(
@@ -56,26 +60,37 @@ def main() -> int:
                 "--run and --data.",
                 file=sys.stderr,
             )
-            return 2
+            return False
+    return True
+
+
+def load_model_and_data(args: argparse.Namespace):
+    """The run's model (LoRA merged into the weights), the reviews and a warm-up batch."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from trimtab.evaluation.evaluate import evaluate_classification, load_eval_data, load_for_eval
-    from trimtab.evaluation.prompts import parse_label
+    from trimtab.evaluation.evaluate import load_eval_data, load_for_eval
 
     torch.set_num_threads(args.threads)
     model = load_for_eval(args.run, device="cpu")
     if hasattr(model.model, "merge_and_unload"):
         model.model = model.model.merge_and_unload().eval()
     data = load_eval_data(Path(args.data), limit=args.reviews)
-    labels = data.labels or []
-    common = {"bf16": not args.fp32, "batch_size": args.batch_size, "max_length": 512}
     warm = load_eval_data(Path(args.data), limit=args.batch_size)
     print(
         f"{args.run}: {len(data.records)} reviews of {data.path}, batch {args.batch_size}, "
         f"{args.threads} threads, {'fp32' if args.fp32 else 'bf16'}"
     )
+    return model, data, warm
 
+
+def run_sides(model, data, warm, args: argparse.Namespace):
+    """Label scoring and generation by trimtab, then the HF generate loop (each warmed up)."""
+    from trimtab.evaluation.evaluate import evaluate_classification
+    from trimtab.evaluation.prompts import parse_label
+
+    labels = data.labels or []
+    common = {"bf16": not args.fp32, "batch_size": args.batch_size, "max_length": 512}
     evaluate_classification(model, warm, mode="score", **common)
     scored = evaluate_classification(model, data, mode="score", **common)
     evaluate_classification(model, warm, mode="generate", **common)
@@ -83,7 +98,10 @@ def main() -> int:
     hf_seconds, hf_predicted = hf_generate_loop(
         model, data, labels, parse_label, args.batch_size, bf16=not args.fp32
     )
+    return scored, generated, hf_seconds, hf_predicted
 
+
+def print_table(data, scored, generated, hf_seconds, hf_predicted) -> None:
     rows = [
         ("label scoring (trimtab)", scored.seconds, scored.classification),
         ("generation (trimtab)", generated.seconds, generated.classification),
@@ -95,6 +113,9 @@ def main() -> int:
         acc = f"{report.accuracy:.3f}" if report else f"{_accuracy(hf_predicted, data.gold):.3f}"
         invalid = report.invalid if report else sum(p is None for p in hf_predicted)
         print(f"{name:28} {seconds:8.1f} {n / seconds:10.1f} {acc:>9} {invalid:>8}")
+
+
+def print_ratios(scored, generated, hf_seconds, hf_predicted) -> None:
     score_pred, gen_pred = scored.predicted, generated.predicted
     print(
         f"\nlabel scoring vs trimtab generation: {generated.seconds / scored.seconds:.2f}x "
@@ -108,6 +129,16 @@ def main() -> int:
         f"trimtab generation vs HF generate:   {hf_seconds / generated.seconds:.2f}x faster; "
         f"same prediction on {_agree(gen_pred, hf_predicted):.1%}"
     )
+
+
+def main() -> int:
+    args = parse_args()
+    if not inputs_exist(args):
+        return 2
+    model, data, warm = load_model_and_data(args)
+    results = run_sides(model, data, warm, args)
+    print_table(data, *results)
+    print_ratios(*results)
     return 0
 
 

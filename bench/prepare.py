@@ -217,7 +217,7 @@ def print_checks(title: str, checks: list[dict]) -> None:
         print(f"  {c['id']!s:<26} {c['status']!s:<8} {count:>9}  {msg[:100]}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=200_000, help="rows in the generated file")
     ap.add_argument(
@@ -239,109 +239,145 @@ def main() -> None:
         default=REPO / ".venv/bin/trimtab",
         help="trimtab executable (default: the repo's .venv)",
     )
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def write_bench_file(args: argparse.Namespace, work: Path) -> tuple[Path, list, int]:
+    """The generated JSONL file in work, its rows and how many are exact duplicates."""
+    data = work / "marc_prepare.jsonl"
+    rows = build_rows(args.data, args.rows, args.seed)
+    with data.open("w", encoding="utf-8") as f:
+        f.writelines(
+            json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) + "\n" for p, c in rows
+        )
+    dups = len(rows) - len(set(rows))
+    print(
+        f"data: {len(rows):,} rows, {data.stat().st_size / 1e6:.1f} MB, {dups:,} exact "
+        f"duplicate rows, {len({c for _, c in rows})} labels (seed {args.seed}, {args.data})"
+    )
+    return data, rows, dups
+
+
+def bench_openai(args: argparse.Namespace, data: Path, work: Path) -> dict:
+    exe = ensure_openai_venv()
+
+    def openai_cmd(cwd: Path) -> list[str]:
+        shutil.copyfile(data, cwd / data.name)  # its *_prepared*.jsonl land next to it
+        return [str(exe), "tools", "fine_tunes.prepare_data", "-f", data.name, "-q"]
+
+    timing, stdout, cwd = bench("openai", openai_cmd, args.repeat, work, args.timeout)
+    checks, actions = parse_openai(stdout)
+    outputs = sorted(p.name for p in cwd.glob("*_prepared*.jsonl"))
+    return {
+        "version": OPENAI_PINS[0].split("==")[1],
+        **timing,
+        "checks": checks,
+        "actions": actions,
+        "outputs": outputs,
+    }
+
+
+def trimtab_version(trimtab: Path) -> str:
+    """The trimtab version installed next to the executable ("?" if it cannot say)."""
+    version = subprocess.run(
+        [
+            str(trimtab.parent / "python"),
+            "-c",
+            "import importlib.metadata as m; print(m.version('trimtab'))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return version.stdout.strip() or "?"
+
+
+def bench_trimtab(args: argparse.Namespace, data: Path, work: Path) -> dict[str, dict]:
+    if not args.trimtab.exists():
+        sys.exit(f"{args.trimtab} not found: pip install -e . first, or use --skip-trimtab")
+    version = trimtab_version(args.trimtab)
+    tools: dict[str, dict] = {}
+    # The default run counts tokens with SmolLM2's real tokenizer, which OpenAI's tool
+    # does not do at all; `--model none` shows what the rest of the checks cost.
+    for tool, extra in (("trimtab", []), ("trimtab-notok", ["--model", "none"])):
+
+        def trimtab_cmd(cwd: Path, extra: list[str] = extra) -> list[str]:
+            return [
+                str(args.trimtab),
+                "prepare",
+                str(data),
+                "--out",
+                str(cwd / "out"),
+                "--yes",
+                "--force",
+                *extra,
+            ]
+
+        timing, _, cwd = bench(tool, trimtab_cmd, args.repeat, work, args.timeout)
+        tools[tool] = {
+            "version": version,
+            "args": extra,
+            **timing,
+            "checks": parse_trimtab(cwd / "out"),
+        }
+    return tools
+
+
+def print_speed(tools: dict[str, dict], n_rows: int, results: dict) -> None:
+    """The timing table (adding rows_per_s to each tool) and the ratios to OpenAI's rows/s."""
+    print("\ntool           version       rows   seconds    rows/s   peak RSS")
+    for tool, t in tools.items():
+        t["rows_per_s"] = round(n_rows / t["seconds"], 1)
+        print(
+            f"{tool:<14} {t['version']:<8} {n_rows:>9,} {t['seconds']:>9.2f} "
+            f"{t['rows_per_s']:>9,.0f} {t['peak_rss_mb']:>7,.0f} MB"
+        )
+    if "openai" in tools:
+        for tool in ("trimtab", "trimtab-notok"):
+            if tool in tools:
+                ratio = tools[tool]["rows_per_s"] / tools["openai"]["rows_per_s"]
+                results[f"ratio_{tool.replace('-', '_')}_over_openai"] = round(ratio, 2)
+                print(f"{tool} rows/s / OpenAI rows/s = {ratio:.2f}x")
+
+
+def print_tool_checks(tools: dict[str, dict]) -> None:
+    if "openai" in tools:
+        print_checks(
+            f"OpenAI {tools['openai']['version']} prepare_data checks (its stdout):",
+            tools["openai"]["checks"],
+        )
+        print("  fixes applied with -q: " + "; ".join(tools["openai"]["actions"]))
+    if "trimtab" in tools:
+        print_checks("trimtab prepare checks (from report.json):", tools["trimtab"]["checks"])
+
+
+def run_benchmark(args: argparse.Namespace, work: Path) -> None:
+    data, rows, dups = write_bench_file(args, work)
+    tools: dict[str, dict] = {}
+    results = {
+        "rows": len(rows),
+        "exact_duplicates": dups,
+        "seed": args.seed,
+        "source": str(args.data),
+        "tools": tools,
+    }
+    if not args.skip_openai:
+        tools["openai"] = bench_openai(args, data, work)
+    if not args.skip_trimtab:
+        tools.update(bench_trimtab(args, data, work))
+    print_speed(tools, len(rows), results)
+    print_tool_checks(tools)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        print(f"\nwrote {args.json}")
+
+
+def main() -> None:
+    args = parse_args()
     if not args.data.is_file():
         sys.exit(f"{args.data} not found (point --data at a MARC-style train.csv)")
     work = Path(tempfile.mkdtemp(prefix="trimtab-bench-"))
     try:
-        data = work / "marc_prepare.jsonl"
-        rows = build_rows(args.data, args.rows, args.seed)
-        with data.open("w", encoding="utf-8") as f:
-            f.writelines(
-                json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) + "\n"
-                for p, c in rows
-            )
-        dups = len(rows) - len(set(rows))
-        print(
-            f"data: {len(rows):,} rows, {data.stat().st_size / 1e6:.1f} MB, {dups:,} exact "
-            f"duplicate rows, {len({c for _, c in rows})} labels (seed {args.seed}, {args.data})"
-        )
-        tools: dict[str, dict] = {}
-        results = {
-            "rows": len(rows),
-            "exact_duplicates": dups,
-            "seed": args.seed,
-            "source": str(args.data),
-            "tools": tools,
-        }
-        if not args.skip_openai:
-            exe = ensure_openai_venv()
-
-            def openai_cmd(cwd: Path) -> list[str]:
-                shutil.copyfile(data, cwd / data.name)  # its *_prepared*.jsonl land next to it
-                return [str(exe), "tools", "fine_tunes.prepare_data", "-f", data.name, "-q"]
-
-            timing, stdout, cwd = bench("openai", openai_cmd, args.repeat, work, args.timeout)
-            checks, actions = parse_openai(stdout)
-            outputs = sorted(p.name for p in cwd.glob("*_prepared*.jsonl"))
-            tools["openai"] = {
-                "version": OPENAI_PINS[0].split("==")[1],
-                **timing,
-                "checks": checks,
-                "actions": actions,
-                "outputs": outputs,
-            }
-        if not args.skip_trimtab:
-            if not args.trimtab.exists():
-                sys.exit(f"{args.trimtab} not found: pip install -e . first, or use --skip-trimtab")
-
-            version = subprocess.run(
-                [
-                    str(args.trimtab.parent / "python"),
-                    "-c",
-                    "import importlib.metadata as m; print(m.version('trimtab'))",
-                ],
-                capture_output=True,
-                text=True,
-            )
-            # The default run counts tokens with SmolLM2's real tokenizer, which OpenAI's tool
-            # does not do at all; `--model none` shows what the rest of the checks cost.
-            for tool, extra in (("trimtab", []), ("trimtab-notok", ["--model", "none"])):
-
-                def trimtab_cmd(cwd: Path, extra: list[str] = extra) -> list[str]:
-                    return [
-                        str(args.trimtab),
-                        "prepare",
-                        str(data),
-                        "--out",
-                        str(cwd / "out"),
-                        "--yes",
-                        "--force",
-                        *extra,
-                    ]
-
-                timing, _, cwd = bench(tool, trimtab_cmd, args.repeat, work, args.timeout)
-                tools[tool] = {
-                    "version": version.stdout.strip() or "?",
-                    "args": extra,
-                    **timing,
-                    "checks": parse_trimtab(cwd / "out"),
-                }
-
-        print("\ntool           version       rows   seconds    rows/s   peak RSS")
-        for tool, t in tools.items():
-            t["rows_per_s"] = round(len(rows) / t["seconds"], 1)
-            print(
-                f"{tool:<14} {t['version']:<8} {len(rows):>9,} {t['seconds']:>9.2f} "
-                f"{t['rows_per_s']:>9,.0f} {t['peak_rss_mb']:>7,.0f} MB"
-            )
-        if "openai" in tools:
-            for tool in ("trimtab", "trimtab-notok"):
-                if tool in tools:
-                    ratio = tools[tool]["rows_per_s"] / tools["openai"]["rows_per_s"]
-                    results[f"ratio_{tool.replace('-', '_')}_over_openai"] = round(ratio, 2)
-                    print(f"{tool} rows/s / OpenAI rows/s = {ratio:.2f}x")
-        if "openai" in tools:
-            print_checks(
-                f"OpenAI {tools['openai']['version']} prepare_data checks (its stdout):",
-                tools["openai"]["checks"],
-            )
-            print("  fixes applied with -q: " + "; ".join(tools["openai"]["actions"]))
-        if "trimtab" in tools:
-            print_checks("trimtab prepare checks (from report.json):", tools["trimtab"]["checks"])
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-            print(f"\nwrote {args.json}")
+        run_benchmark(args, work)
     finally:
         if args.keep:
             print(f"kept the generated file and tool outputs in {work}")

@@ -120,19 +120,10 @@ def heldout_loss(model, tok, task: str, work: Path) -> float:
     return total / max(count, 1)
 
 
-def child_peer(comp: str, side: int, work: Path, a: argparse.Namespace) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, set_seed
-
-    from trimtab.models.loading import ensure_weights
-
-    name, task, method, epochs, lr, _ = COMPARISONS[comp]
-    folder = ensure_weights(name)
-    set_seed(a.seed)
-    tok = AutoTokenizer.from_pretrained(folder)
-    rows = read_jsonl(work / f"{task}-train.jsonl")
-    common = dict(
+def peer_training_args(comp: str, side: int, work: Path, a: argparse.Namespace) -> dict:
+    """The TrainingArguments / SFTConfig settings both peers share (trimtab's own defaults)."""
+    _, _, _, epochs, lr, _ = COMPARISONS[comp]
+    return dict(
         output_dir=str(work / f"out-{comp}-{side}"),
         per_device_train_batch_size=BATCH,
         num_train_epochs=epochs,
@@ -151,67 +142,82 @@ def child_peer(comp: str, side: int, work: Path, a: argparse.Namespace) -> dict:
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    if task == "sft":
-        from peft import LoraConfig
-        from transformers import AutoModelForCausalLM
-        from trl import SFTConfig, SFTTrainer
 
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        # activation_checkpointing is transformers 5's name for gradient_checkpointing (which
-        # TRL defaults to True); off, as trimtab, unless --peer-gradient-checkpointing
-        config = SFTConfig(
-            **common,
-            max_length=MAX_LEN,
-            packing=False,
-            completion_only_loss=True,
-            activation_checkpointing=a.peer_gradient_checkpointing,
-        )
-        lora = LoraConfig(
-            r=LORA[0],
-            lora_alpha=LORA[1],
-            lora_dropout=LORA[2],
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
-        trainer = SFTTrainer(
-            model=model,
-            args=config,
-            processing_class=tok,
-            peft_config=lora,
-            train_dataset=Dataset.from_list(rows),
-        )
-    else:
-        from transformers import (
-            AutoModelForSequenceClassification,
-            DataCollatorWithPadding,
-            Trainer,
-            TrainingArguments,
-        )
 
-        names = [str(i) for i in range(1, 6)]  # the stars; trimtab sorts the labels the same way
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder,
-            dtype=torch.float32,
-            num_labels=5,
-            id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)},
-        )
-        if method == "freeze":  # head only: pooler + classifier train, as trimtab's freeze 0
-            for n, p in model.named_parameters():
-                p.requires_grad_(not n.startswith("bert.") or n.startswith("bert.pooler."))
-        enc = tok([r["prompt"] for r in rows], truncation=True, max_length=MAX_LEN)
-        data = Dataset.from_dict({**enc, "labels": [names.index(r["completion"]) for r in rows]})
-        # group_by_length=True of transformers 4 is train_sampling_strategy in transformers 5
-        args = TrainingArguments(
-            **common, train_sampling_strategy=("group_by_length" if side == 1 else "random")
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=data,
-            processing_class=tok,
-            data_collator=DataCollatorWithPadding(tok),
-        )
+def sft_trainer(folder, tok, rows: list[dict], common: dict, a: argparse.Namespace):
+    """TRL SFTTrainer with a PEFT LoRA adapter, completion-only loss."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # activation_checkpointing is transformers 5's name for gradient_checkpointing (which
+    # TRL defaults to True); off, as trimtab, unless --peer-gradient-checkpointing
+    config = SFTConfig(
+        **common,
+        max_length=MAX_LEN,
+        packing=False,
+        completion_only_loss=True,
+        activation_checkpointing=a.peer_gradient_checkpointing,
+    )
+    lora = LoraConfig(
+        r=LORA[0],
+        lora_alpha=LORA[1],
+        lora_dropout=LORA[2],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return SFTTrainer(
+        model=model,
+        args=config,
+        processing_class=tok,
+        peft_config=lora,
+        train_dataset=Dataset.from_list(rows),
+    )
+
+
+def classify_trainer(folder, tok, rows: list[dict], common: dict, method: str, side: int):
+    """transformers Trainer for 5-label classification (full, or the head only for freeze);
+    side 1 samples by length (group_by_length)."""
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    names = [str(i) for i in range(1, 6)]  # the stars; trimtab sorts the labels the same way
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder,
+        dtype=torch.float32,
+        num_labels=5,
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
+    if method == "freeze":  # head only: pooler + classifier train, as trimtab's freeze 0
+        for n, p in model.named_parameters():
+            p.requires_grad_(not n.startswith("bert.") or n.startswith("bert.pooler."))
+    enc = tok([r["prompt"] for r in rows], truncation=True, max_length=MAX_LEN)
+    data = Dataset.from_dict({**enc, "labels": [names.index(r["completion"]) for r in rows]})
+    # group_by_length=True of transformers 4 is train_sampling_strategy in transformers 5
+    args = TrainingArguments(
+        **common, train_sampling_strategy=("group_by_length" if side == 1 else "random")
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        data_collator=DataCollatorWithPadding(tok),
+    )
+
+
+def train_peer(trainer, tok, task: str, epochs: int, work: Path, a: argparse.Namespace) -> dict:
+    """Time trainer.train(); its tokens, last logged loss, steps, peak RSS (+ held-out loss)."""
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * epochs
     started = time.perf_counter()
     trainer.train()
@@ -227,6 +233,24 @@ def child_peer(comp: str, side: int, work: Path, a: argparse.Namespace) -> dict:
     if a.held_out:
         out["heldout_loss"] = heldout_loss(trainer.model, tok, task, work)
     return out
+
+
+def child_peer(comp: str, side: int, work: Path, a: argparse.Namespace) -> dict:
+    from transformers import AutoTokenizer, set_seed
+
+    from trimtab.models.loading import ensure_weights
+
+    name, task, method, epochs, _, _ = COMPARISONS[comp]
+    folder = ensure_weights(name)
+    set_seed(a.seed)
+    tok = AutoTokenizer.from_pretrained(folder)
+    rows = read_jsonl(work / f"{task}-train.jsonl")
+    common = peer_training_args(comp, side, work, a)
+    if task == "sft":
+        trainer = sft_trainer(folder, tok, rows, common, a)
+    else:
+        trainer = classify_trainer(folder, tok, rows, common, method, side)
+    return train_peer(trainer, tok, task, epochs, work, a)
 
 
 def timers() -> dict:

@@ -27,14 +27,8 @@ def unescape(value: str) -> str:
     return "".join(out)
 
 
-def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "prepare",
-        help="check, fix and split data into fine-tuning files",
-        description="Read labelled or raw data, run quality checks (offering fixes), split it "
-        "and write train/valid/test JSONL plus report.json. Backslash escapes (\\n, "
-        "\\t) in templates, separator, stop and system are expanded.",
-    )
+def _add_prepare_inputs(p: argparse.ArgumentParser) -> None:
+    """The positional inputs, the output folder and the ready-made validation/test files."""
     p.add_argument(
         "inputs",
         nargs="+",
@@ -58,11 +52,19 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="a file used as the test split as is",
     )
+
+
+def _add_prepare_mapping(p: argparse.ArgumentParser) -> None:
+    """How columns map to prompt, completion or text."""
     m = p.add_argument_group("mapping")
     m.add_argument("--prompt-template", help='e.g. "{review_title}\\n\\n{review_body}"')
     m.add_argument("--completion-field", help="column holding the completion (label)")
     m.add_argument("--completion-template", help="completion built from columns")
     m.add_argument("--text-field", help="column of raw text (unsupervised data)")
+
+
+def _add_prepare_format(p: argparse.ArgumentParser) -> None:
+    """The output format, task, separator and stop sequence."""
     f = p.add_argument_group("format")
     f.add_argument(
         "--format", choices=["auto", "prompt-completion", "chat", "text"], default="auto"
@@ -85,6 +87,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "another that never occurs in the data)",
     )
     f.add_argument("--stop", help="suffix for every completion of a generation task")
+
+
+def _add_prepare_checks_and_splits(p: argparse.ArgumentParser) -> None:
+    """Token counting, split sizes, seed, stratification, balancing and sampling."""
     k = p.add_argument_group("checks and splits")
     k.add_argument(
         "--model",
@@ -113,6 +119,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         help="down- or up-sample the training split to equal classes",
     )
     k.add_argument("--sample", type=int, help="keep a random sample of N examples")
+
+
+def _add_prepare_decisions(p: argparse.ArgumentParser) -> None:
+    """Which fixes to apply without asking, and whether to overwrite outputs."""
     d = p.add_argument_group("decisions")
     d.add_argument(
         "--yes", "-y", action="store_true", help="accept every recommended fix without asking"
@@ -124,6 +134,21 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "--skip-fix", action="append", default=[], metavar="ID[,ID]", help="never apply these fixes"
     )
     d.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="check, fix and split data into fine-tuning files",
+        description="Read labelled or raw data, run quality checks (offering fixes), split it "
+        "and write train/valid/test JSONL plus report.json. Backslash escapes (\\n, "
+        "\\t) in templates, separator, stop and system are expanded.",
+    )
+    _add_prepare_inputs(p)
+    _add_prepare_mapping(p)
+    _add_prepare_format(p)
+    _add_prepare_checks_and_splits(p)
+    _add_prepare_decisions(p)
     p.set_defaults(
         handler=_run_prepare,
         interrupted="interrupted: no output is half-written (all are written at once, at the end)",

@@ -173,12 +173,11 @@ class PrepareResult:
 def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     """Run the whole stage; ``ask`` (a terminal question) decides fixes no flag decides."""
     check_output_dir(options.out, options.force)
-    tokenizer_name = None if options.model == "none" else options.model
-    # an unknown name fails before the data is read
     from trimtab.models.registry import model_kind
 
+    tokenizer_name = None if options.model == "none" else options.model
+    # an unknown name fails before the data is read
     kind = model_kind(tokenizer_name) if tokenizer_name else None
-
     mapping = Mapping(
         options.prompt_template,
         options.completion_field,
@@ -198,9 +197,29 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
         model_kind=kind,
         unused_fields=unused,
     )
-    results: list[c.CheckResult] = []
+    checks = _Checks(state, options, ask)
+    _check_content(checks, None if options.task == "auto" else options.task)
+    _check_tokens(checks, _load_tokenizer(tokenizer_name, chat=fmt == "chat"))
+    splits, balance = _split(checks)
+    files = {
+        f"{name}.jsonl": jsonl([to_record(ex, mode, fmt, options.system) for ex in splits[name]])
+        for name in sp.SPLITS
+    }
+    report = _report(options, state, inputs, len(examples), checks.results, balance)
+    files["report.json"] = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    write_atomically(options.out, files, options.force)
+    return PrepareResult(report, checks.results, options.out)
 
-    def run(result: c.CheckResult | None) -> None:
+
+class _Checks:
+    """Runs checks in order: an error stops the stage (naming file and line); a fix offered
+    is decided (flag, question or default) and applied before the next check runs."""
+
+    def __init__(self, state: c.State, options: PrepareOptions, ask: Ask | None):
+        self.state, self.options, self.ask = state, options, ask
+        self.results: list[c.CheckResult] = []
+
+    def run(self, result: c.CheckResult | None) -> None:
         if result is None:
             return
         if result.status == "error":
@@ -210,23 +229,29 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
                 + [Problem("found here", file=file, line=int(line)) for file, _, line in where]
             )
         if result.fix is not None:
-            result.applied, result.decided_by = _decide(result, options, ask)
+            result.applied, result.decided_by = _decide(result, self.options, self.ask)
             if result.applied:
-                result.fix.apply(state)
-        results.append(result)
+                result.fix.apply(self.state)
+        self.results.append(result)
 
-    task = None if options.task == "auto" else options.task
-    for check in (
+    def require_examples(self) -> None:
+        if not self.state.examples:
+            raise DataError(Problem("no examples left after the fixes; nothing to write"))
+
+
+def _check_content(checks: _Checks, task: c.Task | None) -> None:
+    """Cleaning, the task type, repeats and the format conventions (separator, spaces)."""
+    state = checks.state
+    for cleaning in (
         c.check_quantity,
         c.check_extra_fields,
         c.check_invalid_utf8,
         c.check_control_characters,
         c.check_empty_fields,
     ):
-        run(check(state))
-    if not state.examples:
-        raise DataError(Problem("no examples left after the fixes; nothing to write"))
-    run(c.check_task_type(state, task))
+        checks.run(cleaning(state))
+    checks.require_examples()
+    checks.run(c.check_task_type(state, task))
     later: tuple[Callable[[c.State], c.CheckResult | None], ...] = (
         c.check_duplicates,
         c.check_near_duplicates,
@@ -239,18 +264,27 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
         af.check_completion_suffix,
         af.check_leading_space,
     )
-    for later_check in later:
-        run(later_check(state))
+    for check in later:
+        checks.run(check(state))
 
-    tokenizer = _load_tokenizer(tokenizer_name, chat=fmt == "chat")
+
+def _check_tokens(checks: _Checks, tokenizer: Any) -> None:
+    """Token lengths with the model's tokenizer (if any), labels' tokens, class balance."""
+    state, options = checks.state, checks.options
     counts = tk.measure(state, tokenizer, options.max_length) if tokenizer is not None else None
-    run(tk.check_token_lengths(options.model, options.max_length, counts))
-    run(tk.check_long_examples(state, options.max_length, counts))
-    run(tk.check_multi_token_labels(state, tokenizer, options.model))
-    run(sp.check_class_balance(state))
-    if not state.examples:
-        raise DataError(Problem("no examples left after the fixes; nothing to write"))
+    checks.run(tk.check_token_lengths(options.model, options.max_length, counts))
+    checks.run(tk.check_long_examples(state, options.max_length, counts))
+    checks.run(tk.check_multi_token_labels(state, tokenizer, options.model))
+    checks.run(sp.check_class_balance(state))
+    checks.require_examples()
 
+
+def _split(
+    checks: _Checks,
+) -> tuple[dict[str, list[Example]], dict[str, dict[str, int]] | None]:
+    """Train/valid/test splits, leakage across them, balancing of train (which replaces the
+    train split in the state); the final splits and the balance taken."""
+    state, options = checks.state, checks.options
     state.splits = sp.split_examples(
         state,
         options.resolved_valid_size,
@@ -258,20 +292,11 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
         options.seed,
         options.stratify,
     )
-    run(sp.check_leakage(state))
+    checks.run(sp.check_leakage(state))
     balance = sp.balance_train(state, options.balance, options.seed)
-    run(sp.check_class_quantity(state))
-
-    files = {
-        f"{name}.jsonl": jsonl(
-            [to_record(ex, mode, fmt, options.system) for ex in state.splits[name]]
-        )
-        for name in sp.SPLITS
-    }
-    report = _report(options, state, inputs, len(examples), results, balance)
-    files["report.json"] = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    write_atomically(options.out, files, options.force)
-    return PrepareResult(report, results, options.out)
+    checks.run(sp.check_class_quantity(state))
+    assert state.splits is not None
+    return state.splits, balance
 
 
 def _read_all(

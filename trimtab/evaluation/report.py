@@ -327,8 +327,8 @@ def _plot_comparison(results: list[dict[str, Any]], path: Path) -> bool:
 # --- building the blocks --------------------------------------------------------------------
 
 
-def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
-    label = str(r.get("label") or r.get("model") or slug)
+def _summary_fields(r: dict[str, Any], run: dict[str, Any] | None) -> list[tuple[str, str, bool]]:
+    """The fields under a result's heading: what was evaluated, how, and how long it took."""
     fields: list[tuple[str, str, bool]] = [("Model", str(r.get("model") or DASH), True)]
     for name, key in [
         ("Kind", "kind"),
@@ -355,98 +355,148 @@ def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
                 False,
             )
         )
-    run = r.get("run") if isinstance(r.get("run"), dict) else None
     if run and run.get("path"):
         fields.append(("Run", str(run["path"]), True))
-    blocks: list[_Block] = [_Heading(3, label), _Fields(fields)]
+    return fields
 
-    c = r.get("classification")
-    if isinstance(c, dict):
-        blocks.append(_Heading(4, "Classification"))
-        blocks.append(
-            _Fields(
-                [
-                    ("Accuracy [95% CI]", _accuracy(c), False),
-                    ("Macro-F1", _num(c.get("macro_f1")), False),
-                    ("MAE", _num(c.get("mae")), False),
-                    ("Off-by-one accuracy", _num(c.get("off_by_one_accuracy")), False),
-                    ("Invalid predictions", _int(c.get("invalid")), False),
-                ]
-            )
-        )
-        median = (c.get("extra") or {}).get("median_decision")
-        if isinstance(median, dict):  # ordinal labels: the decision that minimises MAE
-            blocks.append(
-                _Fields(
-                    [
-                        (
-                            "Median of the predicted distribution",
-                            (
-                                f"accuracy {_num(median.get('accuracy'))}, "
-                                f"MAE {_num(median.get('mae'))}, "
-                                f"off-by-one {_num(median.get('off_by_one_accuracy'))}"
-                            ),
-                            False,
-                        )
-                    ]
-                )
-            )
-        labels = [str(label) for label in c.get("labels") or []]
-        per_class = c.get("per_class") or {}
-        order = labels + [k for k in per_class if k not in labels]
-        rows = [
+
+def _classification_fields(c: dict[str, Any]) -> list[_Block]:
+    """The headline classification metrics, plus the median decision for ordinal labels."""
+    blocks: list[_Block] = [
+        _Fields(
             [
-                k,
-                _num(s.get("precision")),
-                _num(s.get("recall")),
-                _num(s.get("f1")),
-                _int(s.get("support")),
+                ("Accuracy [95% CI]", _accuracy(c), False),
+                ("Macro-F1", _num(c.get("macro_f1")), False),
+                ("MAE", _num(c.get("mae")), False),
+                ("Off-by-one accuracy", _num(c.get("off_by_one_accuracy")), False),
+                ("Invalid predictions", _int(c.get("invalid")), False),
             ]
-            for k in order
-            if isinstance(s := per_class.get(k), dict)
-        ]
-        if rows:
-            blocks.append(_Table(["Label", "Precision", "Recall", "F1", "Support"], rows))
-        matrix = c.get("confusion") or []
-        if labels and len(matrix) == len(labels):
-            blocks.append(_Heading(4, "Confusion matrix (rows: true, columns: predicted)"))
-            blocks.append(
-                _Table(
-                    ["true \\ predicted", *labels],
-                    [[label, *map(str, row)] for label, row in zip(labels, matrix)],
-                )
+        )
+    ]
+    median = (c.get("extra") or {}).get("median_decision")
+    if isinstance(median, dict):  # ordinal labels: the decision that minimises MAE
+        blocks.append(
+            _Fields(
+                [
+                    (
+                        "Median of the predicted distribution",
+                        (
+                            f"accuracy {_num(median.get('accuracy'))}, "
+                            f"MAE {_num(median.get('mae'))}, "
+                            f"off-by-one {_num(median.get('off_by_one_accuracy'))}"
+                        ),
+                        False,
+                    )
+                ]
             )
-        name = f"confusion-{slug}.png"
-        if _plot_confusion(c, f"Confusion matrix: {label}", plots / name):
-            blocks.append(_Image(f"Confusion matrix of {label}", name))
+        )
+    return blocks
 
-    lm = r.get("language_model")
-    if isinstance(lm, dict):
-        blocks.append(_Heading(4, "Language modelling"))
+
+def _per_class_blocks(c: dict[str, Any], labels: list[str]) -> list[_Block]:
+    """The per-class precision/recall/F1 table, in label order, if there is one."""
+    per_class = c.get("per_class") or {}
+    order = labels + [k for k in per_class if k not in labels]
+    rows = [
+        [
+            k,
+            _num(s.get("precision")),
+            _num(s.get("recall")),
+            _num(s.get("f1")),
+            _int(s.get("support")),
+        ]
+        for k in order
+        if isinstance(s := per_class.get(k), dict)
+    ]
+    if not rows:
+        return []
+    return [_Table(["Label", "Precision", "Recall", "F1", "Support"], rows)]
+
+
+def _confusion_blocks(
+    c: dict[str, Any], labels: list[str], label: str, slug: str, plots: Path
+) -> list[_Block]:
+    """The confusion matrix as a table and, if it can be drawn, as a plot."""
+    blocks: list[_Block] = []
+    matrix = c.get("confusion") or []
+    if labels and len(matrix) == len(labels):
+        blocks.append(_Heading(4, "Confusion matrix (rows: true, columns: predicted)"))
         blocks.append(
-            _Fields(
-                [
-                    ("Loss", _num(lm.get("loss")), False),
-                    ("Perplexity", _num(lm.get("perplexity")), False),
-                    ("Tokens", _int(lm.get("tokens")), False),
-                ]
+            _Table(
+                ["true \\ predicted", *labels],
+                [[true, *map(str, row)] for true, row in zip(labels, matrix)],
             )
         )
-    generation = r.get("generation")
-    if isinstance(generation, dict):
-        blocks.append(_Heading(4, "Generation"))
-        blocks.append(
-            _Fields(
-                [
-                    ("Exact match", _num(generation.get("exact_match")), False),
-                    ("ROUGE-L", _num(generation.get("rouge_l")), False),
-                    ("Examples", _int(generation.get("n")), False),
-                ]
-            )
-        )
+    name = f"confusion-{slug}.png"
+    if _plot_confusion(c, f"Confusion matrix: {label}", plots / name):
+        blocks.append(_Image(f"Confusion matrix of {label}", name))
+    return blocks
+
+
+def _classification_blocks(c: dict[str, Any], label: str, slug: str, plots: Path) -> list[_Block]:
+    """The classification section of one result."""
+    labels = [str(x) for x in c.get("labels") or []]
+    return [
+        _Heading(4, "Classification"),
+        *_classification_fields(c),
+        *_per_class_blocks(c, labels),
+        *_confusion_blocks(c, labels, label, slug, plots),
+    ]
+
+
+def _language_model_blocks(lm: dict[str, Any]) -> list[_Block]:
+    """The language-modelling section of one result."""
+    return [
+        _Heading(4, "Language modelling"),
+        _Fields(
+            [
+                ("Loss", _num(lm.get("loss")), False),
+                ("Perplexity", _num(lm.get("perplexity")), False),
+                ("Tokens", _int(lm.get("tokens")), False),
+            ]
+        ),
+    ]
+
+
+def _generation_blocks(generation: dict[str, Any]) -> list[_Block]:
+    """The generation section of one result."""
+    return [
+        _Heading(4, "Generation"),
+        _Fields(
+            [
+                ("Exact match", _num(generation.get("exact_match")), False),
+                ("ROUGE-L", _num(generation.get("rouge_l")), False),
+                ("Examples", _int(generation.get("n")), False),
+            ]
+        ),
+    ]
+
+
+def _training_curve_blocks(
+    run: dict[str, Any] | None, label: str, slug: str, plots: Path
+) -> list[_Block]:
+    """The training-loss plot of one result, if its run logged one."""
     name = f"loss-{slug}.png"
     if run and _plot_loss(run, f"Training loss: {label}", plots / name):
-        blocks += [_Heading(4, "Training curve"), _Image(f"Training loss of {label}", name)]
+        return [_Heading(4, "Training curve"), _Image(f"Training loss of {label}", name)]
+    return []
+
+
+def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
+    """Every block of one result: its summary, then a section per kind of metric it has."""
+    label = str(r.get("label") or r.get("model") or slug)
+    run = r.get("run") if isinstance(r.get("run"), dict) else None
+    blocks: list[_Block] = [_Heading(3, label), _Fields(_summary_fields(r, run))]
+    c = r.get("classification")
+    if isinstance(c, dict):
+        blocks += _classification_blocks(c, label, slug, plots)
+    lm = r.get("language_model")
+    if isinstance(lm, dict):
+        blocks += _language_model_blocks(lm)
+    generation = r.get("generation")
+    if isinstance(generation, dict):
+        blocks += _generation_blocks(generation)
+    blocks += _training_curve_blocks(run, label, slug, plots)
     return blocks
 
 
