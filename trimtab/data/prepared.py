@@ -346,25 +346,32 @@ def encode_lm(
     return [Encoded(c, list(c)) for c in chunks]
 
 
-def _label_of(r: Record, fmt: Format, problems: _Problems) -> tuple[str, str, int] | None:
-    """(stripped label, its field, index of its message or -1) of a classification example."""
+def _answer_of(r: Record, fmt: Format, problems: _Problems) -> tuple[str, str, int] | None:
+    """(the answer as written, its field, index of its message or -1) of an example: its
+    completion, or a chat's last assistant message."""
     if fmt == "prompt-completion":
-        return r.fields["completion"].strip(), "completion", -1
+        return r.fields["completion"], "completion", -1
     last = _last_assistant(r, problems)
     if last is None:
         return None
-    return r.fields["messages"][last]["content"].strip(), f"messages[{last}].content", last
+    return r.fields["messages"][last]["content"], f"messages[{last}].content", last
+
+
+def completions(records: Records, task: str = "supervised fine-tuning") -> list[str]:
+    """What the model learns to answer, as written (leading space kept): each completion, or a
+    chat's last assistant message; a DataError names every example without one."""
+    records = _records(records)
+    fmt = detect_format(records)
+    _needs_pairs(records, fmt, task)
+    problems = _Problems()
+    found = [_answer_of(r, fmt, problems) for r in records]
+    problems.raise_if_any()
+    return [f[0] for f in found if f is not None]
 
 
 def label_names(records: Records) -> list[str]:
     """The class names: sorted distinct stripped completions (chat: last assistant message)."""
-    records = _records(records)
-    fmt = detect_format(records)
-    _needs_pairs(records, fmt, "classification")
-    problems = _Problems()
-    found = [_label_of(r, fmt, problems) for r in records]
-    problems.raise_if_any()
-    return sorted({f[0] for f in found if f is not None})
+    return sorted({answer.strip() for answer in completions(records, "classification")})
 
 
 def encode_classify(
@@ -387,10 +394,10 @@ def encode_classify(
     texts: list[str] = []
     classes: list[int] = []
     for r in records:
-        found = _label_of(r, fmt, problems)
+        found = _answer_of(r, fmt, problems)
         if found is None:
             continue
-        answer, field, last = found
+        answer, field, last = found[0].strip(), found[1], found[2]
         if answer not in index:
             problems.add(f"label {answer!r} is not one of the known labels ({shown})", r, field)
         try:
@@ -413,16 +420,14 @@ def encode_classify(
 
 
 __all__ = [
-    "IGNORE",
     "Encoded",
     "Format",
     "Records",
-    "TemplateRefused",
+    "completions",
     "detect_format",
     "encode_classify",
     "encode_lm",
     "encode_sft",
     "label_names",
     "read_examples",
-    "render_chat",
 ]

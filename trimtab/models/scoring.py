@@ -58,11 +58,10 @@ def score_labels(
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     for idx in chunks(order, batch_size):
         if one_pass:  # one sequence per prompt: prompt + shared prefix; the last position ranks
             rows = [_fit(prompt_ids[i], shared, max_length) for i in idx]
-            with autocast:
+            with autocast(device, bf16):
                 logp = _tail_logprobs(model, rows, len(shared) + 1, pad)
             last = logp[:, -1, [s[-1] for s in seqs]]
             if shared:  # the shared tokens' log-probabilities add to every label's score
@@ -74,7 +73,7 @@ def score_labels(
         else:
             for col, seq in enumerate(seqs):
                 rows = [_fit(prompt_ids[i], seq, max_length) for i in idx]
-                with autocast:
+                with autocast(device, bf16):
                     logp = _tail_logprobs(model, rows, len(seq) + 1, pad)
                 out[idx, col] = sum(logp[:, j, t] for j, t in enumerate(seq))
     return out
@@ -126,10 +125,31 @@ def classify_logits(
             max_length=max_length,
             return_tensors="pt",
         ).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, bf16):
             logits = model(**enc).logits
         out[idx] = F.log_softmax(logits.float(), dim=-1).cpu()
     return out
+
+
+def backbone_and_head(model: Any) -> tuple[Any, Any]:
+    """A causal LM's trunk (hidden states) and output head, through a PEFT wrapper if any:
+    run apart, the head only sees the positions a loss needs."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(hf, hf.base_model_prefix), hf.get_output_embeddings()
+
+
+def next_token_losses(
+    head: Any, hidden: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy of next-token prediction, whether each was the argmax, and the
+    mask of scored positions (``labels[:, 1:] != IGNORE``). ``labels`` are aligned with the
+    inputs; the head runs on scored positions only, never the vocabulary at every token."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    logits = head(hidden[:, :-1][keep]).float()
+    targets = targets[keep]
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    return losses, logits.argmax(-1) == targets, keep
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +187,7 @@ def language_model_loss(
     output head, never the whole vocabulary at every token. Sequences run in length order.
     """
     model.eval()
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone, head = getattr(hf, hf.base_model_prefix), hf.get_output_embeddings()
+    backbone, head = backbone_and_head(model)
     device = next(model.parameters()).device
     pad = 0 if pad_id is None else pad_id
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
@@ -177,13 +196,10 @@ def language_model_loss(
         ids, mask, labels = _pad_right([sequences[i] for i in idx], pad, device)
         with autocast(device, bf16):
             hidden = backbone(input_ids=ids, attention_mask=mask)[0]
-            targets = labels[:, 1:]
-            keep = targets != IGNORE
-            logits = head(hidden[:, :-1][keep]).float()
-        targets = targets[keep]
-        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-        correct += int((logits.argmax(-1) == targets).sum())
-        tokens += int(targets.numel())
+            losses, hits, _ = next_token_losses(head, hidden, labels)
+        loss_sum += float(losses.sum())
+        correct += int(hits.sum())
+        tokens += int(losses.numel())
     return LanguageModelLoss(loss_sum, correct, tokens)
 
 

@@ -39,7 +39,7 @@ def encode_splits(
 ) -> Data:
     length = config.model.max_length
     task = config.data.task
-    learnt = completions(records["train"]) if task == "sft" else None
+    learnt = _learnt(records["train"]) if task == "sft" else None
     few_labels = learnt is not None and looks_like_classification(learnt)
     add_eos = config.data.add_eos if config.data.add_eos != "auto" else not few_labels
     out: dict[str, list[Any]] = {}
@@ -58,21 +58,12 @@ def encode_splits(
     return Data(out["train"], out["valid"], labels, tokenizer.pad_token_id, scored)
 
 
-def completions(records: list[Any]) -> list[str] | None:
-    """What sft learns to write: each completion (chat: the last assistant message)."""
+def _learnt(records: list[Any]) -> list[str] | None:
+    """What sft learns to write; None for data that has no answers (plain text)."""
     try:
-        prepared.label_names(records)  # checks the format: prompt/completion or chat
+        return prepared.completions(records)
     except TrimtabError:
         return None
-    out = []
-    for r in records:
-        fields = r.fields
-        if "messages" in fields:
-            answers = [m["content"] for m in fields["messages"] if m["role"] == "assistant"]
-            out.append(answers[-1])
-        else:
-            out.append(fields["completion"])
-    return out
 
 
 def _scored(

@@ -34,6 +34,7 @@ from torch import nn
 
 from trimtab.errors import TrimtabError
 from trimtab.models.batching import IGNORE, autocast, chunks
+from trimtab.models.scoring import backbone_and_head, next_token_losses
 from trimtab.training.batches import collate
 
 
@@ -66,10 +67,7 @@ class Objective(nn.Module):
         self.causal = causal
         self.trunk = trunk
         if causal:
-            wrapper: Any = model  # a transformers or PEFT model: attributes nn.Module can't type
-            hf = wrapper.get_base_model() if hasattr(model, "get_base_model") else wrapper
-            self.backbone = getattr(hf, hf.base_model_prefix)
-            self.head = hf.get_output_embeddings()
+            self.backbone, self.head = backbone_and_head(model)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         mask = batch["attention_mask"]
@@ -87,17 +85,12 @@ class Objective(nn.Module):
             hidden = self.trunk.forward_top(batch["features"], mask, batch["input_ids"])
         else:
             hidden = self.backbone(input_ids=batch["input_ids"], attention_mask=mask)[0]
-        targets = batch["labels"][:, 1:]
-        keep = targets != IGNORE
-        logits = self.head(hidden[:, :-1][keep]).float()  # only where the loss needs them
-        targets = targets[keep]
-        losses = F.cross_entropy(logits, targets, reduction="none")
-        hits = logits.argmax(-1) == targets
+        losses, hits, keep = next_token_losses(self.head, hidden, batch["labels"])
         if "weights" in batch:
             weights = batch["weights"][:, 1:][keep]
             # Accuracy counts the completion (weight 1), not a lightly weighted prompt.
             return (losses * weights).sum(), (hits & (weights >= 1)).sum(), weights.sum()
-        return losses.sum(), hits.sum(), torch.tensor(float(targets.numel()))
+        return losses.sum(), hits.sum(), torch.tensor(float(losses.numel()))
 
 
 def loss_units(batch: dict[str, torch.Tensor], causal: bool) -> float:

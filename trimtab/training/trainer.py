@@ -189,11 +189,12 @@ def _setup(s: Session, records: dict[str, list[Any]], resume: Path | None) -> No
     adapter: Adapter = "train" if method.name == "lora" else "merge"  # a parent's goes on
     loaded = load_model(config.model.name, config.data.task, labels=labels, adapter=adapter)
     s.tokenizer, s.data = loaded.tokenizer, encode_splits(config, records, loaded.tokenizer, labels)
+    # Resolved and checked before loading for line-counted data (train()); packed lm data is
+    # counted only now. Idempotent on a resolved config (a resumed run's).
+    config, s.plan = plan_batches(config, len(s.data.train), s.d.world)
     if resume is None:
-        if _packed(config):
-            config = plan_batches(config, len(s.data.train), s.d.world)[0]
-        s.config = config = config.model_copy(update={"run_dir": s.run.path})
-    s.plan = plan_batches(config, len(s.data.train), s.d.world)[1]
+        config = config.model_copy(update={"run_dir": s.run.path})
+    s.config = config
     loaded.model.set_attn_implementation(_attention(config, s.device, s.data))
     s.method = method
     s.model = method.apply(loaded.model, config.data.task).to(s.device)
