@@ -26,6 +26,14 @@ Parameters (as OpenAI's completions API documents them):
 - ``n`` (1..16, default 1): how many completions to generate for each prompt.
 - ``logit_bias``: maps token ids to a bias (-100..100) added to their logits before sampling;
   -100 in effect bans a token, 100 in effect forces it.
+- ``best_of`` (>= n, at most 20): sample this many completions and return the ``n`` with the
+  highest log-probability per token.
+- ``logprobs`` (0..20): return each generated token's log-probability and that many most
+  likely alternatives at each position (0: the chosen token's only). The server allows up to
+  5 on completions, as OpenAI does, and 20 on chat (``top_logprobs``).
+- ``echo``: the returned text starts with the prompt; with ``logprobs``, the prompt's tokens
+  are scored too (``max_tokens`` 0 then scores a text without generating: log-likelihood
+  evaluations).
 """
 
 from __future__ import annotations
@@ -35,11 +43,20 @@ import difflib
 from typing import Annotated, Any, get_args
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from trimtab.errors import ConfigError
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
+MAX_BEST_OF = 20  # OpenAI's limit on best_of
+MAX_LOGPROBS = 20  # chat's top_logprobs limit (completions' logprobs: 5, checked by the server)
 
 Bias = Annotated[float, Field(ge=-100, le=100)]
 
@@ -60,7 +77,7 @@ class SamplingParams(BaseModel):
         "whose probabilities add up to top_p",
     )
     max_tokens: int = Field(
-        default=16, ge=1, description="the most tokens to generate per completion"
+        default=16, ge=0, description="the most tokens to generate per completion (0: echo only)"
     )
     stop: str | list[str] | None = Field(
         default=None,
@@ -80,6 +97,19 @@ class SamplingParams(BaseModel):
     logit_bias: dict[Annotated[int, Field(ge=0)], Bias] | None = Field(
         default=None, description="token id -> bias (-100..100) added to its logit"
     )
+    best_of: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_BEST_OF,
+        description="sample this many and return the n with the best log-probability per token",
+    )
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="return token log-probabilities and this many top alternatives",
+    )
+    echo: bool = Field(default=False, description="return the prompt before the completion")
 
     @field_validator("stop")
     @classmethod
@@ -93,6 +123,19 @@ class SamplingParams(BaseModel):
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
         return stops
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamplingParams:
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of: must be at least n ({self.n}) (got {self.best_of})")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: must be at least 1 (0 only with echo)")
+        return self
+
+    @property
+    def samples(self) -> int:
+        """Completions sampled per prompt: ``best_of`` if given, else ``n``."""
+        return self.best_of or self.n
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -163,6 +206,10 @@ def _problems(error: ValidationError) -> list[str]:
         loc = [str(p) for p in err["loc"]]
         name = loc[0] if loc else "options"
         got = err.get("input")
+        if not loc and err["type"] == "value_error":  # a rule across fields names its field
+            key, _, message = err["msg"].removeprefix("Value error, ").partition(": ")
+            by_key.setdefault(key, message)
+            continue
         # A logit_bias problem names its token id; other fields are named alone (pydantic's
         # union branches and list indexes add nothing the user needs).
         key = f"{name}.{loc[1]}" if name == "logit_bias" and len(loc) > 1 else name

@@ -1,0 +1,307 @@
+"""The models the engine serves: names, loading on first use, and LoRA adapters by LRU.
+
+Every LoRA run on one base model is served from a single copy of the base weights: the base
+is wrapped once in a PEFT model and each run's adapter is loaded into it under its own name,
+so requests for different fine-tunes share one batch (PEFT's ``adapter_names``). Adapters
+load on the first request that names them and the least recently used one leaves when more
+than ``max_adapters`` are loaded (never one a running request uses). Full fine-tunes and
+classification runs load as their own models.
+
+Model ids are those of ``trimtab models list`` for base models (``smollm2-135m``, a local
+folder) and OpenAI-style ``ft:<base>:<org>:<run>:<hash>`` for runs; a run is also found by its
+folder name.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trimtab.errors import TrimtabError
+from trimtab.generation.types import EngineError, ModelInfo, ModelNotFound
+from trimtab.models.registry import KNOWN_MODELS, resolve_model
+from trimtab.models.runs import META
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class Target:
+    """What a model id is served by: a loaded model (``group``) and maybe one of its adapters."""
+
+    info: ModelInfo
+    group: str  # the loaded model: a base model's name/folder, or a run's model folder
+    load_name: str  # what load_model is given for the group
+    task: str  # "sft" or "classify"
+    adapter: Path | None = None  # a LoRA run's model folder, served on the group's base
+    adapter_name: str | None = None
+
+
+@dataclass
+class Loaded:
+    """A model in memory with its tokenizer, the adapters loaded into it, their users."""
+
+    model: Any
+    tokenizer: Any
+    task: str
+    labels: list[str] | None = None
+    adapters: OrderedDict[str, Path] = field(default_factory=OrderedDict)  # LRU order
+    users: dict[str, int] = field(default_factory=dict)  # adapter -> running requests
+
+
+class ModelPool:
+    """Resolves model ids, lists them, and loads models and adapters when the engine asks."""
+
+    def __init__(
+        self,
+        runs_dir: Path | None,
+        *,
+        org: str = "trimtab",
+        max_adapters: int = 8,
+        preload: Sequence[str] = (),
+        device: str | None = None,
+        dtype: str = "fp32",
+    ):
+        if max_adapters < 1:
+            raise TrimtabError(f"max_adapters: must be at least 1 (got {max_adapters})")
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else None
+        self.org, self.max_adapters = org, max_adapters
+        self.preload = [str(p) for p in preload]
+        self.device, self.dtype = device, dtype
+        self._lock = threading.RLock()
+        self._loaded: dict[str, Loaded] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._started = int(time.time())
+
+    # --- names -------------------------------------------------------------------------------
+
+    def list(self) -> list[ModelInfo]:
+        """Base models that can be loaded here, the preloaded ones, every completed run."""
+        seen: dict[str, ModelInfo] = {}
+        for name in [*self.preload, *self._known_decoders()]:
+            seen.setdefault(name, self._base_info(name))
+        for target in self._runs().values():
+            seen.setdefault(target.info.id, target.info)
+        return list(seen.values())
+
+    def info(self, model_id: str) -> ModelInfo:
+        """The model of that id; raises :class:`ModelNotFound`."""
+        return self.target(model_id).info
+
+    def target(self, model_id: str) -> Target:
+        """How a model id is served; raises :class:`ModelNotFound`."""
+        runs = self._runs()
+        if model_id in runs:
+            return runs[model_id]
+        by_name = {t.info.path and Path(t.info.path).name: t for t in runs.values()}
+        if model_id in by_name and not model_id.startswith("ft:"):
+            return by_name[model_id]
+        path = Path(model_id).expanduser()
+        if path.is_dir() and ((path / "final" / META).is_file() or (path / META).is_file()):
+            return self._run_target(path)
+        if model_id.startswith("ft:"):
+            raise _not_found(model_id)
+        return self._base_target(model_id)
+
+    def delete(self, model_id: str) -> ModelInfo:
+        """Delete a fine-tuned model's run folder; base models cannot be deleted."""
+        target = self.target(model_id)
+        if not target.info.fine_tuned or target.info.path is None:
+            raise EngineError(
+                f"{model_id} is a base model; only fine-tuned models can be deleted",
+                param="model",
+            )
+        with self._lock:
+            loaded = self._loaded.get(target.group)
+            if loaded and target.adapter_name and loaded.users.get(target.adapter_name):
+                raise EngineError(f"{model_id} is answering requests now; retry once they end")
+            name = target.adapter_name
+            if loaded and name and name in loaded.adapters:
+                loaded.model.delete_adapter(name)
+                del loaded.adapters[name]
+            if target.adapter is None:
+                self._loaded.pop(target.group, None)
+            shutil.rmtree(target.info.path)
+        return target.info
+
+    def tokenizer(self, model_id: str) -> Any:
+        """The tokenizer of a model (loaded once per loaded model, without its weights)."""
+        from trimtab.models.registry import load_tokenizer
+
+        target = self.target(model_id)
+        with self._lock:
+            if target.group in self._loaded:
+                return self._loaded[target.group].tokenizer
+            if target.group not in self._tokenizers:
+                self._tokenizers[target.group] = load_tokenizer(target.load_name)
+            return self._tokenizers[target.group]
+
+    def render_chat(self, model_id: str, messages: Sequence[Mapping[str, Any]]) -> str:
+        """The conversation through the model's chat template, ending with the reply's start."""
+        from trimtab.models.chat import TemplateRefused, render_chat
+
+        try:
+            return render_chat(self.tokenizer(model_id), messages, add_generation_prompt=True)
+        except TemplateRefused as exc:
+            raise EngineError(str(exc), param="messages") from exc
+
+    # --- loading (engine thread) -------------------------------------------------------------
+
+    def acquire(self, target: Target) -> Loaded:
+        """The loaded model serving ``target``, its adapter loaded; counts one more user."""
+        with self._lock:
+            loaded = self._loaded.get(target.group)
+            if loaded is None:
+                loaded = self._loaded[target.group] = self._load(target)
+            if target.adapter is not None and target.adapter_name is not None:
+                self._ensure_adapter(loaded, target.adapter_name, target.adapter)
+                loaded.users[target.adapter_name] = loaded.users.get(target.adapter_name, 0) + 1
+            return loaded
+
+    def release(self, target: Target) -> None:
+        """One user of ``target``'s adapter fewer (its request ended)."""
+        with self._lock:
+            loaded = self._loaded.get(target.group)
+            name = target.adapter_name
+            if loaded is not None and name is not None and loaded.users.get(name):
+                loaded.users[name] -= 1
+
+    def _load(self, target: Target) -> Loaded:
+        import torch
+
+        from trimtab.models.loading import load_model
+
+        task = "classify" if target.task == "classify" else "sft"
+        result = load_model(target.load_name, task)  # type: ignore[arg-type]
+        model = result.model.eval()
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device, dtype=torch.bfloat16 if self.dtype == "bf16" else torch.float32)
+        _log.info("loaded %s on %s", target.load_name, device)
+        return Loaded(model, result.tokenizer, task, labels=result.labels)
+
+    def _ensure_adapter(self, loaded: Loaded, name: str, folder: Path) -> None:
+        """Load an adapter into the shared base, making room by LRU; mark it recently used."""
+        from peft import PeftModel
+
+        if name in loaded.adapters:
+            loaded.adapters.move_to_end(name)
+            return
+        idle = [a for a in loaded.adapters if not loaded.users.get(a)]
+        while len(loaded.adapters) >= self.max_adapters and idle:
+            old = idle.pop(0)
+            loaded.model.delete_adapter(old)
+            del loaded.adapters[old]
+            _log.info("unloaded adapter %s (least recently used)", old)
+        if isinstance(loaded.model, PeftModel):
+            loaded.model.load_adapter(str(folder), adapter_name=name)
+        else:
+            loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
+        loaded.model.eval()
+        loaded.adapters[name] = folder
+
+    # --- resolution --------------------------------------------------------------------------
+
+    def _runs(self) -> dict[str, Target]:
+        """Every completed run under the runs folder, by ft: id."""
+        if self.runs_dir is None or not self.runs_dir.is_dir():
+            return {}
+        found = {}
+        for folder in sorted(p for p in self.runs_dir.iterdir() if p.is_dir()):
+            if not (folder / "final" / META).is_file():
+                continue
+            try:
+                target = self._run_target(folder)
+            except TrimtabError as exc:  # one broken run hides itself, not the others
+                _log.warning("skipping %s: %s", folder, exc)
+                continue
+            found[target.info.id] = target
+        return found
+
+    def _run_target(self, folder: Path) -> Target:
+        """A run folder (or its final/) as a servable model."""
+        try:
+            resolved = resolve_model(folder)
+        except TrimtabError as exc:
+            raise EngineError(str(exc), param="model") from exc
+        model_dir = resolved.path
+        assert model_dir is not None
+        meta = resolved.run_meta or {}
+        base, task = str(meta.get("base_model")), str(meta.get("task", "sft"))
+        run_dir = model_dir.parent if model_dir.name == "final" else model_dir
+        digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]
+        base_label = base if base in KNOWN_MODELS else Path(base).name
+        info = ModelInfo(
+            id=f"ft:{base_label}:{self.org}:{run_dir.name}:{digest}",
+            created=int(run_dir.stat().st_mtime),
+            owned_by=self.org,
+            parent=self._base_id(base),
+            root=self._base_id(base),
+            fine_tuned=True,
+            task=task,
+            path=str(run_dir),
+        )
+        lora = (model_dir / "adapter_config.json").is_file()
+        if lora and task != "classify" and not _uses_dora(model_dir):
+            return Target(info, self._group(base), base, task, model_dir, f"a{digest}")
+        return Target(info, str(model_dir.resolve()), str(model_dir), task)
+
+    def _base_target(self, model_id: str) -> Target:
+        try:
+            resolved = resolve_model(model_id)
+        except TrimtabError as exc:
+            raise _not_found(model_id, str(exc)) from exc
+        if resolved.source == "hub" and model_id not in self.preload:
+            raise _not_found(model_id)  # hub ids are served only once downloaded (preloaded)
+        return Target(self._base_info(model_id), self._group(model_id), model_id, "sft")
+
+    def _base_info(self, name: str) -> ModelInfo:
+        path = Path(name)
+        created = int(path.stat().st_mtime) if path.is_dir() else self._started
+        return ModelInfo(id=name, created=created, owned_by="trimtab", path=None)
+
+    def _base_id(self, base: str) -> str:
+        """How a run's base model is named in the listing (its id as a model of its own)."""
+        return base
+
+    def _group(self, name: str) -> str:
+        """One key per base model, however it is spelled (a folder given two ways is one)."""
+        if name in KNOWN_MODELS:
+            return name
+        path = Path(name).expanduser()
+        return str(path.resolve()) if path.exists() else name
+
+    def _known_decoders(self) -> builtins.list[str]:
+        names = []
+        for spec in KNOWN_MODELS.values():
+            if spec.kind != "decoder":
+                continue
+            try:
+                resolve_model(spec.name)
+            except TrimtabError:
+                continue  # not installed here
+            names.append(spec.name)
+        return names
+
+
+def _uses_dora(folder: Path) -> bool:
+    """DoRA adapters cannot share a mixed batch (PEFT refuses adapter_names with them)."""
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(config, dict) and config.get("use_dora"))
+
+
+def _not_found(model_id: str, why: str | None = None) -> ModelNotFound:
+    message = f"The model '{model_id}' does not exist"
+    return ModelNotFound(message + (f" ({why})" if why else ""), param="model")
