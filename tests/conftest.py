@@ -36,14 +36,36 @@ def _no_network(monkeypatch: pytest.MonkeyPatch):
     import socket
 
     attempts: list[object] = []
+    real_getaddrinfo = socket.getaddrinfo
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        attempts.append(args)
+    def loopback(address: object) -> bool:
+        # Tests may talk to a server they started themselves on this machine.
+        host = address[0] if isinstance(address, tuple) and address else address
+        return host in ("127.0.0.1", "localhost", "::1")
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        if loopback(host):
+            return real_getaddrinfo(host, *args, **kwargs)
+        attempts.append((host, *args))
         raise OSError("tests must not use the network")
 
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    def connect(self: socket.socket, address: object) -> object:
+        if loopback(address):
+            return real_connect(self, address)
+        attempts.append((address,))
+        raise OSError("tests must not use the network")
+
+    def connect_ex(self: socket.socket, address: object) -> object:
+        if loopback(address):
+            return real_connect_ex(self, address)
+        attempts.append((address,))
+        raise OSError("tests must not use the network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     yield
     assert not attempts, f"the test tried to reach the network: {attempts}"
 

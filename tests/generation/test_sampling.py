@@ -40,7 +40,7 @@ def test_every_problem_is_reported_at_once_naming_each_field():
         {
             "temperature": 3.0,
             "top_p": 0,
-            "max_tokens": 0,
+            "max_tokens": -1,
             "n": 17,
             "frequency_penalty": "lots",
             "presence_penalty": -2.5,
@@ -52,7 +52,7 @@ def test_every_problem_is_reported_at_once_naming_each_field():
     assert found == [
         "temperature: must be between 0 and 2 (got 3.0)",
         "top_p: must be greater than 0 and at most 1 (got 0)",
-        "max_tokens: must be at least 1 (got 0)",
+        "max_tokens: must be at least 0 (got -1)",
         "stop: at most 4 stop sequences (got 5)",
         "frequency_penalty: must be a number (got 'lots')",
         "presence_penalty: must be between -2 and 2 (got -2.5)",
@@ -93,7 +93,7 @@ def test_unknown_option_is_named_with_a_suggestion():
     assert problems({"top-p": 0.5, "beam_width": 2}) == [
         "top-p: unknown option; did you mean top_p?",
         "beam_width: unknown option; known: temperature, top_p, max_tokens, stop, "
-        "frequency_penalty, presence_penalty, seed, n, logit_bias",
+        "frequency_penalty, presence_penalty, seed, n, logit_bias, best_of, logprobs, echo",
     ]
 
 
@@ -184,3 +184,12 @@ def test_importing_sampling_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_best_of_below_n_is_refused_naming_best_of():
+    assert problems({"n": 3, "best_of": 2}) == ["best_of: must be at least n (3) (got 2)"]
+
+
+def test_max_tokens_zero_is_allowed_only_with_echo():
+    assert problems({"max_tokens": 0}) == ["max_tokens: must be at least 1 (0 only with echo)"]
+    assert SamplingParams.from_options({"max_tokens": 0, "echo": True}).max_tokens == 0

@@ -123,11 +123,11 @@ def compile_constraint(
     param = "choices" if constraint.choices is not None else "response_format"
     # Key order is kept, not sorted: outlines writes properties in the schema's order, so two
     # schemas that differ only in key order compile to different grammars.
-    key = (
-        json.dumps(_constraint_fields(constraint), separators=(",", ":"), ensure_ascii=False),
-        vocab_size,
-        frozenset(eos_ids),
-    )
+    try:
+        canonical = json.dumps(_constraint_fields(constraint), separators=(",", ":"))
+    except (TypeError, ValueError) as exc:  # a schema built in Python, not parsed from JSON
+        raise EngineError(f"the {param} is not plain JSON: {exc}", param=param) from exc
+    key = (canonical, vocab_size, frozenset(eos_ids))
     grammar = _GRAMMARS.get(tokenizer, key)
     if grammar is not None:
         return grammar
@@ -178,7 +178,10 @@ def _regex_for(constraint: Constraint) -> str:
         choices = constraint.choices
         if not choices or not all(isinstance(c, str) for c in choices):
             raise EngineError("choices must be a non-empty list of strings", param="choices")
-        return "|".join(f"({_escape(c)})" for c in choices)
+        # outlines-core's automaton prefers the earliest alternative that matches and then
+        # drops the others, so with "1|12" nothing may follow "1": longer choices come first.
+        ordered = sorted(set(choices), key=len, reverse=True)
+        return "|".join(f"({_escape(c)})" for c in ordered)
     schema: Any = constraint.json_schema if constraint.json_schema is not None else {}
     if constraint.json_object:
         schema = JSON_OBJECT_SCHEMA

@@ -49,7 +49,10 @@ class Stream:
         self._queue.put(_DONE if items is None else items)
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
-            loop.call_soon_threadsafe(wake.set)
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the reader's event loop is closed: nobody is listening
+                pass
 
     def cancel(self) -> None:
         """Stop generating: the request's rows leave the batch at the engine's next step."""

@@ -39,6 +39,7 @@ def prepare(request: Request, target: Target, tokenizer: Any) -> Job:
         prompt_text=text,
         adapter=target.adapter_name,
         grammar=grammar,
+        clip_to_context=request.clip_to_context,
     )
 
 

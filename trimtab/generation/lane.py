@@ -50,6 +50,7 @@ class Job:
     grammar: Any = None  # a compiled constraint (Grammar.start() per row), or None
     cancelled: bool = False
     on_end: Callable[[], None] | None = None  # e.g. the pool releasing the adapter
+    clip_to_context: bool = False  # lower max_tokens to what the context leaves, not refuse
     open_rows: int = 0
 
     @property
@@ -80,6 +81,7 @@ class Lane:
     rows: list[_Row] = field(default_factory=list)
     part: batch.Part | None = None
     vocab: int = 0
+    admitting: list[Job] = field(default_factory=list)  # out of waiting, not yet in rows
 
     def __post_init__(self) -> None:
         pad = self.tokenizer.pad_token_id
@@ -118,7 +120,8 @@ class Lane:
     def fail(self, error: BaseException) -> None:
         """Hand an error to every job of the lane and empty it (the batch cannot go on)."""
         jobs = {id(r.job): r.job for r in self.rows} | {id(j): j for j in self.waiting}
-        self.rows, self.part = [], None
+        jobs |= {id(j): j for j in self.admitting}
+        self.rows, self.part, self.admitting = [], None, []
         self.waiting.clear()
         for job in jobs.values():
             job.post(error)
@@ -130,18 +133,20 @@ class Lane:
     def _admit(self) -> None:
         if self.rows and self.part is not None and not batch.can_merge(self.part.cache):
             return  # this model's cache cannot take rows mid-flight: wait until it empties
-        admitted: list[Job] = []
+        admitted = self.admitting = []
         room = self.max_rows - len(self.rows)
         while self.waiting and (self.waiting[0].params.samples <= room or not self.rows):
             job = self.waiting.popleft()
+            admitted.append(job)
             if not self._fits(job):
+                admitted.pop()
                 continue
             if self.labels is not None:
                 self._classify(job)
+                admitted.pop()
             elif job.params.max_tokens == 0 or (job.params.echo and job.wants_logprobs):
                 self._echo(job)  # its own prefill: it needs the logits of every prompt position
-            else:
-                admitted.append(job)
+                admitted.pop()
             room -= job.params.samples
             if room <= 0:
                 break
@@ -155,11 +160,16 @@ class Lane:
                 adapters=names,
             )
             self._join(admitted, part, [[] for _ in admitted])
+        self.admitting = []
 
     def _fits(self, job: Job) -> bool:
         """False (after telling the job) if prompt plus max_tokens exceed the model's context."""
         asked = len(job.ids) + job.params.max_tokens
-        if self.context is None or asked <= self.context:
+        if self.context is None or asked <= self.context or self.labels is not None:
+            return True  # (a classifier generates nothing: its tokenizer truncates the text)
+        room = self.context - len(job.ids)
+        if job.clip_to_context and room >= 1:  # chat without a limit: up to the context
+            job.params = job.params.model_copy(update={"max_tokens": room})
             return True
         job.post(
             EngineError(
@@ -285,6 +295,7 @@ class Lane:
     def _drop_cancelled(self) -> None:
         for job in [j for j in self.waiting if j.cancelled]:
             self.waiting.remove(job)
+            job.post(None)
             if job.on_end:
                 job.on_end()
         cancelled = {id(r.job): r.job for r in self.rows if r.job.cancelled}
@@ -294,6 +305,7 @@ class Lane:
         self.rows = [self.rows[k] for k in keep]
         self.part = batch.select(self.part, keep) if self.rows and self.part else None
         for job in cancelled.values():
+            job.post(None)  # the reader's iteration ends
             if job.on_end:
                 job.on_end()
 

@@ -21,6 +21,7 @@ import logging
 import shutil
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +30,11 @@ from typing import Any
 
 from trimtab.errors import TrimtabError
 from trimtab.generation.types import EngineError, ModelInfo, ModelNotFound
-from trimtab.models.registry import KNOWN_MODELS, resolve_model
+from trimtab.models.registry import KNOWN_MODELS, quiet_transformers, resolve_model
 from trimtab.models.runs import META
 
 _log = logging.getLogger(__name__)
+RESCAN_SECONDS = 2.0  # how old the list of runs may be (a run that just completed shows soon)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class ModelPool:
         self._loaded: dict[str, Loaded] = {}
         self._tokenizers: dict[str, Any] = {}
         self._started = int(time.time())
+        self._scanned: tuple[float, dict[str, Target]] | None = None
 
     # --- names -------------------------------------------------------------------------------
 
@@ -90,7 +93,7 @@ class ModelPool:
         seen: dict[str, ModelInfo] = {}
         for name in [*self.preload, *self._known_decoders()]:
             seen.setdefault(name, self._base_info(name))
-        for target in self._runs().values():
+        for target in self._runs(fresh=True).values():
             seen.setdefault(target.info.id, target.info)
         return list(seen.values())
 
@@ -101,6 +104,8 @@ class ModelPool:
     def target(self, model_id: str) -> Target:
         """How a model id is served; raises :class:`ModelNotFound`."""
         runs = self._runs()
+        if not self._names_run(runs, model_id):
+            runs = self._runs(fresh=True)  # a run that completed since the last look
         if model_id in runs:
             return runs[model_id]
         by_name = {t.info.path and Path(t.info.path).name: t for t in runs.values()}
@@ -132,6 +137,7 @@ class ModelPool:
             if target.adapter is None:
                 self._loaded.pop(target.group, None)
             shutil.rmtree(target.info.path)
+            self._scanned = None
         return target.info
 
     def tokenizer(self, model_id: str) -> Any:
@@ -196,23 +202,46 @@ class ModelPool:
         if name in loaded.adapters:
             loaded.adapters.move_to_end(name)
             return
+        with quiet_transformers(), warnings.catch_warnings():
+            # peft 0.21 calls an API that transformers 5 deprecates; nothing for users to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            if isinstance(loaded.model, PeftModel):
+                loaded.model.load_adapter(str(folder), adapter_name=name)
+            else:
+                loaded.model = PeftModel.from_pretrained(
+                    loaded.model, str(folder), adapter_name=name
+                )
+        # Rows name their adapter (adapter_names); the active one only has to exist, so the
+        # newest is made active before an old one leaves (PEFT refuses a deleted active one).
+        loaded.model.set_adapter(name)
         idle = [a for a in loaded.adapters if not loaded.users.get(a)]
         while len(loaded.adapters) >= self.max_adapters and idle:
             old = idle.pop(0)
             loaded.model.delete_adapter(old)
             del loaded.adapters[old]
             _log.info("unloaded adapter %s (least recently used)", old)
-        if isinstance(loaded.model, PeftModel):
-            loaded.model.load_adapter(str(folder), adapter_name=name)
-        else:
-            loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
         loaded.model.eval()
         loaded.adapters[name] = folder
 
     # --- resolution --------------------------------------------------------------------------
 
-    def _runs(self) -> dict[str, Target]:
-        """Every completed run under the runs folder, by ft: id."""
+    def _runs(self, *, fresh: bool = False) -> dict[str, Target]:
+        """Every completed run under the runs folder, by ft: id (rescanned when ``fresh`` or
+        every few seconds, not on every call: one request asks several times)."""
+        now = time.monotonic()
+        if not fresh and self._scanned and now - self._scanned[0] < RESCAN_SECONDS:
+            return self._scanned[1]
+        found = self._scan()
+        self._scanned = (now, found)
+        return found
+
+    @staticmethod
+    def _names_run(runs: dict[str, Target], model_id: str) -> bool:
+        return model_id in runs or any(
+            t.info.path and Path(t.info.path).name == model_id for t in runs.values()
+        )
+
+    def _scan(self) -> dict[str, Target]:
         if self.runs_dir is None or not self.runs_dir.is_dir():
             return {}
         found = {}

@@ -63,6 +63,9 @@ class Request:
     constraint: Constraint | None = None
     # Chat prompts come from the chat template, which writes its own special tokens.
     add_special_tokens: bool = True
+    # True: a prompt plus max_tokens longer than the model's context gets fewer tokens (chat
+    # without max_completion_tokens, as OpenAI's); False: it is refused naming max_tokens.
+    clip_to_context: bool = False
 
 
 @dataclass
