@@ -28,14 +28,14 @@ install: $(VENV)/.installed
 # evaluate both and SmolLM2 zero-/few-shot on 500 test reviews → the table and report.html.
 demo: install
 	@test -d $(MARC) || { echo "MARC data not found at $(MARC); set MARC=path/to/marc" >&2; exit 2; }
-	$(BIN)/python scripts/case_study.py demo --marc $(MARC) --out $(OUT)
-	@echo
 	@echo "== MARC original format (title + body), from the fixtures of the official files"
 	$(BIN)/trimtab prepare $(MARC)/fixtures/dataset_en_train.json \
 	    --valid-input $(MARC)/fixtures/dataset_en_dev.json \
 	    --test-input $(MARC)/fixtures/dataset_en_test.json \
 	    --prompt-template '{review_title}\n\n{review_body}' --completion-field stars \
 	    --task classification --valid-size 0 --out $(OUT)/data/marc-en-fixtures --yes --force
+	@echo
+	$(BIN)/python scripts/case_study.py demo --marc $(MARC) --out $(OUT)
 
 # The case study in full (about 2 hours on 2 cores): every method on both models, the 5,000 test
 # reviews; writes docs/case-study.md. Re-running keeps completed runs and resumes the others.

@@ -69,9 +69,14 @@ def data_folder(out: Path) -> Path:
     return out / "data"
 
 
+def runs_folder(out: Path) -> Path:
+    """Where the case study's runs go (what ``trimtab serve --runs`` is given)."""
+    return out / "runs"
+
+
 def run_folder(out: Path, name: str) -> Path:
     """The run folder of one fine-tuning run of the case study."""
-    return out / "runs" / name
+    return runs_folder(out) / name
 
 
 def report_folder(out: Path) -> Path:
@@ -150,7 +155,31 @@ def main() -> int:
     )
     if args.docs or args.profile == "full":
         write_docs(report, ROOT / "docs")
+    step("4. deploy: serve the fine-tuned models, then call one (from another terminal)")
+    print_serving(runs_folder(out))
     return 0
+
+
+def print_serving(runs: Path) -> None:
+    """The ``trimtab serve`` command and a ``curl`` that calls the fine-tuned decoder."""
+    from trimtab.generation.pool import ModelPool
+
+    tuned = [m.id for m in ModelPool(runs).list() if m.fine_tuned and m.task != "classify"]
+    if not tuned:
+        print(f"no completed fine-tuned decoder in {runs}")
+        return
+    body = {
+        "model": tuned[0],
+        "prompt": "Works great, would buy again.\n\n###\n\n",
+        "max_tokens": 2,
+        "temperature": 0,
+        "logprobs": 5,
+    }
+    print(f"trimtab serve --runs {shlex.quote(str(runs))}")
+    print(
+        "curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' "
+        f"-d {shlex.quote(json.dumps(body))}"
+    )
 
 
 def step(title: str) -> None:

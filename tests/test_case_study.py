@@ -114,7 +114,8 @@ def demo_paths() -> set[str]:
     script = load_script()
     out = demo_out()
     runs = [str(script.run_folder(out, name)) for name in script.PROFILES["demo"]["runs"]]
-    return {str(script.data_folder(out)), str(script.report_folder(out)), *runs}
+    folders = (script.data_folder(out), script.report_folder(out), script.runs_folder(out))
+    return {*map(str, folders), *runs}
 
 
 def test_every_data_path_in_the_example_configs_is_written_by_make_demo():
@@ -138,3 +139,24 @@ def test_the_case_study_trains_with_configs_that_exist():
     script = load_script()
     configs = [c for p in script.PROFILES.values() for c, _ in p["runs"].values()]
     assert configs and all((ROOT / c).is_file() for c in configs)
+
+
+def test_the_demo_ends_with_a_serve_command_and_a_curl_calling_the_fine_tuned_decoder(
+    tmp_path, tiny_llama_dir, capsys
+):
+    import json
+    import shlex
+
+    from trimtab.models.runs import write_meta
+
+    final = tmp_path / "runs" / "smollm2-lora" / "final"
+    final.mkdir(parents=True)
+    (final / "adapter_config.json").write_text("{}")
+    write_meta(final, {"base_model": str(tiny_llama_dir), "task": "sft", "method": "lora"})
+    load_script().print_serving(tmp_path / "runs")
+    serve, curl = capsys.readouterr().out.splitlines()
+    assert serve == f"trimtab serve --runs {tmp_path / 'runs'}"
+    words = shlex.split(curl)
+    body = json.loads(words[words.index("-d") + 1])
+    assert words[:3] == ["curl", "-s", "http://127.0.0.1:8000/v1/completions"]
+    assert body["model"].startswith("ft:tiny-llama") and ":smollm2-lora:" in body["model"]

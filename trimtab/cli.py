@@ -471,35 +471,38 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_complete(sub: argparse._SubParsersAction) -> None:
+def _add_generating(sub: argparse._SubParsersAction, name: str, **texts: str) -> Any:
+    """A command that runs a model on the engine: MODEL, where models come from, sampling."""
     from trimtab.generation.sampling import add_sampling_arguments
 
-    p = sub.add_parser(
+    p = sub.add_parser(name, help=texts["help"], description=texts["description"])
+    p.add_argument("model", metavar="MODEL", help="a model id, run folder name or ft: id")
+    _add_serving_options(p)
+    add_sampling_arguments(p)
+    return p
+
+
+def _add_complete(sub: argparse._SubParsersAction) -> None:
+    p = _add_generating(
+        sub,
         "complete",
         help="complete a prompt with a model, streamed to the terminal",
         description="Complete PROMPT (\\n, \\t are read as newline, tab) with a base model or "
         "a fine-tuned run, with OpenAI's sampling options.",
     )
-    p.add_argument("model", metavar="MODEL", help="a model id, run folder name or ft: id")
     p.add_argument("prompt", metavar="PROMPT")
-    _add_serving_options(p)
-    add_sampling_arguments(p)
     p.set_defaults(handler=_run_complete, interrupted="\ninterrupted")
 
 
 def _add_chat(sub: argparse._SubParsersAction) -> None:
-    from trimtab.generation.sampling import add_sampling_arguments
-
-    p = sub.add_parser(
+    p = _add_generating(
+        sub,
         "chat",
         help="chat with a model in the terminal (/exit to leave)",
         description="An interactive chat through the model's chat template; the history is "
         "sent with every turn. /exit (or Ctrl-D) leaves, /reset forgets the history.",
     )
-    p.add_argument("model", metavar="MODEL", help="a model id, run folder name or ft: id")
     p.add_argument("--system", help="a system message that starts the conversation")
-    _add_serving_options(p)
-    add_sampling_arguments(p)
     p.set_defaults(handler=_run_chat, interrupted="\nbye")
 
 
@@ -507,7 +510,7 @@ def _engine(args: argparse.Namespace) -> Any:
     from trimtab.generation.engine import Engine
     from trimtab.generation.pool import ModelPool
 
-    pool = ModelPool(_runs_dir(args), dtype=args.precision)
+    pool = ModelPool(_runs_dir(args), dtype=args.precision, any_folder=True)
     return Engine(pool, max_batch_size=args.max_batch_size)
 
 

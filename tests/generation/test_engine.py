@@ -286,3 +286,11 @@ def test_a_full_queue_refuses_with_queue_full(pool):
         gate.set()
     finally:
         engine.close()
+
+
+def test_a_server_pool_serves_only_listed_models_not_any_folder(runs, tiny_llama_dir):
+    listed_only = ModelPool(runs)
+    with pytest.raises(ModelNotFound):
+        listed_only.info(str(tiny_llama_dir))  # a model folder, but not named at start
+    assert ModelPool(runs, any_folder=True).info(str(tiny_llama_dir)).id == str(tiny_llama_dir)
+    assert listed_only.info("a").fine_tuned  # runs under the runs folder are listed

@@ -1,8 +1,16 @@
-"""Generation: OpenAI's sampling parameters and trimtab's batched decoding loop.
+"""Generation: the one engine behind ``trimtab serve``, ``complete``, ``chat`` and ``eval``.
 
-``SamplingParams`` (``sampling.py``) is shared by the CLI and the server; ``generate``
-(``generate.py``) completes prompts with a KV cache. Neither module imports torch when it is
-imported (``generate`` does when called), so the CLI parses its options fast.
+- ``sampling.py``: :class:`SamplingParams`, OpenAI's sampling parameters (CLI, server, eval);
+- ``types.py``: what the engine takes and gives (requests, deltas, results, errors);
+- ``pool.py``: model ids, loading on first use, LoRA adapters sharing one base (LRU);
+- ``engine.py``: the engine thread and the streams its callers read;
+- ``intake.py``: a request checked and tokenized before it is queued;
+- ``lane.py``: continuous batching on one model; ``batch.py``: its KV cache (join, leave);
+- ``sequence.py``: one completion's text, stop sequences, logprobs; ``sampler.py``: per-row
+  picking; ``constraint.py``: response_format through outlines-core; ``classify.py``: labels;
+- ``generate.py``: :func:`generate`, a list of prompts through a lane (evaluation).
+
+Importing this package does not import torch (the CLI parses its options fast).
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ class ModelPool:
         preload: Sequence[str] = (),
         device: str | None = None,
         dtype: str = "fp32",
+        any_folder: bool = False,
     ):
         if max_adapters < 1:
             raise TrimtabError(f"max_adapters: must be at least 1 (got {max_adapters})")
@@ -80,6 +81,9 @@ class ModelPool:
         self.org, self.max_adapters = org, max_adapters
         self.preload = [str(p) for p in preload]
         self.device, self.dtype = device, dtype
+        # A server must not load whatever folder a client names: only listed models. The
+        # command line (the user's own files) may name any model or run folder.
+        self.any_folder = any_folder
         self._lock = threading.RLock()
         self._loaded: dict[str, Loaded] = {}
         self._tokenizers: dict[str, Any] = {}
@@ -112,10 +116,12 @@ class ModelPool:
         if model_id in by_name and not model_id.startswith("ft:"):
             return by_name[model_id]
         path = Path(model_id).expanduser()
+        if model_id.startswith("ft:") or not (
+            self.any_folder or model_id in self.preload or model_id in KNOWN_MODELS
+        ):
+            raise _not_found(model_id)
         if path.is_dir() and ((path / "final" / META).is_file() or (path / META).is_file()):
             return self._run_target(path)
-        if model_id.startswith("ft:"):
-            raise _not_found(model_id)
         return self._base_target(model_id)
 
     def delete(self, model_id: str) -> ModelInfo:
