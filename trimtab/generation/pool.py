@@ -34,6 +34,7 @@ from trimtab.models.registry import KNOWN_MODELS, quiet_transformers, resolve_mo
 from trimtab.models.runs import META
 
 _log = logging.getLogger(__name__)
+PRECISIONS = ("auto", "fp32", "bf16")
 RESCAN_SECONDS = 2.0  # how old the list of runs may be (a run that just completed shows soon)
 
 
@@ -75,6 +76,8 @@ class ModelPool:
         dtype: str = "fp32",
         any_folder: bool = False,
     ):
+        if dtype not in PRECISIONS:
+            raise TrimtabError(f"precision: one of {', '.join(PRECISIONS)} (got {dtype!r})")
         if max_adapters < 1:
             raise TrimtabError(f"max_adapters: must be at least 1 (got {max_adapters})")
         self.runs_dir = Path(runs_dir) if runs_dir is not None else None
@@ -197,9 +200,20 @@ class ModelPool:
         result = load_model(target.load_name, task)  # type: ignore[arg-type]
         model = result.model.eval()
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(device, dtype=torch.bfloat16 if self.dtype == "bf16" else torch.float32)
+        model.to(device, dtype=self._torch_dtype(torch.device(device)))
         _log.info("loaded %s on %s", target.load_name, device)
         return Loaded(model, result.tokenizer, task, labels=result.labels)
+
+    def _torch_dtype(self, device: Any) -> Any:
+        """bf16 weights for "bf16", and for "auto" where bf16 is fast (AMX or AVX512-BF16 CPUs,
+        GPUs that support it): half the bytes to read per token, the same rule as training's
+        precision auto. fp32 otherwise."""
+        import torch
+
+        from trimtab.models.batching import bf16_available
+
+        bf16 = self.dtype == "bf16" or (self.dtype == "auto" and bf16_available(device))
+        return torch.bfloat16 if bf16 else torch.float32
 
     def _ensure_adapter(self, loaded: Loaded, name: str, folder: Path) -> None:
         """Load an adapter into the shared base, making room by LRU; mark it recently used."""
