@@ -294,3 +294,13 @@ def test_a_server_pool_serves_only_listed_models_not_any_folder(runs, tiny_llama
         listed_only.info(str(tiny_llama_dir))  # a model folder, but not named at start
     assert ModelPool(runs, any_folder=True).info(str(tiny_llama_dir)).id == str(tiny_llama_dir)
     assert listed_only.info("a").fine_tuned  # runs under the runs folder are listed
+
+
+def test_closing_the_engine_ends_every_stream_with_an_error(pool):
+    engine = Engine(pool)
+    base = ids(pool)["base"]
+    streams = [ask(engine, base, max_tokens=200, logit_bias={0: -100}, **GREEDY) for _ in range(3)]
+    engine.close()
+    for stream in streams:
+        with pytest.raises(EngineError):
+            stream.result()

@@ -207,6 +207,10 @@ class Engine:
         stopped = EngineError("the server is shutting down")
         for lane in self._lanes.values():
             lane.fail(stopped)
+        with self._cond:  # requests that never reached a lane end too: no reader waits forever
+            left, self._inbox = self._inbox, []
+        for job, _ in left:
+            job.post(stopped)
 
     def _busy(self) -> bool:
         return any(lane.busy for lane in self._lanes.values())
