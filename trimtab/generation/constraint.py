@@ -18,13 +18,10 @@ kept in a small LRU keyed by the tokenizer's identity and the constraint.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -32,6 +29,7 @@ import torch
 from outlines_core import Guide, Index, Vocabulary
 from outlines_core.json_schema import build_regex_from_schema
 
+from trimtab.generation.tokens import token_decoder
 from trimtab.generation.types import Constraint, EngineError
 
 if TYPE_CHECKING:
@@ -57,7 +55,6 @@ JSON_OBJECT_SCHEMA: dict[str, Any] = {
 }
 _GRAMMARS_CACHED = 32
 _VOCABULARIES_CACHED = 4
-_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 V = TypeVar("V")
 
@@ -221,7 +218,7 @@ def _token_bytes(
     specials = set(tokenizer.all_special_ids) | set(eos_ids)
     added = getattr(tokenizer, "added_tokens_decoder", {})
     specials |= {i for i, t in added.items() if getattr(t, "special", True)}
-    to_bytes = _token_decoder(tokenizer)
+    to_bytes = token_decoder(tokenizer)
     by_bytes: dict[bytes, list[int]] = {}
     for token, token_id in tokenizer.get_vocab().items():
         if token_id in specials or not 0 <= token_id < vocab_size:
@@ -235,60 +232,6 @@ def _token_bytes(
         pieces=frozenset(by_bytes),
         longest=max(map(len, by_bytes), default=0),
     )
-
-
-def _token_decoder(tokenizer: PreTrainedTokenizerBase) -> Any:
-    """A function from a vocabulary entry to its bytes, chosen by the tokenizer's decoder."""
-    kinds = _decoder_kinds(tokenizer)
-    if "ByteLevel" in kinds:
-        return _byte_level_bytes
-    if kinds & {"Metaspace", "ByteFallback", "Replace"}:
-        return _metaspace_bytes
-    if not kinds and any(t.startswith("▁") for t in tokenizer.get_vocab()):
-        return _metaspace_bytes  # a slow SentencePiece tokenizer without a decoder to read
-    # Anything else (WordPiece...): the tokenizer's own text for the token, approximately right.
-    return lambda token: tokenizer.convert_tokens_to_string([token]).encode()
-
-
-def _decoder_kinds(tokenizer: PreTrainedTokenizerBase) -> set[str]:
-    """The types of the fast tokenizer's decoders (those inside a Sequence included)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return set()
-    decoder = json.loads(backend.to_str()).get("decoder") or {}
-    return {d.get("type", "") for d in _flatten(decoder)}
-
-
-def _flatten(decoder: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    yield decoder
-    for inner in decoder.get("decoders") or ():
-        yield from _flatten(inner)
-
-
-def _byte_level_bytes(token: str) -> bytes:
-    table = _unicode_to_byte()
-    if all(c in table for c in token):
-        return bytes(table[c] for c in token)
-    return token.encode()  # not in the byte alphabet: a token written as plain text
-
-
-def _metaspace_bytes(token: str) -> bytes:
-    byte = _BYTE_TOKEN.fullmatch(token)
-    if byte is not None:
-        return bytes([int(byte.group(1), 16)])
-    return token.replace("▁", " ").encode()
-
-
-@cache
-def _unicode_to_byte() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: printable bytes stand for themselves, the others
-    were shifted to code points from 256 up (so a space is ``Ġ``)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    shifted = [b for b in range(256) if b not in printable]
-    table = {chr(b): b for b in printable}
-    table.update({chr(256 + n): b for n, b in enumerate(shifted)})
-    return table
 
 
 class Grammar:

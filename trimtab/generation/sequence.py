@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from trimtab.generation.tokens import token_decoder
 from trimtab.generation.types import FinishReason, TokenLogprob, TopLogprob
 
 
@@ -142,48 +143,24 @@ _TOKENIZERS: dict[int, Any] = {}
 
 
 def _tokenizer_key(tokenizer: Any) -> int:
-    _TOKENIZERS[id(tokenizer)] = tokenizer  # kept alive: the lru_cache below is keyed by id
+    _TOKENIZERS[id(tokenizer)] = tokenizer  # kept alive: the caches below are keyed by id
     return id(tokenizer)
+
+
+@lru_cache(maxsize=64)
+def _decoder(key: int) -> tuple[Any, frozenset[int]]:
+    """The tokenizer's token-to-bytes rule and its special ids (which are shown as text)."""
+    tokenizer = _TOKENIZERS[key]
+    return token_decoder(tokenizer), frozenset(tokenizer.all_special_ids)
 
 
 @lru_cache(maxsize=200_000)
 def _token_text(key: int, token: int) -> tuple[str, list[int]]:
     tokenizer = _TOKENIZERS[key]
-    raw = _byte_level(tokenizer.convert_ids_to_tokens(token)) if _is_byte_level(key) else None
-    if raw is None:
+    to_bytes, specials = _decoder(key)
+    piece = tokenizer.convert_ids_to_tokens(token)
+    if token in specials or not isinstance(piece, str):
         text = tokenizer.decode([token], skip_special_tokens=False)
         return text, list(text.encode("utf-8"))
+    raw = to_bytes(piece)
     return raw.decode("utf-8", errors="replace"), list(raw)
-
-
-@lru_cache(maxsize=64)
-def _is_byte_level(key: int) -> bool:
-    """True for GPT-2-style byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen), whose token
-    strings spell bytes (``Ġ`` is a space)."""
-    backend = getattr(_TOKENIZERS[key], "backend_tokenizer", None)
-    return type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
-
-
-@lru_cache(maxsize=1)
-def _unicode_to_bytes() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: the character that stands for each byte."""
-    visible = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    visible += range(ord("®"), ord("ÿ") + 1)
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in visible:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-def _byte_level(piece: str | None) -> bytes | None:
-    """The bytes of a byte-level BPE token (``Ġthe`` -> b" the"); None for other tokenizers."""
-    if not piece:
-        return None
-    table = _unicode_to_bytes()
-    if not all(c in table for c in piece):
-        return None
-    return bytes(table[c] for c in piece)

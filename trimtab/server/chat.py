@@ -10,7 +10,6 @@ context, as OpenAI's do (:data:`DEFAULT_MAX_TOKENS` where a model does not state
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Response
@@ -21,6 +20,7 @@ from trimtab.generation.types import Request, TokenLogprob
 from trimtab.server import running, sse
 from trimtab.server.common import (
     SYSTEM_FINGERPRINT,
+    Head,
     backend,
     constraint,
     include_usage,
@@ -52,28 +52,12 @@ DEFAULT_MAX_TOKENS = 4096  # no limit given: the engine clips it to what the con
 router = APIRouter()
 
 
-@dataclass
-class _Head:
-    id: str
-    created: int
-    model: str
-
-    def chunk(self, choices: list[ChunkChoice]) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=choices,
-            system_fingerprint=SYSTEM_FINGERPRINT,
-        )
-
-
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatRequest, http: HTTPRequest) -> Response:
     engine, pool = backend(http).engine, backend(http).pool
     usage_chunk = include_usage(body.stream, body.stream_options)
     request = await _request(body, pool)
-    head = _Head(new_id("chatcmpl"), now(), request.model)
+    head = Head(new_id("chatcmpl"), now(), request.model)
     with request_errors(_names(body)):
         (stream,) = await running.submit_all(engine, [request])
     if body.stream:
@@ -181,7 +165,7 @@ def _logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:
 
 
 async def _stream(
-    http: HTTPRequest, body: ChatRequest, stream: Stream, head: _Head, usage_chunk: bool
+    http: HTTPRequest, body: ChatRequest, stream: Stream, head: Head, usage_chunk: bool
 ) -> Response:
     """The event stream, once the first delta came (so that an error found when the engine
     admits the request is still an HTTP error)."""
@@ -198,7 +182,7 @@ async def _stream(
 
 
 async def _events(
-    opened: running.Opened, head: _Head, usage_chunk: bool
+    opened: running.Opened, head: Head, usage_chunk: bool
 ) -> AsyncGenerator[bytes, None]:
     """Chunks as OpenAI streams them: each choice's role chunk, its content chunks, its
     finish chunk (empty delta); then (include_usage) a usage chunk without choices; [DONE]."""
@@ -207,7 +191,7 @@ async def _events(
     wants_logprobs = request.params.logprobs is not None
 
     def chunk(choice: ChunkChoice) -> bytes:
-        return sse.event(head.chunk([choice]).model_dump(exclude=exclude))
+        return sse.event(head.build(ChatCompletionChunk, [choice]).model_dump(exclude=exclude))
 
     try:
         for j in range(request.params.n):
@@ -227,7 +211,7 @@ async def _events(
                     ChunkChoice(index=delta.index, delta={}, finish_reason=delta.finish_reason)
                 )
         if usage_chunk:
-            final = head.chunk([])
+            final = head.build(ChatCompletionChunk, [])
             final.usage = usage([await stream.aresult()])
             yield sse.event(final.model_dump())
         yield sse.DONE

@@ -8,9 +8,10 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request as HTTPRequest
+from pydantic import BaseModel
 
 from trimtab import __version__
 from trimtab.errors import ConfigError
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from trimtab.generation.pool import ModelPool
 
 SYSTEM_FINGERPRINT = f"fp_trimtab_{__version__}"
+_Built = TypeVar("_Built", bound=BaseModel)
 
 
 @dataclass
@@ -86,6 +88,27 @@ def constraint(response_format: ResponseFormat | None) -> Constraint | None:
             "response_format.choices",
         )
     return Constraint(choices=tuple(response_format.choices))
+
+
+@dataclass
+class Head:
+    """The fields every object (or chunk) of one response repeats; ``n`` completions per prompt
+    (a choice's index is prompt * n + its own)."""
+
+    id: str
+    created: int
+    model: str
+    n: int = 1
+
+    def build(self, kind: type[_Built], choices: list[Any]) -> _Built:
+        """A response object (``Completion``, ``ChatCompletionChunk``...) with these choices."""
+        return kind(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+        )
 
 
 def new_id(prefix: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Response
@@ -19,7 +18,7 @@ from fastapi.responses import JSONResponse
 from trimtab.generation.types import Request, TokenLogprob
 from trimtab.server import running, sse
 from trimtab.server.common import (
-    SYSTEM_FINGERPRINT,
+    Head,
     backend,
     constraint,
     include_usage,
@@ -45,32 +44,13 @@ if TYPE_CHECKING:
 router = APIRouter()
 
 
-@dataclass
-class _Head:
-    """The fields every object (or chunk) of one response repeats."""
-
-    id: str
-    created: int
-    model: str
-    n: int
-
-    def completion(self, choices: list[CompletionChoice]) -> Completion:
-        return Completion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=choices,
-            system_fingerprint=SYSTEM_FINGERPRINT,
-        )
-
-
 @router.post("/v1/completions")
 async def create_completion(body: CompletionRequest, http: HTTPRequest) -> Response:
     engine, pool = backend(http).engine, backend(http).pool
     usage_chunk = include_usage(body.stream, body.stream_options)
     requests = await _requests(body, pool)
     params = requests[0].params
-    head = _Head(new_id("cmpl"), now(), requests[0].model, params.n)
+    head = Head(new_id("cmpl"), now(), requests[0].model, params.n)
     with request_errors():
         streams = await running.submit_all(engine, requests)
     if body.stream:
@@ -92,7 +72,7 @@ async def create_completion(body: CompletionRequest, http: HTTPRequest) -> Respo
         for i, result in enumerate(results)
         for c in result.choices
     ]
-    answer = head.completion(choices)
+    answer = head.build(Completion, choices)
     answer.usage = usage(results)
     return JSONResponse(answer.model_dump())
 
@@ -140,7 +120,7 @@ def _logprobs(tokens: list[TokenLogprob]) -> CompletionLogprobs:
 
 
 async def _stream(
-    http: HTTPRequest, streams: list[Stream], head: _Head, usage_chunk: bool
+    http: HTTPRequest, streams: list[Stream], head: Head, usage_chunk: bool
 ) -> Response:
     """The event stream, once every prompt has its first delta (so that an error found when
     the engine admits a request is still an HTTP error)."""
@@ -159,7 +139,7 @@ async def _stream(
 
 
 async def _events(
-    streams: Sequence[running.Opened], head: _Head, usage_chunk: bool, wants_logprobs: bool
+    streams: Sequence[running.Opened], head: Head, usage_chunk: bool, wants_logprobs: bool
 ) -> AsyncGenerator[bytes, None]:
     """The chunks of a streamed completion, then (include_usage) the usage chunk, then
     ``[DONE]``; an error after the first chunk ends the stream with an error event."""
@@ -175,9 +155,9 @@ async def _events(
                     logprobs=_logprobs(delta.logprobs) if wants_logprobs else None,
                     finish_reason=delta.finish_reason,
                 )
-                yield sse.event(head.completion([choice]).model_dump(exclude=exclude))
+                yield sse.event(head.build(Completion, [choice]).model_dump(exclude=exclude))
         if usage_chunk:
-            final = head.completion([])
+            final = head.build(Completion, [])
             final.usage = usage([await o.stream.aresult() for o in streams])
             yield sse.event(final.model_dump())
         yield sse.DONE
