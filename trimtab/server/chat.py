@@ -4,7 +4,7 @@ The prompt is the model's chat template with its generation prompt (``pool.rende
 tokenized without extra special tokens (the template writes its own). ``developer`` messages
 are given to the template as ``system`` ones, as OpenAI treats them. Without
 ``max_completion_tokens`` (or the older ``max_tokens``) a completion runs up to the model's
-context, as OpenAI's do (:data:`DEFAULT_MAX_TOKENS` where a model does not state its context).
+context, as OpenAI's do, and at most :data:`DEFAULT_MAX_TOKENS`.
 """
 
 from __future__ import annotations
