@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import FLAGS, cpu_features  # noqa: E402  (bench/serve.py, beside this file)
+from servers import FLAGS, cpu_features  # noqa: E402  (bench/servers.py, beside this file)
 from train import matmul_gflops  # noqa: E402  (bench/train.py, beside this file)
 
 REPO = Path(__file__).resolve().parent.parent
