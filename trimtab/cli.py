@@ -436,6 +436,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or $TRIMTAB_API_KEY)")
     p.add_argument("--org", default="trimtab", help="the organisation in ft: model ids")
     p.add_argument("--max-adapters", type=int, default=8, help="LoRA adapters kept loaded")
+    p.add_argument(
+        "--max-models", type=int, default=4, help="models kept loaded (bases, full fine-tunes)"
+    )
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_serving_options(p)
@@ -464,6 +467,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("TRIMTAB_API_KEY") or None,
         org=args.org,
         max_adapters=args.max_adapters,
+        max_models=args.max_models,
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
         preload=args.preload,

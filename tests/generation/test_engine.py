@@ -304,3 +304,30 @@ def test_closing_the_engine_ends_every_stream_with_an_error(pool):
     for stream in streams:
         with pytest.raises(EngineError):
             stream.result()
+
+
+def test_least_recently_used_idle_model_leaves_beyond_max_models(runs, tiny_llama_dir):
+    pool = ModelPool(runs, preload=[str(tiny_llama_dir)], max_models=1)
+    engine = Engine(pool)
+    try:
+        names = ids(pool)
+        first = ask(engine, names["base"], max_tokens=4, **GREEDY).result().choices[0].text
+        base_group = pool.target(names["base"]).group
+        ask(engine, names["cls"], "review 1: great", **GREEDY).result()
+        assert not pool.is_loaded(base_group) and pool.is_loaded(pool.target(names["cls"]).group)
+        again = ask(engine, names["base"], max_tokens=4, **GREEDY).result().choices[0].text
+        assert again == first and pool.is_loaded(base_group)  # loaded again on demand
+    finally:
+        engine.close()
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_it_is_queued(runs, tiny_llama_dir):
+    pool = ModelPool(runs, preload=[str(tiny_llama_dir)])  # nothing loaded yet
+    engine = Engine(pool)
+    try:
+        with pytest.raises(EngineError) as err:
+            engine.submit(Request(ids(pool)["a"], [5] * 250, SamplingParams(max_tokens=20)))
+        assert err.value.param == "max_tokens" and "256 tokens" in str(err.value)
+        assert engine.live_rows() == 0 and not pool.is_loaded(pool.target(ids(pool)["a"]).group)
+    finally:
+        engine.close()

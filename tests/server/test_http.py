@@ -284,7 +284,13 @@ def test_serve_runs_uvicorn_on_the_engine_and_closes_it_after(monkeypatch, tmp_p
         )
     assert made["pool"] == (
         tmp_path,
-        {"org": "acme", "max_adapters": 2, "preload": ["tiny"], "dtype": "fp32"},
+        {
+            "org": "acme",
+            "max_adapters": 2,
+            "max_models": 4,
+            "preload": ["tiny"],
+            "dtype": "fp32",
+        },
     )
     assert made["engine"] == {"max_batch_size": 4, "max_queue": 9}
     assert made["config"] == ("127.0.0.1", 8123, "warning") and made["closed"] is True

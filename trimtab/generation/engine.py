@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from trimtab.errors import ConfigError
-from trimtab.generation.lane import Job, Lane, RowEnd
+from trimtab.generation.lane import Job, Lane, RowEnd, context_error
 from trimtab.generation.pool import Loaded, ModelPool, Target
 from trimtab.generation.types import (
     Choice,
@@ -159,6 +159,10 @@ class Engine:
         target = self.pool.target(request.model)
         tokenizer = self.pool.tokenizer(request.model)
         job = prepare(request, target, tokenizer)
+        if not request.clip_to_context and target.task != "classify":
+            context = self.pool.context_length(target)
+            if context is not None and len(job.ids) + job.params.max_tokens > context:
+                raise context_error(context, len(job.ids), job.params.max_tokens)
         stream = Stream(request, len(job.ids))
         job.post, stream.job = stream.post, job
         job.on_end = lambda: self.pool.release(target)
@@ -223,6 +227,9 @@ class Engine:
             _log.exception("could not load %s", target.info.id)
             job.post(EngineError(f"could not load {target.info.id}: {exc}", param="model"))
             return
+        for group in [g for g, lane in self._lanes.items() if not self.pool.is_loaded(g)]:
+            if not self._lanes[group].busy:  # its model left the pool: let it be freed
+                del self._lanes[group]
         lane = self._lanes.get(target.group)
         if lane is None or lane.model is not loaded.model:
             lane = self._lanes[target.group] = _lane_for(loaded, self.max_batch_size, lane)

@@ -171,14 +171,7 @@ class Lane:
         if job.clip_to_context and room >= 1:  # chat without a limit: up to the context
             job.params = job.params.model_copy(update={"max_tokens": room})
             return True
-        job.post(
-            EngineError(
-                f"This model's maximum context length is {self.context} tokens; this request "
-                f"asks for {asked} ({len(job.ids)} in the prompt, {job.params.max_tokens} for "
-                "the completion). Shorten the prompt or lower max_tokens.",
-                param="max_tokens",
-            )
-        )
+        job.post(context_error(self.context, len(job.ids), job.params.max_tokens))
         if job.on_end:
             job.on_end()
         return False
@@ -327,3 +320,13 @@ class Lane:
         if not self._peft():
             return None
         return [r.job.adapter or batch.BASE_ADAPTER for r in self.rows]
+
+
+def context_error(context: int, prompt: int, max_tokens: int) -> EngineError:
+    """The error of a request whose prompt and max_tokens exceed the model's context."""
+    return EngineError(
+        f"This model's maximum context length is {context} tokens; this request asks for "
+        f"{prompt + max_tokens} ({prompt} in the prompt, {max_tokens} for the completion). "
+        "Shorten the prompt or lower max_tokens.",
+        param="max_tokens",
+    )

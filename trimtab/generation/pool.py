@@ -30,7 +30,12 @@ from typing import Any
 
 from trimtab.errors import TrimtabError
 from trimtab.generation.types import EngineError, ModelInfo, ModelNotFound
-from trimtab.models.registry import KNOWN_MODELS, quiet_transformers, resolve_model
+from trimtab.models.registry import (
+    KNOWN_MODELS,
+    quiet_transformers,
+    resolve_model,
+    weights_part,
+)
 from trimtab.models.runs import META
 
 _log = logging.getLogger(__name__)
@@ -60,6 +65,7 @@ class Loaded:
     labels: list[str] | None = None
     adapters: OrderedDict[str, Path] = field(default_factory=OrderedDict)  # LRU order
     users: dict[str, int] = field(default_factory=dict)  # adapter -> running requests
+    requests: int = 0  # running requests on this model, whatever their adapter
 
 
 class ModelPool:
@@ -71,6 +77,7 @@ class ModelPool:
         *,
         org: str = "trimtab",
         max_adapters: int = 8,
+        max_models: int = 4,
         preload: Sequence[str] = (),
         device: str | None = None,
         dtype: str = "fp32",
@@ -78,17 +85,20 @@ class ModelPool:
     ):
         if dtype not in PRECISIONS:
             raise TrimtabError(f"precision: one of {', '.join(PRECISIONS)} (got {dtype!r})")
-        if max_adapters < 1:
-            raise TrimtabError(f"max_adapters: must be at least 1 (got {max_adapters})")
+        if max_adapters < 1 or max_models < 1:
+            raise TrimtabError(
+                f"max_adapters and max_models: must be at least 1 (got {max_adapters}, "
+                f"{max_models})"
+            )
         self.runs_dir = Path(runs_dir) if runs_dir is not None else None
-        self.org, self.max_adapters = org, max_adapters
+        self.org, self.max_adapters, self.max_models = org, max_adapters, max_models
         self.preload = [str(p) for p in preload]
         self.device, self.dtype = device, dtype
         # A server must not load whatever folder a client names: only listed models. The
         # command line (the user's own files) may name any model or run folder.
         self.any_folder = any_folder
         self._lock = threading.RLock()
-        self._loaded: dict[str, Loaded] = {}
+        self._loaded: OrderedDict[str, Loaded] = OrderedDict()  # least recently used first
         self._tokenizers: dict[str, Any] = {}
         self._started = int(time.time())
         self._scanned: tuple[float, dict[str, Target]] | None = None
@@ -161,6 +171,31 @@ class ModelPool:
                 self._tokenizers[target.group] = load_tokenizer(target.load_name)
             return self._tokenizers[target.group]
 
+    def context_length(self, target: Target) -> int | None:
+        """The most positions the model of ``target`` takes, from its config (no weights
+        loaded); None when its config does not say or cannot be read yet."""
+        with self._lock:
+            loaded = self._loaded.get(target.group)
+        if loaded is not None:
+            value = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
+            return value if isinstance(value, int) else None
+        config = _read_config(self._config_folder(target))
+        value = config.get("max_position_embeddings")
+        if value is None and isinstance(config.get("text_config"), dict):
+            value = config["text_config"].get("max_position_embeddings")
+        return value if isinstance(value, int) else None
+
+    def _config_folder(self, target: Target) -> Path | None:
+        """The folder holding the config.json of the model that serves ``target``."""
+        if target.adapter is None and target.info.fine_tuned:
+            return Path(target.group)  # a full or classification run: its own model folder
+        try:
+            resolved = resolve_model(target.load_name)
+        except TrimtabError:
+            return None
+        part = weights_part(resolved)
+        return part.folder if part is not None and part.complete else resolved.path
+
     def render_chat(self, model_id: str, messages: Sequence[Mapping[str, Any]]) -> str:
         """The conversation through the model's chat template, ending with the reply's start."""
         from trimtab.models.chat import TemplateRefused, render_chat
@@ -178,10 +213,27 @@ class ModelPool:
             loaded = self._loaded.get(target.group)
             if loaded is None:
                 loaded = self._loaded[target.group] = self._load(target)
+                self._evict_models()
+            self._loaded.move_to_end(target.group)
             if target.adapter is not None and target.adapter_name is not None:
                 self._ensure_adapter(loaded, target.adapter_name, target.adapter)
                 loaded.users[target.adapter_name] = loaded.users.get(target.adapter_name, 0) + 1
+            loaded.requests += 1
             return loaded
+
+    def is_loaded(self, group: str) -> bool:
+        """True while the model of ``group`` is in memory (the engine drops idle lanes of
+        models that left)."""
+        return group in self._loaded
+
+    def _evict_models(self) -> None:
+        """Beyond ``max_models`` loaded, the least recently used idle models leave memory
+        (never one answering a request; the newest, just loaded, is last in line)."""
+        idle = [g for g, m in self._loaded.items() if m.requests == 0]
+        while len(self._loaded) > self.max_models and len(idle) > 1:
+            group = idle.pop(0)
+            del self._loaded[group]
+            _log.info("unloaded %s (least recently used model)", group)
 
     def release(self, target: Target) -> None:
         """One user of ``target``'s adapter fewer (its request ended)."""
@@ -190,6 +242,8 @@ class ModelPool:
             name = target.adapter_name
             if loaded is not None and name is not None and loaded.users.get(name):
                 loaded.users[name] -= 1
+            if loaded is not None and loaded.requests:
+                loaded.requests -= 1
 
     def _load(self, target: Target) -> Loaded:
         import torch
@@ -340,6 +394,15 @@ class ModelPool:
                 continue  # not installed here
             names.append(spec.name)
         return names
+
+
+def _read_config(folder: Path | None) -> dict[str, Any]:
+    """A model folder's config.json as a dict ({} if absent or unreadable)."""
+    try:
+        data = json.loads((folder / "config.json").read_text()) if folder else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _uses_dora(folder: Path) -> bool:

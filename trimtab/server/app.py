@@ -180,6 +180,7 @@ def serve(
     api_key: str | None = None,
     org: str = "trimtab",
     max_adapters: int = 8,
+    max_models: int = 4,
     max_batch_size: int = 16,
     max_queue: int = 64,
     preload: Sequence[str] = (),
@@ -194,7 +195,12 @@ def serve(
     from trimtab.generation.pool import ModelPool
 
     pool = ModelPool(
-        runs_dir, org=org, max_adapters=max_adapters, preload=list(preload), dtype=dtype
+        runs_dir,
+        org=org,
+        max_adapters=max_adapters,
+        max_models=max_models,
+        preload=list(preload),
+        dtype=dtype,
     )
     engine = Engine(pool, max_batch_size=max_batch_size, max_queue=max_queue)
     try:
