@@ -94,3 +94,43 @@ def test_generation_commands_take_the_shared_sampling_options(command):
         [command, "m", *extra, "--temperature", "0.5", "--stop", "x", "--stop", "y"]
     )
     assert (args.temperature, args.stop) == (0.5, ["x", "y"])
+
+
+def test_trimtab_serve_answers_the_official_client_and_stops_on_ctrl_c(tiny_llama_dir, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from openai import OpenAI
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "trimtab", "serve", str(tiny_llama_dir), "--port", str(port)]
+    env = {**os.environ, "TRIMTAB_API_KEY": "sk-local"}
+    server = subprocess.Popen(
+        [*command, "--runs", str(tmp_path), "--log-level", "warning"], env=env
+    )
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-local", max_retries=0)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                models = client.models.list()
+                break
+            except Exception:
+                assert server.poll() is None and time.monotonic() < deadline, "did not start"
+                time.sleep(0.2)
+        assert str(tiny_llama_dir) in [m.id for m in models.data]
+        answer = client.completions.create(
+            model=str(tiny_llama_dir), prompt="Great product", max_tokens=5, temperature=0
+        )
+        expected = _expected(tiny_llama_dir, "Great product", temperature=0, max_tokens=5)
+        assert answer.choices[0].text == expected
+    finally:
+        server.send_signal(signal.SIGINT)
+        code = server.wait(timeout=30)
+    assert code in (0, 130)  # uvicorn's graceful stop, or the CLI's interrupted status

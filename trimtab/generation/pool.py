@@ -121,7 +121,8 @@ class ModelPool:
     def target(self, model_id: str) -> Target:
         """How a model id is served; raises :class:`ModelNotFound`."""
         runs = self._runs()
-        if not self._names_run(runs, model_id):
+        base = model_id in self.preload or model_id in KNOWN_MODELS
+        if not base and not self._names_run(runs, model_id):
             runs = self._runs(fresh=True)  # a run that completed since the last look
         if model_id in runs:
             return runs[model_id]
