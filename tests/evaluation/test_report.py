@@ -246,7 +246,7 @@ def test_a_failure_while_writing_leaves_the_old_report_in_place(tmp_path, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(report_module, "_plot_comparison", broken)
+    monkeypatch.setattr(report_module, "plot_comparison", broken)
     with pytest.raises(RuntimeError):
         write_report(make_report(), out, force=True)
     assert files_under(out) == {"report.md"} and (out / "report.md").read_text() == "old report"

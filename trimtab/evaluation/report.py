@@ -4,8 +4,7 @@ The content is built once as a list of blocks (headings, fields, tables, images)
 twice, as Markdown and as HTML, so that the two files cannot drift apart. The HTML file embeds
 its plots as ``data:`` URLs: it is one file that can be mailed or opened offline.
 
-matplotlib is imported inside the plotting functions only: the CLI imports this module for
-``comparison_table`` on every ``trimtab eval``, and pyplot costs about a second to import.
+The plots are drawn by :mod:`trimtab.evaluation.plots`.
 """
 
 from __future__ import annotations
@@ -13,15 +12,20 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import re
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
+from trimtab.evaluation.plots import (
+    ci95,
+    is_num,
+    plot_accuracy_by_checkpoint,
+    plot_comparison,
+    plot_confusion,
+    plot_loss,
+)
 from trimtab.files import check_output, staged_dir
 
 DASH = "—"  # a missing value, in tables and fields
@@ -60,10 +64,6 @@ _Block = _Heading | _Fields | _Table | _Image
 # --- formatting ---------------------------------------------------------------------------
 
 
-def _is_num(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _num(value: Any, digits: int = 3) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{value:.{digits}f}"  # inf/nan (a diverged perplexity) print as such
@@ -74,16 +74,9 @@ def _int(value: Any) -> str:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else DASH
 
 
-def _ci(classification: dict[str, Any]) -> tuple[float, float] | None:
-    ci = classification.get("accuracy_ci95")  # a list once read back from report.json
-    if isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_num(x) for x in ci):
-        return (ci[0], ci[1])
-    return None
-
-
 def _accuracy(classification: dict[str, Any]) -> str:
-    accuracy, ci = classification.get("accuracy"), _ci(classification)
-    if not _is_num(accuracy):
+    accuracy, ci = classification.get("accuracy"), ci95(classification)
+    if not is_num(accuracy):
         return DASH
     return f"{accuracy:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{accuracy:.3f}"
 
@@ -159,7 +152,7 @@ def _comparison(report: dict[str, Any]) -> _Table:
             row.append(_pair(r.get("generation"), "exact_match", "rouge_l"))
         if has_training:
             seconds = (r.get("training") or {}).get("seconds")
-            row.append(_num(seconds / 60, 1) if _is_num(seconds) else DASH)
+            row.append(_num(seconds / 60, 1) if is_num(seconds) else DASH)
         row.append(_num(r.get("examples_per_s"), 1))
         rows.append(row)
     return _Table(header, rows, left=3)
@@ -171,157 +164,6 @@ def comparison_table(report: dict[str, Any]) -> str:
     Missing values show as ``—``; metrics have 3 decimals, accuracy its 95% interval.
     """
     return _md_table(_comparison(report))
-
-
-# --- plots ----------------------------------------------------------------------------------
-
-
-def _tex(text: Any) -> str:
-    # Two "$" in a label would make matplotlib parse it as mathtext (and maybe fail).
-    return str(text).replace("$", r"\$")
-
-
-@contextmanager
-def _figure(path: Path, size: tuple[float, float]) -> Iterator[tuple[Any, Any]]:
-    """A figure and its axes, saved to ``path`` on success and closed in every case."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # servers have no display; must come before importing pyplot
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=size)
-    try:
-        yield fig, ax
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)  # pyplot keeps every figure alive until closed
-
-
-def _points(metrics: Any, key: str) -> list[tuple[float, float]]:
-    """(step, value) of the metrics lines that have both, in step order."""
-    if not isinstance(metrics, list):
-        return []
-    return sorted(
-        (m["step"], m[key])
-        for m in metrics
-        if isinstance(m, dict) and _is_num(m.get("step")) and _is_num(m.get(key))
-    )
-
-
-def _plot_confusion(classification: dict[str, Any], title: str, path: Path) -> bool:
-    labels, matrix = classification.get("labels") or [], classification.get("confusion") or []
-    k = len(labels)
-    if not k or len(matrix) != k or any(len(row) != k for row in matrix):
-        return False
-    import numpy as np
-
-    counts = np.array(matrix, dtype=float)
-    totals = counts.sum(axis=1, keepdims=True)
-    # Colour by share of the true label, so that rare classes are as readable as common ones.
-    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    side = min(3.0 + 0.6 * k, 14.0)
-    with _figure(path, (side + 1.5, side)) as (fig, ax):
-        image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-        # fraction/pad: a colour bar as tall as the (square) matrix, not as the figure.
-        fig.colorbar(image, ax=ax, label="share of the true label", fraction=0.046, pad=0.04)
-        names = [_tex(label) for label in labels]
-        slant = k > 6  # long rows of labels overlap unless slanted
-        ax.set_xticks(
-            range(k), names, rotation=45 if slant else 0, ha="right" if slant else "center"
-        )
-        ax.set_yticks(range(k), names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(_tex(title))
-        size = 10 if k <= 10 else max(5, 10 - (k - 10) // 3)
-        for i in range(k):
-            for j in range(k):
-                ax.text(
-                    j,
-                    i,
-                    str(int(counts[i, j])),
-                    ha="center",
-                    va="center",
-                    fontsize=size,
-                    color="white" if shares[i, j] > 0.5 else "black",
-                )
-    return True
-
-
-def _plot_loss(run: dict[str, Any], title: str, path: Path) -> bool:
-    train = _points(run.get("metrics"), "train_loss")
-    valid = _points(run.get("metrics"), "valid_loss")
-    if not train and not valid:
-        return False
-    with _figure(path, (7.0, 4.0)) as (_, ax):
-        if train:
-            ax.plot(*zip(*train), label="train loss", linewidth=1.2)
-        if valid:
-            ax.plot(*zip(*valid), "o-", label="validation loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_title(_tex(title))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return True
-
-
-def _plot_accuracy_by_checkpoint(results: list[dict[str, Any]], path: Path) -> bool:
-    lines: dict[str, tuple[str, list[tuple[float, float]]]] = {}
-    for i, r in enumerate(results):
-        run = r.get("run")
-        if isinstance(run, dict):
-            points = _points(run.get("metrics"), "valid_accuracy")
-            # One line per run: two results evaluating the same run share its curve.
-            key = str(run.get("path") or i)
-            if points and key not in lines:
-                lines[key] = (str(r.get("label") or key), points)
-    if not lines:
-        return False
-    with _figure(path, (7.0, 4.0)) as (_, ax):
-        for label, points in lines.values():
-            ax.plot(*zip(*points), "o-", label=_tex(label))
-        ax.set_xlabel("step")
-        ax.set_ylabel("validation accuracy")
-        ax.set_title("Validation accuracy by checkpoint")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return True
-
-
-def _plot_comparison(results: list[dict[str, Any]], path: Path) -> bool:
-    bars = [
-        (str(r.get("label") or r.get("model") or "?"), r["classification"])
-        for r in results
-        if isinstance(r.get("classification"), dict)
-        and _is_num(r["classification"].get("accuracy"))
-    ]
-    if not bars:
-        return False
-    accuracies = [c["accuracy"] for _, c in bars]
-    cis = [_ci(c) or (c["accuracy"], c["accuracy"]) for _, c in bars]
-    low = [max(a - lo, 0.0) for a, (lo, _) in zip(accuracies, cis)]
-    high = [max(hi - a, 0.0) for a, (_, hi) in zip(accuracies, cis)]
-    with _figure(path, (7.0, 1.2 + 0.5 * len(bars))) as (_, ax):
-        y = range(len(bars))
-        ax.barh(y, accuracies, xerr=[low, high], capsize=4, color="#4c72b0")
-        ax.set_yticks(y, [_tex(label) for label, _ in bars])
-        ax.invert_yaxis()  # first result on top, as in the table
-        for i, accuracy in enumerate(accuracies):
-            # Inside the bar in white, unless the bar is too short to hold the text.
-            ax.text(
-                0.01,
-                i,
-                f"{accuracy:.3f}",
-                va="center",
-                fontsize=9,
-                color="white" if accuracy >= 0.12 else "black",
-            )
-        ax.set_xlim(0.0, 1.0)
-        ax.set_xlabel("accuracy (error bars: 95% bootstrap interval)")
-        ax.grid(axis="x", alpha=0.3)
-    return True
 
 
 # --- building the blocks --------------------------------------------------------------------
@@ -340,7 +182,7 @@ def _summary_fields(r: dict[str, Any], run: dict[str, Any] | None) -> list[tuple
     ]:
         if r.get(key) is not None:
             fields.append((name, str(r[key]), False))
-    if _is_num(r.get("seconds")):
+    if is_num(r.get("seconds")):
         speed = _num(r.get("examples_per_s"), 1)
         fields.append(("Evaluation time", f"{r['seconds']:.1f} s ({speed} examples/s)", False))
     training = r.get("training") or {}
@@ -349,7 +191,7 @@ def _summary_fields(r: dict[str, Any], run: dict[str, Any] | None) -> list[tuple
         fields.append(
             (
                 "Training",
-                f"{_num(seconds / 60 if _is_num(seconds) else None, 1)} min, "
+                f"{_num(seconds / 60 if is_num(seconds) else None, 1)} min, "
                 f"{_num(training.get('tokens_per_s'), 0)} tokens/s, "
                 f"{_int(training.get('train_examples'))} examples",
                 False,
@@ -428,7 +270,7 @@ def _confusion_blocks(
             )
         )
     name = f"confusion-{slug}.png"
-    if _plot_confusion(c, f"Confusion matrix: {label}", plots / name):
+    if plot_confusion(c, f"Confusion matrix: {label}", plots / name):
         blocks.append(_Image(f"Confusion matrix of {label}", name))
     return blocks
 
@@ -477,7 +319,7 @@ def _training_curve_blocks(
 ) -> list[_Block]:
     """The training-loss plot of one result, if its run logged one."""
     name = f"loss-{slug}.png"
-    if run and _plot_loss(run, f"Training loss: {label}", plots / name):
+    if run and plot_loss(run, f"Training loss: {label}", plots / name):
         return [_Heading(4, "Training curve"), _Image(f"Training loss of {label}", name)]
     return []
 
@@ -517,9 +359,9 @@ def _blocks(report: dict[str, Any], plots: Path) -> list[_Block]:
         _Heading(2, "Comparison"),
         _comparison(report),
     ]
-    if _plot_comparison(results, plots / "comparison.png"):
+    if plot_comparison(results, plots / "comparison.png"):
         blocks.append(_Image("Accuracy per model, with 95% intervals", "comparison.png"))
-    if _plot_accuracy_by_checkpoint(results, plots / "accuracy-by-checkpoint.png"):
+    if plot_accuracy_by_checkpoint(results, plots / "accuracy-by-checkpoint.png"):
         blocks.append(_Image("Validation accuracy by checkpoint", "accuracy-by-checkpoint.png"))
     if results:
         blocks.append(_Heading(2, "Results"))
