@@ -21,10 +21,9 @@ def answer(
     model: Any, tokenizer: Any, labels: list[str], text: str, params: SamplingParams
 ) -> list[Delta | RowEnd]:
     """One label per sampled completion, with the class distribution as log-probabilities."""
-    import torch
 
     from trimtab.generation.lane import RowEnd
-    from trimtab.generation.sampler import _sample, seed_for
+    from trimtab.generation.sampler import row_generator, sample, seed_for
     from trimtab.models.scoring import classify_logits
 
     context = getattr(model.config, "max_position_embeddings", 512)
@@ -35,8 +34,7 @@ def answer(
         if params.temperature == 0:
             choice = int(logp.argmax())
         else:
-            generator = torch.Generator().manual_seed(seed * 0x9E3779B97F4A7C15 % 2**63 + i)
-            choice = _sample(logp, params, generator)
+            choice = sample(logp, params, row_generator(seed, i))
         label = labels[choice]
         prefix = text if params.echo else ""
         logprobs = []

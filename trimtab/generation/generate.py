@@ -8,17 +8,12 @@ cache) as soon as they finish, and the next prompts joining in their places.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trimtab.errors import ConfigError
 from trimtab.generation.sampling import SamplingParams
-from trimtab.generation.types import Delta
 from trimtab.models.batching import autocast
-
-if TYPE_CHECKING:
-    from trimtab.generation.lane import RowEnd
 
 if TYPE_CHECKING:
     import torch
@@ -59,8 +54,10 @@ def generate(
     """
     import torch
 
+    from trimtab.generation.engine import Stream
     from trimtab.generation.intake import eos_ids
     from trimtab.generation.lane import Job, Lane
+    from trimtab.generation.types import Request
 
     if batch_size < 1:
         raise ConfigError([f"batch_size: must be at least 1 (got {batch_size})"])
@@ -79,11 +76,13 @@ def generate(
                 [f"logit_bias.{t}: no such token (the model has {vocab})" for t in bad]
             )
     lane = Lane(model, tokenizer, eos_ids(model, tokenizer), max_rows=batch_size)
-    collected: list[list[Delta | RowEnd]] = [[] for _ in prompts]
+    # The lane runs here, in the caller's thread: each stream holds its whole answer once the
+    # lane is done, so reading it never waits.
+    streams = [Stream(Request("", ids, params), len(ids)) for ids in encoded]
     # Longest first: similar lengths share a batch (little padding), and the batch that
     # needs the most memory runs first, so running out of it shows at once.
     for i in sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True):
-        lane.waiting.append(Job(encoded[i], params, post=_collect(collected[i])))
+        lane.waiting.append(Job(encoded[i], params, post=streams[i].post))
     was_training = model.training
     model.eval()  # no dropout; the caller's mode is restored after
     try:
@@ -93,36 +92,9 @@ def generate(
     finally:
         model.train(was_training)
     return [
-        c for i, items in enumerate(collected) for c in _completions(items, params, len(encoded[i]))
-    ]
-
-
-def _collect(into: list[Delta | RowEnd]) -> Callable[[Any], None]:
-    def post(items: Any) -> None:
-        if isinstance(items, BaseException):
-            raise items
-        if items is not None:
-            into.extend(items)
-
-    return post
-
-
-def _completions(
-    items: list[Delta | RowEnd], params: SamplingParams, prompt: int
-) -> list[Completion]:
-    texts: dict[int, str] = {}
-    finish: dict[int, str] = {}
-    tokens: dict[int, int] = {}
-    for x in items:
-        if isinstance(x, Delta):
-            texts[x.index] = texts.get(x.index, "") + x.text
-            if x.finish_reason:
-                finish[x.index] = x.finish_reason
-        else:
-            tokens[x.index] = x.tokens
-    return [
-        Completion(texts.get(i, ""), finish.get(i, "length"), tokens.get(i, 0), prompt)
-        for i in range(params.samples)
+        Completion(c.text, c.finish_reason, c.completion_tokens, stream.prompt_tokens)
+        for stream in streams
+        for c in stream.result().choices
     ]
 
 

@@ -115,7 +115,12 @@ class Lane:
         self._end_rows([k for k, r in enumerate(self.rows) if r.seq.finish is not None])
         if self.rows and self.part is not None:
             self._limit_context()
-            batch.decode(self.model, self.part, [r.seq.ids[-1] for r in self.rows], self._names())
+            batch.decode(
+                self.model,
+                self.part,
+                [r.seq.ids[-1] for r in self.rows],
+                self._adapter_names([r.job for r in self.rows]),
+            )
 
     def fail(self, error: BaseException) -> None:
         """Hand an error to every job of the lane and empty it (the batch cannot go on)."""
@@ -151,7 +156,7 @@ class Lane:
             if room <= 0:
                 break
         if admitted:
-            names = [j.adapter or batch.BASE_ADAPTER for j in admitted] if self._peft() else None
+            names = self._adapter_names(admitted)
             part, _ = batch.prefill(
                 self.model,
                 [j.ids for j in admitted],
@@ -178,7 +183,7 @@ class Lane:
 
     def _echo(self, job: Job) -> None:
         """Prefill one echo job alone, with its prompt's log-probabilities."""
-        names = [job.adapter or batch.BASE_ADAPTER] if self._peft() else None
+        names = self._adapter_names([job])
         part, full = batch.prefill(
             self.model,
             [job.ids],
@@ -316,10 +321,11 @@ class Lane:
     def _peft(self) -> bool:
         return hasattr(self.model, "peft_config")
 
-    def _names(self) -> list[str] | None:
+    def _adapter_names(self, jobs: list[Job]) -> list[str] | None:
+        """PEFT's ``adapter_names`` for rows of these jobs (None: the model has no adapters)."""
         if not self._peft():
             return None
-        return [r.job.adapter or batch.BASE_ADAPTER for r in self.rows]
+        return [job.adapter or batch.BASE_ADAPTER for job in jobs]
 
 
 def context_error(context: int, prompt: int, max_tokens: int) -> EngineError:

@@ -122,13 +122,11 @@ class ModelPool:
         """How a model id is served; raises :class:`ModelNotFound`."""
         runs = self._runs()
         base = model_id in self.preload or model_id in KNOWN_MODELS
-        if not base and not self._names_run(runs, model_id):
-            runs = self._runs(fresh=True)  # a run that completed since the last look
-        if model_id in runs:
-            return runs[model_id]
-        by_name = {t.info.path and Path(t.info.path).name: t for t in runs.values()}
-        if model_id in by_name and not model_id.startswith("ft:"):
-            return by_name[model_id]
+        found = _find_run(runs, model_id)
+        if found is None and not base:
+            found = _find_run(self._runs(fresh=True), model_id)  # completed since the last look
+        if found is not None:
+            return found
         path = Path(model_id).expanduser()
         if model_id.startswith("ft:") or not (
             self.any_folder or model_id in self.preload or model_id in KNOWN_MODELS
@@ -310,12 +308,6 @@ class ModelPool:
         self._scanned = (now, found)
         return found
 
-    @staticmethod
-    def _names_run(runs: dict[str, Target], model_id: str) -> bool:
-        return model_id in runs or any(
-            t.info.path and Path(t.info.path).name == model_id for t in runs.values()
-        )
-
     def _scan(self) -> dict[str, Target]:
         if self.runs_dir is None or not self.runs_dir.is_dir():
             return {}
@@ -395,6 +387,16 @@ class ModelPool:
                 continue  # not installed here
             names.append(spec.name)
         return names
+
+
+def _find_run(runs: dict[str, Target], model_id: str) -> Target | None:
+    """The run of an ft: id, or of a run folder's name."""
+    if model_id in runs:
+        return runs[model_id]
+    if model_id.startswith("ft:"):
+        return None
+    named = [t for t in runs.values() if t.info.path and Path(t.info.path).name == model_id]
+    return named[0] if named else None
 
 
 def _read_config(folder: Path | None) -> dict[str, Any]:

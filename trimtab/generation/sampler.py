@@ -36,9 +36,7 @@ class Picker:
         """A row's picker; copy ``copy`` of a seeded request gets its own reproducible draws."""
         import torch
 
-        generator = None
-        if params.temperature > 0:
-            generator = torch.Generator().manual_seed((seed * SEED_MIX + copy) % 2**63)
+        generator = row_generator(seed, copy) if params.temperature > 0 else None
         counts = None
         if params.frequency_penalty or params.presence_penalty:
             counts = torch.zeros(vocab, dtype=torch.float32)
@@ -55,6 +53,14 @@ class Picker:
             self.counts[token] += 1
         if self.matcher is not None and not self.matcher.is_finished():
             self.matcher.advance(token)
+
+
+def row_generator(seed: int, copy: int) -> torch.Generator:
+    """The generator of copy ``copy`` of a request seeded ``seed`` (its own reproducible draws,
+    whatever else runs in the batch)."""
+    import torch
+
+    return torch.Generator().manual_seed((seed * SEED_MIX + copy) % 2**63)
 
 
 def seed_for(params: SamplingParams) -> int:
@@ -93,7 +99,7 @@ def pick(logits: torch.Tensor, pickers: list[Picker], *, want_logprobs: bool) ->
             tokens[k] = t
     for k, p in enumerate(pickers):
         if p.generator is not None:
-            tokens[k] = _sample(scores[k], p.params, p.generator)
+            tokens[k] = sample(scores[k], p.params, p.generator)
     if not want_logprobs:
         return Picked(tokens, [0.0] * len(tokens), [[] for _ in tokens], [[] for _ in tokens])
     logp = torch.log_softmax(logits, dim=-1)
@@ -131,7 +137,7 @@ def _processed(logits: torch.Tensor, pickers: list[Picker]) -> torch.Tensor:
     return scores
 
 
-def _sample(scores: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+def sample(scores: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
     """One draw from softmax(scores / temperature), restricted to the top_p nucleus."""
     import torch
 
