@@ -313,14 +313,13 @@ class ModelPool:
             return {}
         found = {}
         for folder in sorted(p for p in self.runs_dir.iterdir() if p.is_dir()):
-            if not (folder / "final" / META).is_file():
-                continue
-            try:
-                target = self._run_target(folder)
-            except TrimtabError as exc:  # one broken run hides itself, not the others
-                _log.warning("skipping %s: %s", folder, exc)
-                continue
-            found[target.info.id] = target
+            for model in _servable_folders(folder):
+                try:
+                    target = self._run_target(model)
+                except TrimtabError as exc:  # one broken run hides itself, not the others
+                    _log.warning("skipping %s: %s", model, exc)
+                    continue
+                found[target.info.id] = target
         return found
 
     def _run_target(self, folder: Path) -> Target:
@@ -335,9 +334,13 @@ class ModelPool:
         base, task = str(meta.get("base_model")), str(meta.get("task", "sft"))
         run_dir = model_dir.parent if model_dir.name == "final" else model_dir
         digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]
-        base_label = base if base in KNOWN_MODELS else Path(base).name
+        # A run of the jobs API carries its OpenAI-style id (ft:<base>:<org>:<suffix>:<job>,
+        # its checkpoints ...:ckpt-step-N); other runs are named here.
+        model_id = meta.get("model_id")
         info = ModelInfo(
-            id=f"ft:{base_label}:{self.org}:{run_dir.name}:{digest}",
+            id=str(model_id)
+            if model_id
+            else f"ft:{base_label(base)}:{self.org}:{run_dir.name}:{digest}",
             created=int(run_dir.stat().st_mtime),
             owned_by=self.org,
             parent=self._base_id(base),
@@ -387,6 +390,25 @@ class ModelPool:
                 continue  # not installed here
             names.append(spec.name)
         return names
+
+
+def base_label(base: str) -> str:
+    """How a base model is written inside an ft: id: its known name, else its folder's name."""
+    return base if base in KNOWN_MODELS else Path(base).name
+
+
+def _servable_folders(run: Path) -> builtins.list[Path]:
+    """A run's final model, and the model folders of its checkpoints that carry an id (those
+    of the jobs API, ``<model_id>:ckpt-step-N``)."""
+    out = [run] if (run / "final" / META).is_file() else []
+    for step in sorted((run / "checkpoints").glob("step-*/model")):
+        try:
+            meta = json.loads((step / META).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("model_id"):
+            out.append(step)
+    return out
 
 
 def _find_run(runs: dict[str, Target], model_id: str) -> Target | None:

@@ -7,6 +7,7 @@ catalog, evaluation, export, the case study) reads and writes runs through :clas
 
     runs/NAME/
       .lock              held (flock) by the process training the run; free once it exits
+      pause-requested    asks the training process to checkpoint and stop (the jobs API's pause)
       config.yaml        the resolved config (auto values filled in)
       run.json           status, base model, task, method, labels, results
       metrics.jsonl      one line per logged step and per evaluation
@@ -88,6 +89,13 @@ class RunFolder:
     @property
     def lock_file(self) -> Path:
         return self.path / ".lock"
+
+    @property
+    def pause_file(self) -> Path:
+        """Created to ask the process training the run to checkpoint and stop (pause); the
+        trainer removes it when it stops. A file, not a signal: it reaches a trainer on another
+        node of a cluster through the shared folder as well."""
+        return self.path / "pause-requested"
 
     @property
     def final(self) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,17 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: LoopState,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``folder`` (``.../step-N``) atomically and return it.
+    """Write ``folder`` (``.../step-N``) atomically and return it; ``extra(tmp)`` may add
+    files to it (a servable ``model/``) before it counts.
 
     :func:`trimtab.files.staged_dir` flushes every file to disk before the folder is swapped
     into place, so the checkpoint counts only once all of it is on disk.
     """
     with staged_dir(folder) as tmp:
+        if extra is not None:
+            extra(tmp)
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

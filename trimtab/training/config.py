@@ -128,6 +128,12 @@ class TrainConfig(_Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     log_every: int = Field(default=10, gt=0)
     run_dir: Path | None = None  # None: runs/<model>-<method>-<task>-<time>
+    # The id the fine-tuned model is served under (the jobs API sets ft:<base>:<org>:<suffix>:<id>;
+    # None: the server names the run itself).
+    model_id: str | None = None
+    # Each checkpoint also holds model/, a servable model folder (the jobs API's checkpoints
+    # are callable as <model_id>:ckpt-step-N).
+    checkpoint_models: bool = False
     max_loss: float = Field(default=1e4, gt=0)  # a loss above this counts as exploded
 
     def problems(self) -> list[str]:

@@ -51,6 +51,13 @@ class TrainingInterrupted(TrimtabError):
     exit_code = 130
 
 
+class TrainingPaused(TrimtabError):
+    """The run was asked to pause (its pause file): a checkpoint was written and the process
+    stops; ``trimtab train --resume`` continues from it."""
+
+    exit_code = 75  # EX_TEMPFAIL: stopped on request, to be continued
+
+
 # --- the objective -------------------------------------------------------------------------
 
 

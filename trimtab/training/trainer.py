@@ -40,6 +40,7 @@ from trimtab.training.loop import (
     Progress,
     TrainingDiverged,
     TrainingInterrupted,
+    TrainingPaused,
     all_reduce,
     clip_gradients,
     device_for,
@@ -270,6 +271,7 @@ def _start(s: Session) -> None:
             "micro_batch_size": plan.micro,
             "accumulation": plan.accum,
             "last_step_micro_batches": short or plan.accum,
+            "total_steps": s.total,
             "bf16": s.bf16,
             "device": str(s.device),
             "feature_cache": s.method.top is not None,
@@ -327,9 +329,36 @@ def _train_steps(s: Session) -> None:
                     return
             elif config.save_every and state.step % config.save_every == 0 and s.d.main:
                 _checkpoint(s)
+            if state.step < s.total and _pause_requested(s):
+                _pause(s)
         if state.batch_in_epoch >= len(batches):
             state.epoch += 1
             state.batch_in_epoch = 0
+
+
+def _pause_requested(s: Session) -> bool:
+    """The run's pause file exists (every rank agrees: one stat per step, then a reduce)."""
+    asked = float(s.run.pause_file.exists()) if s.d.main else 0.0
+    if s.d.world > 1:
+        asked = all_reduce([asked], s.d, s.device)[0]
+    return asked > 0
+
+
+def _pause(s: Session) -> None:
+    """Checkpoint where the loop is, mark the run paused, stop (TrainingPaused)."""
+    step = s.state.step
+    last = ckpt.latest_checkpoint(s.run.path)
+    if s.d.main and (last is None or last != s.run.checkpoint(step)):
+        _checkpoint(s)
+    if s.d.main:
+        s.run.update(status="paused", paused_step=step)
+        s.run.pause_file.unlink(missing_ok=True)
+    if s.d.world > 1:
+        dist.barrier()
+    raise TrainingPaused(
+        f"paused at step {step} of {s.total} (checkpoint {s.run.checkpoint(step).name}); "
+        f"continue with: trimtab train --resume {s.run.path}"
+    )
 
 
 def _step(s: Session, micro_batches: list[dict[str, torch.Tensor]]) -> None:
@@ -499,7 +528,15 @@ def _track_best(s: Session, loss: float) -> bool:
 
 def _checkpoint(s: Session) -> None:
     s.state.elapsed = time.perf_counter() - s.started
-    ckpt.save_checkpoint(s.run.checkpoint(s.state.step), s.model, s.optimizer, s.scheduler, s.state)
+    step = s.state.step
+    extra = None
+    if s.config.checkpoint_models:
+        model_id = f"{s.config.model_id}:ckpt-step-{step}" if s.config.model_id else None
+
+        def extra(tmp: Path) -> None:
+            _write_model(s, tmp / "model", model_id)
+
+    ckpt.save_checkpoint(s.run.checkpoint(step), s.model, s.optimizer, s.scheduler, s.state, extra)
     ckpt.prune(s.run.path, s.config.keep_checkpoints, set())
 
 
@@ -536,22 +573,30 @@ def _finish(s: Session) -> TrainResult:
 
 def _export(s: Session, folder: Path) -> None:
     """Write a complete model folder: weights, tokenizer, trimtab.json (all or nothing)."""
-    config = s.config
     with staged_dir(folder) as tmp:
-        save_trainable(s.model, tmp)
-        s.tokenizer.save_pretrained(tmp)
-        write_meta(
-            tmp,
-            {
-                "base_model": s.adapter_base or config.model.name,
-                "task": config.data.task,
-                "method": config.method.name,
-                "labels": s.data.labels,
-                "max_length": config.model.max_length,
-                "run": str(s.run.path),
-            }
-            | ({"parent_run": s.parent["parent_run"]} if s.parent else {}),
-        )
+        _write_model(s, tmp, s.config.model_id)
+
+
+def _write_model(s: Session, folder: Path, model_id: str | None) -> None:
+    """The model as it is now into ``folder`` (inside a staged folder): weights, tokenizer,
+    trimtab.json (with the id it is served under, when the config names one)."""
+    config = s.config
+    folder.mkdir(parents=True, exist_ok=True)
+    save_trainable(s.model, folder)
+    s.tokenizer.save_pretrained(folder)
+    write_meta(
+        folder,
+        {
+            "base_model": s.adapter_base or config.model.name,
+            "task": config.data.task,
+            "method": config.method.name,
+            "labels": s.data.labels,
+            "max_length": config.model.max_length,
+            "run": str(s.run.path),
+        }
+        | ({"parent_run": s.parent["parent_run"]} if s.parent else {})
+        | ({"model_id": model_id} if model_id else {}),
+    )
 
 
 __all__ = ["TrainResult", "train"]

@@ -1,0 +1,120 @@
+"""The fine-tuning API's objects as OpenAI writes them, from the store's rows, and the
+refusal every operation raises (:class:`ApiProblem`, OpenAI's error fields).
+
+One place turns rows into ``file``, ``fine_tuning.job``, ``fine_tuning.job.event`` and
+``fine_tuning.job.checkpoint`` objects, so the HTTP routes and the local command line print
+the same JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trimtab.errors import TrimtabError
+
+ORG_ID = "org-trimtab"
+
+
+class ApiProblem(TrimtabError):
+    """A refusal with OpenAI's error fields: HTTP ``status``, ``param`` at fault, ``code``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = (
+            status,
+            message,
+            param,
+            code,
+            type,
+        )
+
+
+def not_found(kind: str, ident: str, param: str | None = None) -> ApiProblem:
+    return ApiProblem(404, f"No such {kind}: '{ident}'", param=param, code=f"{kind}_not_found")
+
+
+def file_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "object": "file",
+        "bytes": row["bytes"],
+        "created_at": row["created_at"],
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "status": row["status"],
+        "status_details": row.get("status_details"),
+        "expires_at": None,
+    }
+
+
+def job_object(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``fine_tuning.job``; the hyperparameters are the resolved values once training
+    started (``auto`` before)."""
+    hyper = row.get("hyperparameters") or {}
+    return {
+        "id": row["id"],
+        "object": "fine_tuning.job",
+        "created_at": row["created_at"],
+        "error": row.get("error"),
+        "fine_tuned_model": row.get("fine_tuned_model") if row["status"] == "succeeded" else None,
+        "finished_at": row.get("finished_at"),
+        "hyperparameters": hyper,
+        "model": row["model"],
+        "organization_id": ORG_ID,
+        "result_files": list(row.get("result_files") or []),
+        "seed": row["seed"],
+        "status": row["status"],
+        "trained_tokens": row.get("trained_tokens"),
+        "training_file": row["training_file"],
+        "validation_file": row.get("validation_file"),
+        "estimated_finish": row.get("estimated_finish") if row["status"] == "running" else None,
+        "integrations": [],
+        "metadata": row.get("metadata"),
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "user_provided_suffix": row.get("suffix"),
+        # trimtab's extension: what the job trains (method, task, config keys) and where.
+        "trimtab": (row.get("extension") or {}) | {"run_dir": row.get("run_dir")},
+    }
+
+
+def event_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "object": "fine_tuning.job.event",
+        "created_at": row["created_at"],
+        "level": row["level"],
+        "message": row["message"],
+        "data": row.get("data") or {},
+        "type": row["type"],
+    }
+
+
+def checkpoint_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": row["created_at"],
+        "fine_tuned_model_checkpoint": row["model_id"],
+        "fine_tuning_job_id": row["job_id"],
+        "metrics": row.get("metrics") or {},
+        "step_number": row["step"],
+    }
+
+
+def page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """OpenAI's list object; ``first_id``/``last_id`` as its cursor pages carry them."""
+    return {
+        "object": "list",
+        "data": items,
+        "has_more": has_more,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+    }
