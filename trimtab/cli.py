@@ -11,6 +11,7 @@ from trimtab import __version__
 from trimtab.errors import TrimtabError
 
 INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C (128 + SIGINT)
+PAUSED = 75  # TrainingPaused: stopped on request (the jobs API's pause), to be resumed
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trimtab.cli_serving import add_serving_commands
 
     add_serving_commands(sub)
+    from trimtab.cli_jobs import add_jobs_commands
+
+    add_jobs_commands(sub)
     return parser
 
 
@@ -428,8 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except TrimtabError as e:
-        # an interruption (exit code 130, e.g. TrainingInterrupted) is not the user's error
-        label = "" if e.exit_code == INTERRUPTED else "error: "
+        # an interruption or a pause (TrainingInterrupted, TrainingPaused) is not an error
+        label = "" if e.exit_code in (INTERRUPTED, PAUSED) else "error: "
         print(f"{label}{e}".replace("\n", "\n  "), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # each command says what is true of its own outputs

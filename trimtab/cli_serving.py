@@ -61,10 +61,44 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_serving_options(p)
+    _add_jobs_options(p)
     p.set_defaults(handler=_run_serve, interrupted="server stopped")
 
 
-def _runs_dir(args: argparse.Namespace) -> Any:
+def _add_jobs_options(p: argparse.ArgumentParser) -> None:
+    """Where the fine-tuning jobs API keeps its files and jobs, and what runs the jobs."""
+    j = p.add_argument_group("fine-tuning jobs (/v1/files, /v1/fine_tuning/jobs)")
+    j.add_argument(
+        "--home",
+        help="data folder of uploaded files and jobs (default: $TRIMTAB_HOME, else "
+        "~/.cache/trimtab)",
+    )
+    j.add_argument(
+        "--database",
+        metavar="URL",
+        help="the jobs store: a SQLite file or postgresql://user:password@host/db for several "
+        "servers (default: HOME/jobs.db)",
+    )
+    j.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where jobs train: a process here (local) or a Ray cluster (ray)",
+    )
+    j.add_argument("--ray-address", metavar="URL", help="the Ray dashboard (or $RAY_ADDRESS)")
+    j.add_argument(
+        "--jobs-concurrency", type=int, default=1, metavar="N", help="jobs trained at once"
+    )
+    j.add_argument(
+        "--max-file-bytes",
+        type=int,
+        metavar="N",
+        help="largest file accepted for upload, in bytes (default: 512 MiB)",
+    )
+
+
+def runs_folder(args: argparse.Namespace) -> Any:
+    """The runs folder of ``--runs``: else $TRIMTAB_HOME/runs if set, else ./runs."""
     import os
     from pathlib import Path
 
@@ -74,15 +108,29 @@ def _runs_dir(args: argparse.Namespace) -> Any:
     return Path(home) / "runs" if home else Path("runs")
 
 
+def home_folder(args: argparse.Namespace) -> Any:
+    """The data folder of ``--home``: else trimtab's cache folder."""
+    from pathlib import Path
+
+    from trimtab.models.registry import cache_dir
+
+    return Path(args.home).expanduser().absolute() if args.home else cache_dir()
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     import os
 
+    from trimtab.jobs.service import DEFAULT_MAX_FILE_BYTES
     from trimtab.server.app import serve
 
+    runs, home = runs_folder(args), home_folder(args)
+    database = args.database or str(home / "jobs.db")
+    max_file_bytes = args.max_file_bytes or DEFAULT_MAX_FILE_BYTES
+    print(_startup_line(args, runs, home, database, max_file_bytes), flush=True)
     serve(
         args.host,
         args.port,
-        runs_dir=_runs_dir(args),
+        runs_dir=runs,
         api_key=args.api_key or os.environ.get("TRIMTAB_API_KEY") or None,
         org=args.org,
         max_adapters=args.max_adapters,
@@ -92,8 +140,39 @@ def _run_serve(args: argparse.Namespace) -> int:
         preload=args.preload,
         log_level=args.log_level,
         dtype=args.precision,
+        home=home,
+        database=database,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        jobs_concurrency=args.jobs_concurrency,
+        max_file_bytes=max_file_bytes,
     )
     return 0
+
+
+def _startup_line(
+    args: argparse.Namespace, runs: Any, home: Any, database: str, max_file_bytes: int
+) -> str:
+    import os
+
+    executor = args.executor
+    if executor == "ray":
+        executor += f" at {args.ray_address or os.environ.get('RAY_ADDRESS') or '?'}"
+    return (
+        f"trimtab serve on http://{args.host}:{args.port}/v1: runs {runs}; jobs store "
+        f"{_masked(database)}, files in {home / 'files'} (up to {max_file_bytes} bytes), "
+        f"{args.jobs_concurrency} job(s) at a time on the {executor} executor"
+    )
+
+
+def _masked(database: str) -> str:
+    # A postgresql:// URL may hold a password: never print it.
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(database)
+    if parts.password is None:
+        return database
+    return database.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _add_generating(sub: argparse._SubParsersAction, name: str, **texts: str) -> Any:
@@ -135,7 +214,7 @@ def _engine(args: argparse.Namespace) -> Any:
     from trimtab.generation.engine import Engine
     from trimtab.generation.pool import ModelPool
 
-    pool = ModelPool(_runs_dir(args), dtype=args.precision, any_folder=True)
+    pool = ModelPool(runs_folder(args), dtype=args.precision, any_folder=True)
     return Engine(pool, max_batch_size=args.max_batch_size)
 
 

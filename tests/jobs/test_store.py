@@ -59,7 +59,9 @@ def test_new_id_is_the_prefix_and_24_random_letters_or_digits():
 
 def test_files_insert_get_and_delete(store: Store):
     store.insert_file(file_row("file-a", 10))
-    assert store.get_file("file-a") == file_row("file-a", 10)
+    got = store.get_file("file-a")
+    assert got is not None and got.pop("created_ns") > 0  # the store's creation order
+    assert got == file_row("file-a", 10)
     assert store.get_file("file-missing") is None
     assert store.delete_file("file-a") is True
     assert store.delete_file("file-a") is False
@@ -67,7 +69,8 @@ def test_files_insert_get_and_delete(store: Store):
 
 
 def test_list_files_filters_by_purpose_orders_and_pages_after_an_id(store: Store):
-    # Two files share a created_at: the id breaks the tie, so pages never skip or repeat.
+    # Two files share a created_at: creation order (created_ns) breaks the tie, so pages
+    # never skip or repeat.
     for file_id, created_at, purpose in [
         ("file-1", 1, "fine-tune"),
         ("file-2", 2, "fine-tune"),
@@ -426,3 +429,24 @@ def test_a_database_that_cannot_be_opened_is_a_clear_error(tmp_path: Path):
         Store("postgresql://me:secret@127.0.0.1:1/jobs")  # nothing listens on port 1
     assert "postgresql://me:***@127.0.0.1:1/jobs" in str(raised.value)
     assert "secret" not in str(raised.value)
+
+
+def test_a_version_1_database_is_upgraded_keeping_its_rows_in_creation_order(store_url: str):
+    first = Store(store_url)
+    first.insert_job(job_row("ftjob-old", created_at=500))
+    first.insert_job(job_row("ftjob-older", created_at=400))
+    first.close()
+    # back to version 1: no created_ns column (as a trimtab of version 1 wrote it)
+    engine = create_engine(store_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        for table in ("jobs", "files"):
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN created_ns")
+        conn.execute(update(schema_version_table).values(version=1))
+    engine.dispose()
+    again = Store(store_url)
+    assert again.schema_version() == LATEST_VERSION == 2
+    again.insert_job(job_row("ftjob-new", created_at=500))  # same second as ftjob-old
+    rows, _ = again.list_jobs()
+    assert [r["id"] for r in rows] == ["ftjob-new", "ftjob-old", "ftjob-older"]
+    assert again.get_job("ftjob-old")["created_ns"] == 500 * 10**9
+    again.close()

@@ -166,3 +166,66 @@ def slow_decoding() -> Iterator[None]:
     handle = torch.nn.modules.module.register_module_forward_pre_hook(pause)
     yield
     handle.remove()
+
+
+JOBS_MAX_FILE_BYTES = 64 * 1024  # small, so that a test can send a file over it
+
+
+@dataclass
+class JobsLive:
+    """A running server with the files and fine-tuning jobs API over a fresh store, and no
+    scheduler: jobs stay as created (validating_files) unless a test moves them."""
+
+    url: str
+    service: Any
+    home: Path
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+
+@pytest.fixture(scope="session")
+def idle_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    """An engine and pool that the jobs API tests never use (the app needs them)."""
+    from trimtab.generation.engine import Engine
+    from trimtab.generation.pool import ModelPool
+
+    pool = ModelPool(tmp_path_factory.mktemp("no-runs"))
+    engine = Engine(pool)
+    try:
+        yield engine, pool
+    finally:
+        engine.close()
+
+
+@contextmanager
+def serve_jobs(root: Path, backend: tuple[Any, Any], **options: Any) -> Iterator[JobsLive]:
+    """A live app whose jobs service keeps its store, files and runs under ``root``."""
+    from trimtab.jobs.service import JobsService
+    from trimtab.jobs.store import Store
+    from trimtab.server.app import create_app
+
+    home = root / "home"
+    store = Store(home / "jobs.db")
+    service = JobsService(store, home, root / "runs", max_file_bytes=JOBS_MAX_FILE_BYTES)
+    try:
+        app = create_app(*backend, api_key=API_KEY, jobs=service, **options)
+        with run_server(app) as url:
+            yield JobsLive(url, service, home)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def jobs_live(tmp_path: Path, idle_backend: tuple[Any, Any]) -> Iterator[JobsLive]:
+    with serve_jobs(tmp_path, idle_backend) as served:
+        yield served
+
+
+@pytest.fixture
+def jobs_client(jobs_live: JobsLive):
+    from openai import OpenAI
+
+    with OpenAI(base_url=jobs_live.v1, api_key=API_KEY, max_retries=0, timeout=60) as c:
+        yield c

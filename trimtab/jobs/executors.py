@@ -92,7 +92,7 @@ class LocalExecutor:
             del self._children[pid]
             # A signal death is -N from Popen: report it as a shell would (128 + N).
             return code if code >= 0 else 128 - code
-        return RUNNING if _alive(pid) else UNKNOWN
+        return RUNNING if alive(pid) else UNKNOWN
 
     def stop(self, handle: str, grace: float = 10.0) -> None:
         """SIGTERM to the whole group, SIGKILL to whatever is left after ``grace`` seconds."""
@@ -117,7 +117,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie, ended but not yet reaped, is not running)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -151,4 +151,4 @@ def _group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
 
 
-__all__ = ["RUNNING", "UNKNOWN", "Executor", "Launch", "LocalExecutor", "group_members"]
+__all__ = ["RUNNING", "UNKNOWN", "Executor", "Launch", "LocalExecutor", "alive", "group_members"]

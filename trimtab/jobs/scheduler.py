@@ -37,14 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from trimtab.files import write_text
-from trimtab.jobs.executors import RUNNING, UNKNOWN, Executor, Launch
+from trimtab.jobs.executors import RUNNING, UNKNOWN, Executor, Launch, alive
 from trimtab.jobs.service import JobsService, validation_error
 from trimtab.models.runs import RunFolder
 from trimtab.training import checkpoint as ckpt
+from trimtab.training.loop import TrainingPaused
 
 _log = logging.getLogger("trimtab.jobs")
 
-PAUSED_EXIT = 75  # TrainingPaused
+PAUSED_EXIT = TrainingPaused.exit_code  # 75: stopped on request
 USER_ERROR_EXIT = 2  # a TrimtabError: retrying cannot help
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
@@ -122,7 +123,8 @@ class Scheduler:
         live = self.store.live_owners(self.owner_ttl) | {self.owner}
         running = self.store.jobs_with_status(("running",))
         for row in running:
-            if row.get("owner") not in live:
+            owner = row.get("owner")
+            if owner not in live or (owner != self.owner and _gone_here(owner)):
                 self._adopt(row)
         mine = [r for r in self.store.jobs_with_status(("running",)) if r["owner"] == self.owner]
         for row in mine:
@@ -157,7 +159,7 @@ class Scheduler:
                 "executor": self.executor.name,
             },
             expect_status=("queued",),
-            event={"message": "Fine-tuning job started", "key": f"started-{attempt}"},
+            event={"message": _started(attempt), "key": f"started-{attempt}"},
         )
         if claimed:
             self._launch(self.store.get_job(row["id"]) or row, attempt)
@@ -387,6 +389,20 @@ class Scheduler:
                     row["id"], f"Checkpoint created at step {step}", key=f"checkpoint-{step}"
                 )
         self.store.delete_checkpoints(row["id"], set(folders))
+
+
+def _started(attempt: int) -> str:
+    if attempt == 1:
+        return "Fine-tuning job started"
+    return f"Fine-tuning job started again (attempt {attempt}), from its last checkpoint"
+
+
+def _gone_here(owner: str | None) -> bool:
+    """A scheduler of this host whose process has ended: adopted at once, without waiting
+    for its heartbeat to age (a server restarted after a kill takes its jobs back in a tick)."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    return host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
 
 
 _CHECKPOINT_METRICS = (

@@ -31,7 +31,8 @@ DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 FILE_PURPOSES = ("fine-tune", "fine-tune-results")
 ACTIVE = ("validating_files", "queued", "running", "paused")
 FINISHED = ("succeeded", "failed", "cancelled")
-DEFAULT_METHOD = "lora"  # a small adapter: what the hosted API trains, and fast on a laptop
+# A small adapter by default: cheap on a laptop, and what a hosted fine-tune is in effect.
+DEFAULT_METHOD: Literal["lora"] = "lora"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -466,14 +467,27 @@ def _hyperparameters(request: JobRequest) -> Hyperparameters:
 def _check_examples(path: Path, name: str, param: str) -> None:
     """The training reader's own checks (format, fields, types), each naming its line."""
     from trimtab.data.prepared import read_examples
+    from trimtab.errors import DataError
 
     try:
         read_examples(path)
-    except TrimtabError as exc:
-        message = str(exc).replace(str(path), name)
+    except DataError as exc:
+        problems = "; ".join(_where(p.line, p.field) + p.message for p in exc.problems)
+        more = f" (and {exc.more} more)" if exc.more else ""
         raise o.ApiProblem(
-            400, f"Invalid file {name}: {message}", param=param, code="invalid_file"
+            400, f"Invalid file {name}: {problems}{more}", param=param, code="invalid_file"
         ) from None
+    except TrimtabError as exc:
+        raise o.ApiProblem(
+            400,
+            f"Invalid file {name}: {str(exc).replace(str(path), name)}",
+            param=param,
+            code="invalid_file",
+        ) from None
+
+
+def _where(line: int | None, field: str | None) -> str:
+    return (f"line {line}: " if line else "") + (f"field '{field}': " if field else "")
 
 
 def _check_limit(limit: int, most: int) -> None:

@@ -65,6 +65,7 @@ files = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("status_details", sa.Text),
     sa.Column("path", sa.Text, nullable=False),
+    sa.Column("created_ns", sa.BigInteger),  # version 2: creation order within a second
 )
 
 jobs = sa.Table(
@@ -96,6 +97,7 @@ jobs = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("requested", sa.Text),
     sa.Column("executor", sa.Text),
+    sa.Column("created_ns", sa.BigInteger),  # version 2: creation order within a second
 )
 
 events = sa.Table(
@@ -147,7 +149,25 @@ def _migrate_v1(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=tables, checkfirst=False)
 
 
-MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _migrate_v1)]
+def _migrate_v2(conn: sa.Connection) -> None:
+    # created_at is OpenAI's whole seconds: jobs and files created in one second listed in a
+    # random order. created_ns orders them; rows written before it get their second's start.
+    # (A database created at version 2 already has the column, from the live definitions.)
+    for table in (files, jobs):
+        present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        if "created_ns" not in present:
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN created_ns BIGINT"))
+        conn.execute(
+            sa.update(table)
+            .where(table.c.created_ns.is_(None))
+            .values(created_ns=table.c.created_at * 1_000_000_000)
+        )
+
+
+MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
+    (1, _migrate_v1),
+    (2, _migrate_v2),
+]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 # Any constant bigint: the key of the PostgreSQL advisory lock that serialises migrations.
@@ -288,7 +308,7 @@ class Store:
     def insert_file(self, row: Row) -> None:
         """Insert one file row (every column of ``files``)."""
         with self._write() as conn:
-            conn.execute(files.insert().values(row))
+            conn.execute(files.insert().values({"created_ns": time.time_ns(), **row}))
 
     def get_file(self, file_id: str) -> Row | None:
         """The file's row, or None."""
@@ -304,7 +324,7 @@ class Store:
         order: Literal["asc", "desc"] = "desc",
         after: str | None = None,
     ) -> tuple[list[Row], bool]:
-        """A page of files ordered by (created_at, id) in ``order``, and whether more follow.
+        """A page of files in creation order (``order``), and whether more follow.
 
         ``after`` is the id of the previous page's last file; an unknown id gives an empty page.
         """
@@ -312,7 +332,9 @@ class Store:
         if purpose is not None:
             query = query.where(files.c.purpose == purpose)
         with self._read() as conn:
-            return _keyset_page(conn, query, ("created_at", "id"), order == "desc", after, limit)
+            return _keyset_page(
+                conn, query, ("created_at", "created_ns", "id"), order == "desc", after, limit
+            )
 
     def delete_file(self, file_id: str) -> bool:
         """Delete the file's row; whether it existed."""
@@ -324,7 +346,8 @@ class Store:
     def insert_job(self, row: Row, event: Row | None = None) -> None:
         """Insert a job and, in the same transaction, its first event (see ``add_event``)."""
         with self._write() as conn:
-            conn.execute(jobs.insert().values({"updated_at": time.time(), **row}))
+            now = {"updated_at": time.time(), "created_ns": time.time_ns()}
+            conn.execute(jobs.insert().values({**now, **row}))
             if event is not None:
                 self._insert_event(conn, row["id"], event)
 
@@ -346,7 +369,7 @@ class Store:
         for name, value in (metadata or {}).items():
             query = query.where(self._metadata_has(name, value))
         with self._read() as conn:
-            return _keyset_page(conn, query, ("created_at", "id"), True, after, limit)
+            return _keyset_page(conn, query, ("created_at", "created_ns", "id"), True, after, limit)
 
     def _metadata_has(self, name: str, value: str) -> Any:
         column = jobs.c["metadata"]
@@ -361,7 +384,7 @@ class Store:
         query = (
             sa.select(jobs)
             .where(jobs.c.status.in_(list(statuses)))
-            .order_by(jobs.c.created_at, jobs.c.id)
+            .order_by(jobs.c.created_at, jobs.c.created_ns, jobs.c.id)
         )
         with self._read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]

@@ -2,8 +2,9 @@
 
 Every refusal the server sends has this shape and a status that says whose fault it is: 400
 (a bad value, naming the request field), 401 (the API key), 403 (deleting a base model), 404
-(an unknown model or URL), 413 (a body too large), 429 (the engine's queue is full). Only an
-unexpected failure is a 500, with a generic message; its traceback goes to the log.
+(an unknown model, file, job or URL), 413 (a body or file too large), 429 (the engine's queue
+is full). Only an unexpected failure is a 500, with a generic message; its traceback goes to
+the log.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from trimtab.errors import ConfigError, TrimtabError
 from trimtab.generation.types import EngineError, ModelNotFound, QueueFull
+from trimtab.jobs.objects import ApiProblem
 
 log = logging.getLogger("trimtab.server")
 
@@ -156,6 +158,14 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, ConfigError)
         return from_config(exc).response()
 
+    async def api_problem(request: Request, exc: Exception) -> JSONResponse:
+        # The jobs service's refusals carry their own status and fields (a subclass of
+        # TrimtabError, so this handler must win over trimtab_error's 400: Starlette picks the
+        # most specific class).
+        assert isinstance(exc, ApiProblem)
+        error = APIError(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
+        return error.response()
+
     async def trimtab_error(request: Request, exc: Exception) -> JSONResponse:
         return bad_request(str(exc)).response()
 
@@ -171,5 +181,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(EngineError, engine)
     app.add_exception_handler(ConfigError, config)
+    app.add_exception_handler(ApiProblem, api_problem)
     app.add_exception_handler(TrimtabError, trimtab_error)
     app.add_exception_handler(HTTPException, http)
