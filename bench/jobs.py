@@ -33,6 +33,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MARC = ROOT.parent / "shared" / "data" / "marc" / "en" / "train.csv"
@@ -119,6 +120,65 @@ def event_latencies(client, job_id: str, metrics: Path, samples: int) -> list[fl
     return out
 
 
+def create_job(client, data: Path, model: str, steps: int):
+    with data.open("rb") as f:
+        file = client.files.create(file=f, purpose="fine-tune")
+    config = {"max_steps": steps, "save_every": 10, "log_every": 1, "precision": "auto"}
+    return client.fine_tuning.jobs.create(
+        model=model,
+        training_file=file.id,
+        suffix="bench",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 8}}},
+        extra_body={"trimtab": {"config": config}},
+    )
+
+
+def measure_start(client, job_id: str, figures: dict[str, str]) -> Path:
+    """create -> running, -> first metrics event, then the event latency; the run folder."""
+    created = time.monotonic()
+    wait(lambda: client.fine_tuning.jobs.retrieve(job_id).status == "running")
+    figures["create -> running"] = f"{time.monotonic() - created:.2f} s"
+    wait(lambda: metric_steps(client, job_id), every=0.05)
+    figures["create -> first metrics event"] = f"{time.monotonic() - created:.2f} s"
+    run = Path(client.fine_tuning.jobs.retrieve(job_id).model_extra["trimtab"]["run_dir"])
+    lat = event_latencies(client, job_id, run / "metrics.jsonl", samples=8)
+    median, most = statistics.median(lat) * 1000, max(lat) * 1000
+    figures["event latency (median of 8)"] = f"{median:.0f} ms (max {most:.0f} ms)"
+    return run
+
+
+def measure_restart(client, job_id: str, server, home: Path, port: int, figures) -> Any:
+    """SIGKILL the server mid-job, start it again: the new server process."""
+    before = len(metric_steps(client, job_id))
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    killed = time.monotonic()
+    server = start_server(home, port, home / "server.log")
+    figures["SIGKILL -> new server answers"] = f"{time.monotonic() - killed:.2f} s"
+    wait(lambda: len(metric_steps(client, job_id)) > before, every=0.02)
+    figures["SIGKILL -> job followed again (new event listed)"] = (
+        f"{time.monotonic() - killed:.2f} s"
+    )
+    return server
+
+
+def measure_end(client, job_id: str, figures: dict[str, str]) -> None:
+    finished = ("succeeded", "failed", "cancelled")
+    done = wait(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in finished and j)
+    assert done.status == "succeeded", done.error
+    events = Counter(
+        (e.message, json.dumps(e.data, sort_keys=True)) for e in all_events(client, job_id)
+    )
+    figures["events written twice"] = str(sum(1 for c in events.values() if c > 1))
+    started = time.monotonic()
+    answer = client.completions.create(
+        model=done.fine_tuned_model, prompt="Great product!\n\n###\n\n", max_tokens=2
+    )
+    figures["first completion of the fine-tuned model"] = (
+        f"{time.monotonic() - started:.2f} s ({answer.choices[0].text!r})"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -128,72 +188,17 @@ def main() -> int:
     from openai import OpenAI
 
     home = Path(tempfile.mkdtemp(prefix="trimtab-bench-jobs-"))
-    data = home / "marc.jsonl"
-    write_data(data, args.reviews)
-    port, log = free_port(), home / "server.log"
-    server = start_server(home, port, log)
+    write_data(home / "marc.jsonl", args.reviews)
+    port = free_port()
+    server = start_server(home, port, home / "server.log")
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, max_retries=0)
     figures: dict[str, str] = {}
     try:
-        with data.open("rb") as f:
-            file = client.files.create(file=f, purpose="fine-tune")
-        created = time.monotonic()
-        job = client.fine_tuning.jobs.create(
-            model=args.model,
-            training_file=file.id,
-            suffix="bench",
-            method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 8}}},
-            extra_body={
-                "trimtab": {
-                    "config": {
-                        "max_steps": args.steps,
-                        "save_every": 10,
-                        "log_every": 1,
-                        "precision": "auto",
-                    }
-                }
-            },
-        )
-        created = time.monotonic()
-        wait(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "running")
-        figures["create -> running"] = f"{time.monotonic() - created:.2f} s"
-        wait(lambda: metric_steps(client, job.id), every=0.05)
-        figures["create -> first metrics event"] = f"{time.monotonic() - created:.2f} s"
-        run = Path(client.fine_tuning.jobs.retrieve(job.id).model_extra["trimtab"]["run_dir"])
-        lat = event_latencies(client, job.id, run / "metrics.jsonl", samples=8)
-        figures["event latency (median of 8)"] = (
-            f"{statistics.median(lat) * 1000:.0f} ms (max {max(lat) * 1000:.0f} ms)"
-        )
+        job = create_job(client, home / "marc.jsonl", args.model, args.steps)
+        run = measure_start(client, job.id, figures)
         wait(lambda: list(run.glob("checkpoints/step-*")), every=0.05)
-        before = len(metric_steps(client, job.id))
-        server.send_signal(signal.SIGKILL)
-        server.wait()
-        killed = time.monotonic()
-        server = start_server(home, port, log)
-        figures["SIGKILL -> new server answers"] = f"{time.monotonic() - killed:.2f} s"
-        wait(lambda: len(metric_steps(client, job.id)) > before, every=0.02)
-        figures["SIGKILL -> job followed again (new event listed)"] = (
-            f"{time.monotonic() - killed:.2f} s"
-        )
-        done = wait(
-            lambda: (
-                (j := client.fine_tuning.jobs.retrieve(job.id)).status
-                in ("succeeded", "failed", "cancelled")
-                and j
-            )
-        )
-        assert done.status == "succeeded", done.error
-        messages = Counter(
-            (e.message, json.dumps(e.data, sort_keys=True)) for e in all_events(client, job.id)
-        )
-        figures["events written twice"] = str(sum(1 for c in messages.values() if c > 1))
-        started = time.monotonic()
-        answer = client.completions.create(
-            model=done.fine_tuned_model, prompt="Great product!\n\n###\n\n", max_tokens=1
-        )
-        figures["first completion of the fine-tuned model"] = (
-            f"{time.monotonic() - started:.2f} s ({answer.choices[0].text!r})"
-        )
+        server = measure_restart(client, job.id, server, home, port, figures)
+        measure_end(client, job.id, figures)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)

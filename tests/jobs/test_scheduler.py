@@ -29,8 +29,11 @@ ROWS = [
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> JobsService:
-    store = Store(tmp_path / "home" / "jobs.db")
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> JobsService:
+    """Over a SQLite store, or PostgreSQL for tests parametrised with "postgresql"."""
+    kind = getattr(request, "param", "sqlite")
+    url = tmp_path / "home" / "jobs.db"
+    store = Store(url if kind == "sqlite" else request.getfixturevalue("fresh_postgres_url"))
     yield JobsService(store, tmp_path / "home", tmp_path / "runs", org="acme")
     store.close()
 
@@ -76,6 +79,7 @@ def metrics_steps(service: JobsService, job_id: str) -> list[tuple[str, int]]:
     ]
 
 
+@pytest.mark.parametrize("service", ["sqlite", "postgresql"], indirect=True)
 def test_a_job_runs_from_validation_to_a_served_model(service, tiny_llama_dir):
     job = create(service, tiny_llama_dir, epochs=2)
     assert job["status"] == "validating_files"
@@ -216,6 +220,7 @@ def test_a_new_scheduler_adopts_a_running_job_whose_scheduler_died(service, tiny
     assert kinds["Fine-tuning job started"] == 1
 
 
+@pytest.mark.parametrize("service", ["sqlite", "postgresql"], indirect=True)
 def test_two_schedulers_on_one_store_run_a_job_once(service, tiny_llama_dir):
     job = create(service, tiny_llama_dir, max_steps=8)
     a = Scheduler(service, LocalExecutor(), interval=0.05)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -288,7 +289,6 @@ def serve(
 
     from trimtab.generation.engine import Engine
     from trimtab.generation.pool import ModelPool
-    from trimtab.jobs.scheduler import Scheduler
     from trimtab.jobs.service import JobsService
     from trimtab.jobs.store import Store
     from trimtab.models.registry import cache_dir
@@ -298,31 +298,40 @@ def serve(
     runs = (Path(runs_dir) if runs_dir is not None else home / "runs").absolute()
     run_jobs = make_executor(executor, ray_address)  # a bad choice fails before anything opens
     store = Store(database or home / "jobs.db")
-    scheduler: Scheduler | None = None
-    engine: Engine | None = None
+    service = JobsService(store, home, runs, org=org, max_file_bytes=max_file_bytes)
+    pool = ModelPool(
+        runs,
+        org=org,
+        max_adapters=max_adapters,
+        max_models=max_models,
+        preload=list(preload),
+        dtype=dtype,
+    )
+    engine = Engine(pool, max_batch_size=max_batch_size, max_queue=max_queue)
+    app = create_app(engine, pool, api_key=api_key, max_body_bytes=max_body_bytes, jobs=service)
+    config: dict[str, Any] = {"log_level": log_level, "timeout_graceful_shutdown": 5}
     try:
-        service = JobsService(store, home, runs, org=org, max_file_bytes=max_file_bytes)
-        pool = ModelPool(
-            runs,
-            org=org,
-            max_adapters=max_adapters,
-            max_models=max_models,
-            preload=list(preload),
-            dtype=dtype,
-        )
-        engine = Engine(pool, max_batch_size=max_batch_size, max_queue=max_queue)
-        app = create_app(engine, pool, api_key=api_key, max_body_bytes=max_body_bytes, jobs=service)
-        scheduler = Scheduler(service, run_jobs, concurrency=jobs_concurrency, owner_ttl=owner_ttl)
-        scheduler.start()
-        config: dict[str, Any] = {"log_level": log_level, "timeout_graceful_shutdown": 5}
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, **config)).run()
+        with _scheduling(service, run_jobs, jobs_concurrency, owner_ttl):
+            uvicorn.Server(uvicorn.Config(app, host=host, port=port, **config)).run()
     finally:
-        # Running jobs go on without this server: the next scheduler on the store adopts them.
-        if scheduler is not None:
-            scheduler.stop()
-        if engine is not None:
-            engine.close()
+        engine.close()
         store.close()
+
+
+@contextmanager
+def _scheduling(
+    service: JobsService, executor: Executor, concurrency: int, ttl: float
+) -> Iterator[Scheduler]:
+    """A job scheduler ticking for the block. Running jobs go on after it: the next scheduler
+    on the store adopts them."""
+    from trimtab.jobs.scheduler import Scheduler
+
+    scheduler = Scheduler(service, executor, concurrency=concurrency, owner_ttl=ttl)
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.stop()
 
 
 def make_executor(name: str, ray_address: str | None = None) -> Executor:
