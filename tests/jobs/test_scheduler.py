@@ -234,3 +234,43 @@ def test_two_schedulers_on_one_store_run_a_job_once(service, tiny_llama_dir):
     assert service.job_row(job["id"])["attempts"] == 1
     started = [e for e in events(service, job["id"]) if e["message"] == "Fine-tuning job started"]
     assert len(started) == 1
+
+
+class Recording:
+    """An executor that records its launches and runs nothing (the job stays running)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.launches: list[Any] = []
+
+    def start(self, launch: Any) -> str:
+        self.launches.append(launch)
+        return "handle-1"
+
+    def poll(self, handle: str) -> int | None:
+        return None
+
+    def stop(self, handle: str, grace: float = 10.0) -> None:
+        pass
+
+
+def test_a_job_s_cpus_and_gpus_reach_the_executor_with_the_train_command(service, tiny_llama_dir):
+    body = {
+        "model": str(tiny_llama_dir),
+        "training_file": upload(service, ROWS),
+        "trimtab": {"cpus": 4, "gpus": 2},
+    }
+    job = service.create_job(body)
+    executor = Recording()
+    scheduler = Scheduler(service, executor)
+    scheduler.tick()  # validated
+    scheduler.tick()  # started
+    (launch,) = executor.launches
+    assert (launch.job_id, launch.attempt, launch.cpus, launch.gpus) == (job["id"], 1, 4.0, 2.0)
+    assert launch.argv[1:4] == ["-m", "trimtab", "train"] and launch.argv[-1] == "--quiet"
+    config = Path(launch.argv[4])
+    assert config.name == "config.yaml" and f"run_dir: {service.runs_dir / job['id']}" in (
+        config.read_text()
+    )
+    assert service.job_row(job["id"])["handle"] == "handle-1"

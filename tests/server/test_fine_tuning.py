@@ -283,3 +283,14 @@ def test_trimtab_serve_passes_the_jobs_options_and_prints_them(monkeypatch, tmp_
     line = capsys.readouterr().out
     assert "postgresql://jobs:***@db.example/trimtab" in line and "s3cret" not in line
     assert "ray at http://head:8265" in line and "2 job(s)" in line and "1000 bytes" in line
+
+
+def test_a_file_in_use_by_an_unfinished_job_cannot_be_deleted_until_the_job_ends(
+    create, jobs_client, training_file
+):
+    job = create()
+    with pytest.raises(openai.BadRequestError) as refused:
+        jobs_client.files.delete(training_file)
+    assert refused.value.param == "file_id" and job.id in refused.value.message
+    jobs_client.fine_tuning.jobs.cancel(job.id)
+    assert jobs_client.files.delete(training_file).deleted is True

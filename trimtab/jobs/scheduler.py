@@ -183,7 +183,16 @@ class Scheduler:
             config_file = job_dir / "config.yaml"
             write_text(config_file, dump_config(TrainConfig.model_validate(row["config"])))
             argv = [sys.executable, "-m", "trimtab", "train", str(config_file)]
-        launch = Launch(row["id"], attempt, [*argv, "--quiet"], Path.cwd(), job_dir / "train.log")
+        ext = row.get("extension") or {}
+        launch = Launch(
+            row["id"],
+            attempt,
+            [*argv, "--quiet"],
+            Path.cwd(),
+            job_dir / "train.log",
+            cpus=float(ext.get("cpus", 1.0)),
+            gpus=float(ext.get("gpus", 0.0)),
+        )
         try:
             handle = self.executor.start(launch)
         except Exception as exc:  # the executor could not start it: the job fails, visibly

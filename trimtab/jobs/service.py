@@ -66,6 +66,10 @@ class Extension(BaseModel):
     method: Literal["full", "freeze", "lora"] = DEFAULT_METHOD
     task: Literal["sft", "lm", "classify"] = "sft"
     config: dict[str, Any] = {}
+    # What the job holds on a Ray cluster (entrypoint_num_cpus/gpus); more than one GPU runs
+    # the trainer under torchrun, one process per GPU. The local executor runs it as it is.
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: float = Field(default=0.0, ge=0)
 
 
 class JobRequest(BaseModel):
@@ -213,7 +217,21 @@ class JobsService:
         return self.files_dir / Path(self._file_row(file_id)["path"]).name
 
     def delete_file(self, file_id: str) -> dict[str, Any]:
+        """Delete a file; refused while a job not yet finished uses it (a resumed job reads
+        its files again)."""
         row = self._file_row(file_id)
+        users = [
+            j["id"]
+            for j in self.store.jobs_with_status(ACTIVE)
+            if file_id in (j["training_file"], j.get("validation_file"))
+        ]
+        if users:
+            raise o.ApiProblem(
+                400,
+                f"File {file_id} is used by fine-tuning job {users[0]}, which has not "
+                "finished; cancel it or wait for it to end first.",
+                param="file_id",
+            )
         self.store.delete_file(file_id)
         (self.files_dir / Path(row["path"]).name).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
