@@ -237,3 +237,19 @@ def test_check_output_refuses_a_file_even_with_force(tmp_path: Path):
     for force in (False, True):
         with pytest.raises(TrimtabError, match="exists and is not a folder"):
             check_output(tmp_path / "out", force=force)
+
+
+def test_write_chunks_cut_by_an_error_leaves_the_old_file_and_no_temporary(tmp_path):
+    from trimtab.files import write_chunks
+
+    target = tmp_path / "upload.jsonl"
+    assert write_chunks(target, [b"old\n"]) == 4
+
+    def too_long():
+        yield b"new part\n"
+        raise ValueError("over the limit")
+
+    with pytest.raises(ValueError, match="over the limit"):
+        write_chunks(target, too_long())
+    assert target.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["upload.jsonl"]

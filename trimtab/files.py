@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,17 +32,28 @@ _AT_FDCWD = -100
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically: readers see the old file or the new one."""
+    write_chunks(path, [text.encode("utf-8")])
+
+
+def write_chunks(path: Path, chunks: Iterable[bytes]) -> int:
+    """Write ``chunks`` (an upload, read as it arrives) to ``path`` atomically and return the
+    bytes written. An exception raised while the chunks are produced (a size limit) leaves
+    ``path`` as it was and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
+    size = 0
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "xb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                size += len(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return size
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -18,12 +18,14 @@ import os
 import random
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trimtab.errors import ConfigError, TrimtabError
+from trimtab.files import write_chunks, write_text
 from trimtab.jobs import objects as o
 from trimtab.jobs.store import Store, new_id
 
@@ -147,8 +149,6 @@ class JobsService:
         """A file the server writes itself (a job's results CSV); returns its id."""
         file_id = new_id("file-")
         path = self.files_dir / f"{file_id}.csv"
-        from trimtab.files import write_text
-
         write_text(path, content.decode())
         self.store.insert_file(
             {
@@ -166,29 +166,23 @@ class JobsService:
 
     def _receive(self, source: BinaryIO, path: Path) -> int:
         """Copy the upload to ``path`` in chunks, refusing it past the size limit; written
-        under a hidden name and moved into place, so a cut upload leaves nothing."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        size = 0
-        try:
-            with open(tmp, "wb") as out:
-                while chunk := source.read(1 << 20):
-                    size += len(chunk)
-                    if size > self.max_file_bytes:
-                        raise o.ApiProblem(
-                            413,
-                            f"File is larger than this server accepts "
-                            f"({self.max_file_bytes} bytes)",
-                            param="file",
-                            code="file_too_large",
-                        )
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return size
+        atomically, so a cut or refused upload leaves nothing."""
+        limit = self.max_file_bytes
+
+        def chunks() -> Iterator[bytes]:
+            size = 0
+            while chunk := source.read(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise o.ApiProblem(
+                        413,
+                        f"File is larger than this server accepts ({limit} bytes)",
+                        param="file",
+                        code="file_too_large",
+                    )
+                yield chunk
+
+        return write_chunks(path, chunks())
 
     def list_files(
         self,
