@@ -274,3 +274,28 @@ def test_a_job_s_cpus_and_gpus_reach_the_executor_with_the_train_command(service
         config.read_text()
     )
     assert service.job_row(job["id"])["handle"] == "handle-1"
+
+
+def test_checkpoint_metrics_are_the_last_training_line_at_or_before_and_the_evaluation_at_it():
+    from trimtab.jobs.scheduler import _metrics_at
+
+    records = [
+        {"step": 10, "train_loss": 0.5, "train_mean_token_accuracy": 0.7},
+        {"step": 12, "valid_loss": 0.4, "valid_accuracy": 0.8},
+        {"step": 20, "train_loss": 0.3, "train_accuracy": 0.9},
+    ]
+    assert _metrics_at(records, 12) == {
+        "step": 12,
+        "train_loss": 0.5,
+        "train_mean_token_accuracy": 0.7,
+        "valid_loss": 0.4,
+        "valid_mean_token_accuracy": 0.8,
+        "full_valid_loss": 0.4,
+        "full_valid_mean_token_accuracy": 0.8,
+    }
+    assert _metrics_at(records, 25) == {
+        "step": 25,
+        "train_loss": 0.3,
+        "train_mean_token_accuracy": 0.9,
+    }
+    assert _metrics_at(records, 5) == {"step": 5}

@@ -34,7 +34,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class _Progress:
     offset: int = 0  # bytes of metrics.jsonl turned into events
     size: int = 0
     first: tuple[float, int] | None = None  # (time, step) of the first step seen, for the ETA
+    records: list[dict[str, Any]] = field(default_factory=list)  # metrics lines read so far
+    checkpoints: dict[int, dict[str, Any]] = field(default_factory=dict)  # as in the store
 
 
 class Scheduler:
@@ -370,7 +372,7 @@ class Scheduler:
         except OSError:
             return []
         if size < progress.size:  # truncated on resume: read again (events are keyed)
-            progress.offset = 0
+            progress.offset, progress.records = 0, []
         progress.size = size
         with run.metrics_file.open("rb") as f:
             f.seek(progress.offset)
@@ -383,26 +385,49 @@ class Scheduler:
                 out.append(json.loads(line))
             except ValueError:
                 continue
+        progress.records += out
         return out
 
     def _sync_checkpoints(self, row: dict[str, Any], run: RunFolder) -> None:
-        folders = {
-            int(p.parent.name.removeprefix("step-")): p.parent
+        """The run's complete checkpoints as the job's, with the metrics of their step (the
+        last training line at or before it, the evaluation at it); written only on change."""
+        progress = self._progress.setdefault(row["id"], _Progress())
+        steps = sorted(
+            int(p.parent.name.removeprefix("step-"))
             for p in (run.path / "checkpoints").glob("step-*/model")
             if ckpt.is_complete(p.parent)
-        }
-        by_step: dict[int, dict[str, Any]] = {}
-        for record in run.metrics():
-            by_step.setdefault(int(record.get("step", -1)), {}).update(record)
-        for step in sorted(folders):
-            metrics = {k: v for k, v in by_step.get(step, {}).items() if k in _CHECKPOINT_METRICS}
-            metrics["step"] = step
+        )
+        for step in steps:
+            metrics = _metrics_at(progress.records, step)
+            if progress.checkpoints.get(step) == metrics:
+                continue
             model_id = f"{row['fine_tuned_model']}:ckpt-step-{step}"
             if self.store.upsert_checkpoint(row["id"], step, metrics, model_id):
                 self.store.add_event(
                     row["id"], f"Checkpoint created at step {step}", key=f"checkpoint-{step}"
                 )
-        self.store.delete_checkpoints(row["id"], set(folders))
+            progress.checkpoints[step] = metrics
+        if set(progress.checkpoints) != set(steps):  # pruned by the trainer (it keeps 3)
+            self.store.delete_checkpoints(row["id"], set(steps))
+            progress.checkpoints = {k: v for k, v in progress.checkpoints.items() if k in steps}
+
+
+def _metrics_at(records: list[dict[str, Any]], step: int) -> dict[str, Any]:
+    """OpenAI's checkpoint metrics at ``step``: the last training line logged at or before it
+    (lines are every ``log_every`` steps) and the evaluation at it, if any."""
+    out: dict[str, Any] = {}
+    train = [r for r in records if "train_loss" in r and int(r.get("step", -1)) <= step]
+    if train:
+        last = train[-1]
+        accuracy = last.get("train_mean_token_accuracy", last.get("train_accuracy"))
+        out |= {"train_loss": last["train_loss"], "train_mean_token_accuracy": accuracy}
+    valid = [r for r in records if "valid_loss" in r and int(r.get("step", -1)) == step]
+    if valid:
+        loss = valid[-1]["valid_loss"]
+        accuracy = valid[-1].get("valid_mean_token_accuracy", valid[-1].get("valid_accuracy"))
+        out |= {"valid_loss": loss, "valid_mean_token_accuracy": accuracy}
+        out |= {"full_valid_loss": loss, "full_valid_mean_token_accuracy": accuracy}
+    return out | {"step": step}
 
 
 def _started(attempt: int) -> str:
@@ -417,16 +442,6 @@ def _gone_here(owner: str | None) -> bool:
     host, _, rest = (owner or "").partition(":")
     pid = rest.partition(":")[0]
     return host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
-
-
-_CHECKPOINT_METRICS = (
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-)
 
 
 def _metrics_event(store: Any, job_id: str, record: dict[str, Any], total: Any) -> None:
