@@ -1,5 +1,5 @@
-"""What the completions and chat routes share: the engine behind the app, sampling options,
-constraints, ids and usage."""
+"""What the routes share: the engine and the jobs service behind the app, sampling options,
+constraints, ids, usage and integer query parameters."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from trimtab import __version__
 from trimtab.errors import ConfigError
 from trimtab.generation.sampling import SamplingParams
 from trimtab.generation.types import Constraint, EngineError, Result
+from trimtab.jobs.objects import ApiProblem
 from trimtab.server.errors import bad_request, from_config, from_engine
 from trimtab.server.schemas import ResponseFormat, StreamOptions, Usage
 
 if TYPE_CHECKING:
     from trimtab.generation.engine import Engine
     from trimtab.generation.pool import ModelPool
+    from trimtab.jobs.service import JobsService
 
 SYSTEM_FINGERPRINT = f"fp_trimtab_{__version__}"
 _Built = TypeVar("_Built", bound=BaseModel)
@@ -125,3 +127,22 @@ def usage(results: list[Result]) -> Usage:
     return Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
     )
+
+
+def jobs_service(request: HTTPRequest) -> JobsService:
+    """The jobs service the app was built with."""
+    service: JobsService = request.app.state.jobs
+    return service
+
+
+def query_int(request: HTTPRequest, name: str, default: int) -> int:
+    """An integer query parameter, or a 400 naming it (FastAPI's own would name 'query.x')."""
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiProblem(
+            400, f"Invalid value for '{name}': expected an integer, got {value!r}.", param=name
+        ) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, UploadFile
@@ -21,31 +21,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from trimtab.jobs.objects import ApiProblem
-
-if TYPE_CHECKING:
-    from trimtab.jobs.service import JobsService
+from trimtab.server.common import jobs_service, query_int
 
 router = APIRouter()
 CHUNK_BYTES = 1 << 20
-
-
-def jobs_service(request: HTTPRequest) -> JobsService:
-    """The jobs service the app was built with."""
-    service: JobsService = request.app.state.jobs
-    return service
-
-
-def query_int(request: HTTPRequest, name: str, default: int) -> int:
-    """An integer query parameter, or a 400 naming it (FastAPI's own would name 'query.x')."""
-    value = request.query_params.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ApiProblem(
-            400, f"Invalid value for '{name}': expected an integer, got {value!r}.", param=name
-        ) from None
 
 
 @router.post("/v1/files")

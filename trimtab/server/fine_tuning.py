@@ -16,7 +16,7 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from trimtab.server.files import jobs_service, query_int
+from trimtab.server.common import jobs_service, query_int
 
 router = APIRouter()
 JOBS = "/v1/fine_tuning/jobs"
