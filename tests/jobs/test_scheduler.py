@@ -299,3 +299,26 @@ def test_checkpoint_metrics_are_the_last_training_line_at_or_before_and_the_eval
         "train_mean_token_accuracy": 0.9,
     }
     assert _metrics_at(records, 5) == {"step": 5}
+
+
+def test_a_job_whose_trainer_holds_the_run_lock_is_followed_until_the_lock_is_free(
+    service, tiny_llama_dir
+):
+    from trimtab.models.runs import RunFolder
+
+    job = create(service, tiny_llama_dir)
+    # as left by a scheduler of another host: its trainer's pid means nothing here
+    service.store.update_job(
+        job["id"],
+        {"status": "running", "owner": "elsewhere:1:dead", "handle": "999999999", "attempts": 1},
+    )
+    scheduler = Scheduler(service, LocalExecutor(), max_attempts=1)
+    run = RunFolder(Path(service.job_row(job["id"])["run_dir"]))
+    with run.lock():  # a trainer (on whichever host) trains the run
+        scheduler.tick()
+        scheduler.tick()
+        row = service.job_row(job["id"])
+        assert (row["status"], row["owner"]) == ("running", scheduler.owner)  # adopted, followed
+    scheduler.tick()  # the trainer is gone and run.json never said "completed"
+    job = service.get_job(job["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "worker_failed"

@@ -234,11 +234,13 @@ class Scheduler:
         self._ended(row, code)
 
     def _poll(self, row: dict[str, Any]) -> int | None:
-        """The executor's word on the job's command; without a handle (a scheduler died
-        between starting it and storing its handle) the run folder's lock tells."""
-        if row.get("handle"):
-            return self.executor.poll(row["handle"])
-        return RUNNING if RunFolder(Path(row["run_dir"])).is_live() else UNKNOWN
+        """The executor's word on the job's command. When it cannot know (no handle: a
+        scheduler died between starting the job and storing its handle; or a process it did
+        not start), the run folder's lock tells: held while a trainer runs, wherever it is."""
+        code = self.executor.poll(row["handle"]) if row.get("handle") else UNKNOWN
+        if code == UNKNOWN and RunFolder(Path(row["run_dir"])).is_live():
+            return RUNNING
+        return code
 
     def _ended(self, row: dict[str, Any], code: int) -> None:
         """The job's command ended: what the run folder says decides the job's state."""
