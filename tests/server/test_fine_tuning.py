@@ -294,3 +294,11 @@ def test_a_file_in_use_by_an_unfinished_job_cannot_be_deleted_until_the_job_ends
     assert refused.value.param == "file_id" and job.id in refused.value.message
     jobs_client.fine_tuning.jobs.cancel(job.id)
     assert jobs_client.files.delete(training_file).deleted is True
+
+
+@pytest.mark.parametrize("key", ["run_dir", "data.train", "model_id", "model.name"])
+def test_a_config_key_the_job_sets_itself_is_refused(create, key):
+    with pytest.raises(openai.BadRequestError) as refused:
+        create(extra_body={"trimtab": {"config": {key: "/tmp/elsewhere"}}})
+    assert refused.value.param == f"trimtab.config.{key}"
+    assert "set by the job itself" in refused.value.message

@@ -35,6 +35,24 @@ ACTIVE = ("validating_files", "queued", "running", "paused")
 FINISHED = ("succeeded", "failed", "cancelled")
 # A small adapter by default: cheap on a laptop, and what a hosted fine-tune is in effect.
 DEFAULT_METHOD: Literal["lora"] = "lora"
+# Config keys a job sets from its request: a request's trimtab.config cannot name them (a run
+# folder chosen by a client could write anywhere the server can).
+JOB_KEYS = frozenset(
+    {
+        "run_dir",
+        "model_id",
+        "checkpoint_models",
+        "seed",
+        "model",
+        "model.name",
+        "data",
+        "data.train",
+        "data.valid",
+        "data.task",
+        "method",
+        "method.name",
+    }
+)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -246,7 +264,7 @@ class JobsService:
         read: the request's fields, its files, the model, the training config."""
         request = _parse(body)
         job_id = new_id("ftjob-")
-        base, config = self._job_config(request, job_id)
+        config = self._job_config(request, job_id)
         hyper = _hyperparameters(request)
         row = {
             "id": job_id,
@@ -267,19 +285,15 @@ class JobsService:
             "config": config,
             "attempts": 0,
         }
-        self.store.insert_job(row, {"message": f"Created fine-tuning job: {job_id}"})
-        self.store.add_event(
-            job_id,
-            f"Validating training file: {request.training_file}"
-            + (
-                f" and validation file: {request.validation_file}"
-                if request.validation_file
-                else ""
-            ),
+        files = request.training_file + (
+            f" and validation file: {request.validation_file}" if request.validation_file else ""
         )
+        # One event with the job, in its transaction: a scheduler may validate it at once.
+        message = f"Created fine-tuning job: {job_id}; validating training file: {files}"
+        self.store.insert_job(row, {"message": message})
         return self.get_job(job_id)
 
-    def _job_config(self, request: JobRequest, job_id: str) -> tuple[str, dict[str, Any]]:
+    def _job_config(self, request: JobRequest, job_id: str) -> dict[str, Any]:
         """The ``trimtab train`` config of a job, checked now (every problem at once)."""
         from trimtab.generation.pool import base_label
         from trimtab.models.registry import resolve_model
@@ -322,12 +336,20 @@ class JobsService:
         if hyper.learning_rate_multiplier != "auto":
             lr = auto_lr(ext.method, ext.task) * hyper.learning_rate_multiplier
             values["optim"] = {"lr": lr}
+        owned = [k for k in ext.config if k in JOB_KEYS]
+        if owned:
+            raise o.ApiProblem(
+                400,
+                f"trimtab.config: {', '.join(owned)} is set by the job itself (its model, "
+                "files, method, task, seed and run folder are fields of the request)",
+                param=f"trimtab.config.{owned[0]}",
+            )
         overrides = [f"{k}={v}" for k, v in ext.config.items()]
         try:
             config = load_config(None, overrides, values)
         except ConfigError as exc:
             raise o.ApiProblem(400, "; ".join(exc.problems), param="trimtab") from None
-        return request.model, config.model_dump(mode="json")
+        return config.model_dump(mode="json")
 
     def file_path_for(self, file_id: str, param: str) -> Path:
         row = self._file_row(file_id, param)
