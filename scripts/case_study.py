@@ -180,6 +180,10 @@ def print_serving(runs: Path) -> None:
         "curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' "
         f"-d {shlex.quote(json.dumps(body))}"
     )
+    print(
+        "console: http://127.0.0.1:8000/ (Playground, data reports, fine-tuning jobs, "
+        "compare runs, evaluations)"
+    )
 
 
 def step(title: str) -> None:

@@ -141,7 +141,7 @@ def test_the_case_study_trains_with_configs_that_exist():
     assert configs and all((ROOT / c).is_file() for c in configs)
 
 
-def test_the_demo_ends_with_a_serve_command_and_a_curl_calling_the_fine_tuned_decoder(
+def test_the_demo_ends_with_a_serve_command_a_curl_calling_the_fine_tuned_decoder_and_the_console(
     tmp_path, tiny_llama_dir, capsys
 ):
     import json
@@ -154,8 +154,9 @@ def test_the_demo_ends_with_a_serve_command_and_a_curl_calling_the_fine_tuned_de
     (final / "adapter_config.json").write_text("{}")
     write_meta(final, {"base_model": str(tiny_llama_dir), "task": "sft", "method": "lora"})
     load_script().print_serving(tmp_path / "runs")
-    serve, curl = capsys.readouterr().out.splitlines()
+    serve, curl, console = capsys.readouterr().out.splitlines()
     assert serve == f"trimtab serve --runs {tmp_path / 'runs'}"
+    assert console.startswith("console: http://127.0.0.1:8000/ ")
     words = shlex.split(curl)
     body = json.loads(words[words.index("-d") + 1])
     assert words[:3] == ["curl", "-s", "http://127.0.0.1:8000/v1/completions"]

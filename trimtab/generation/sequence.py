@@ -57,6 +57,10 @@ class Sequence:
             cuts = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
             if cuts:
                 self.text, self.finish = self.text[: min(cuts)], "stop"
+                # The tokens of the stop sequence are not part of the completion: neither is
+                # their log-probability (a token that starts before the cut stays).
+                cut = self.text_base + len(self.text)
+                self.logprobs = [t for t in self.logprobs if t.text_offset < cut]
                 return
         if self.generated >= self.max_tokens:
             self._end("length")
@@ -76,8 +80,15 @@ class Sequence:
         end = len(self.text) if self.finish else len(self.text) - self._held_back()
         end = max(end, self._shown)
         text, self._shown = self.text[self._shown : end], end
-        logprobs = self.logprobs[self._logprobs_shown :]
-        self._logprobs_shown = len(self.logprobs)
+        # A token's log-probability goes out with its text: held back while its text is.
+        shown = len(self.logprobs)
+        if not self.finish:
+            while shown > self._logprobs_shown and (
+                self.logprobs[shown - 1].text_offset >= self.text_base + end
+            ):
+                shown -= 1
+        logprobs = self.logprobs[self._logprobs_shown : shown]
+        self._logprobs_shown = shown
         return text, logprobs
 
     def finish_at_length(self) -> None:

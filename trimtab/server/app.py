@@ -1,8 +1,9 @@
 """The app: routes, the API-key and body-size guard, error handlers, and ``serve``.
 
 ``create_app`` wraps an engine and pool already built (tests hand in their own), and the jobs
-service when there is one; ``serve`` builds them from the command line's options, runs a job
-scheduler and uvicorn until interrupted, and closes everything on the way out.
+and evaluations services when there are some; ``serve`` builds them from the command line's
+options, runs a job scheduler and uvicorn until interrupted, and closes everything on the way
+out. The web console's files are served at ``/`` and ``/console/`` without the API key.
 """
 
 from __future__ import annotations
@@ -21,20 +22,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from trimtab import __version__
 from trimtab.errors import TrimtabError
 from trimtab.jobs.service import DEFAULT_MAX_FILE_BYTES
-from trimtab.server import chat, completions, files, fine_tuning, models
+from trimtab.server import chat, completions, console, files, fine_tuning, models
+from trimtab.server import evaluations as evaluations_routes
 from trimtab.server.common import Backend
 from trimtab.server.errors import APIError, install, internal_error, log
 
 if TYPE_CHECKING:
     from trimtab.generation.engine import Engine
     from trimtab.generation.pool import ModelPool
+    from trimtab.jobs.evaluations import EvaluationService
     from trimtab.jobs.executors import Executor
     from trimtab.jobs.scheduler import Scheduler
     from trimtab.jobs.service import JobsService
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 MULTIPART_OVERHEAD = 1024 * 1024  # room for the form's headers and other fields
-OPEN_PATHS = frozenset({"/health"})  # answered without an API key
+OPEN_PATHS = frozenset({"/health"})  # answered without an API key (and the console's files)
 UPLOAD_PATH = "/v1/files"  # POST: streamed through, not buffered
 
 
@@ -46,13 +49,17 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     jobs: JobsService | None = None,
     max_upload_bytes: int | None = None,
+    evaluations: EvaluationService | None = None,
+    console_dir: Path | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible app over ``engine`` and ``pool``; with ``api_key``, every route
-    but ``/health`` needs ``Authorization: Bearer <api_key>``.
+    but ``/health`` and the console's files needs ``Authorization: Bearer <api_key>``.
 
-    With ``jobs``, the app also serves ``/v1/files`` and ``/v1/fine_tuning/jobs``; an upload
-    may be ``max_upload_bytes`` long (default: the service's ``max_file_bytes`` plus room for
-    the multipart form), every other body ``max_body_bytes``.
+    With ``jobs``, the app also serves ``/v1/files`` (and trimtab's file reports) and
+    ``/v1/fine_tuning/jobs``; an upload may be ``max_upload_bytes`` long (default: the
+    service's ``max_file_bytes`` plus room for the multipart form), every other body
+    ``max_body_bytes``. With ``evaluations``, trimtab's ``/v1/evaluations``. The web console
+    is served from ``console_dir`` (default: the package's built console).
     """
     app = FastAPI(
         title="trimtab",
@@ -69,11 +76,18 @@ def create_app(
     app.include_router(chat.router)
     app.include_router(models.router)
     if jobs is not None:
+        from trimtab.jobs.reports import FileReports
+
         app.state.jobs = jobs
+        app.state.reports = FileReports(jobs, pool)
         app.include_router(files.router)
         app.include_router(fine_tuning.router)
         if max_upload_bytes is None:
             max_upload_bytes = jobs.max_file_bytes + MULTIPART_OVERHEAD
+    if evaluations is not None:
+        app.state.evaluations = evaluations
+        app.include_router(evaluations_routes.router)
+    console.install(app, console_dir or console.STATIC)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -129,7 +143,7 @@ class Guard:
 
     def _refusal(self, scope: Scope, limit: int, upload: bool) -> APIError | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+        if self.api_key is not None and not _is_open(scope):
             refusal = _check_key(headers.get("authorization"), self.api_key)
             if refusal is not None:
                 return refusal
@@ -198,6 +212,10 @@ class _Metered:
                 self.over = True
                 return {"type": "http.disconnect"}
         return message
+
+
+def _is_open(scope: Scope) -> bool:
+    return scope["path"] in OPEN_PATHS or console.is_public(scope["method"], scope["path"])
 
 
 def _check_key(header: str | None, api_key: str) -> APIError | None:
@@ -279,16 +297,18 @@ def serve(
     owner_ttl: float = 10.0,
 ) -> None:
     """Serve the models of ``runs_dir`` (default ``home/runs``; and the base models ready
-    offline) and run fine-tuning jobs until interrupted.
+    offline) and run fine-tuning jobs and evaluations until interrupted.
 
     The jobs' store is ``database`` (a URL; default the SQLite file ``home/jobs.db``), their
     files are kept under ``home`` (default: trimtab's cache folder), and each job trains into
     ``runs_dir``: the folder served, so a job's fine-tuned model is served as soon as it ends.
+    Evaluations are kept under ``home/evaluations``.
     """
     import uvicorn
 
     from trimtab.generation.engine import Engine
     from trimtab.generation.pool import ModelPool
+    from trimtab.jobs.evaluations import EvaluationService
     from trimtab.jobs.service import JobsService
     from trimtab.jobs.store import Store
     from trimtab.models.registry import cache_dir
@@ -299,16 +319,13 @@ def serve(
     run_jobs = make_executor(executor, ray_address)  # a bad choice fails before anything opens
     store = Store(database or home / "jobs.db")
     service = JobsService(store, home, runs, org=org, max_file_bytes=max_file_bytes)
-    pool = ModelPool(
-        runs,
-        org=org,
-        max_adapters=max_adapters,
-        max_models=max_models,
-        preload=list(preload),
-        dtype=dtype,
-    )
+    pool = ModelPool(runs, org=org, max_adapters=max_adapters, max_models=max_models,
+                     preload=list(preload), dtype=dtype)  # fmt: skip
     engine = Engine(pool, max_batch_size=max_batch_size, max_queue=max_queue)
-    app = create_app(engine, pool, api_key=api_key, max_body_bytes=max_body_bytes, jobs=service)
+    # Evaluations run as processes of their own, kept under home/evaluations like the jobs'.
+    evaluating = EvaluationService(home, pool, service)
+    app = create_app(engine, pool, api_key=api_key, max_body_bytes=max_body_bytes,
+                     jobs=service, evaluations=evaluating)  # fmt: skip
     config: dict[str, Any] = {"log_level": log_level, "timeout_graceful_shutdown": 5}
     try:
         with _scheduling(service, run_jobs, jobs_concurrency, owner_ttl):

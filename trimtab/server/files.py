@@ -1,4 +1,5 @@
-"""``/v1/files``: upload, list, retrieve, read back and delete fine-tuning files.
+"""``/v1/files``: upload, list, retrieve, read back and delete fine-tuning files; and trimtab's
+extension ``/v1/files/{id}/report``: what ``trimtab prepare`` would say about a file.
 
 The routes only parse and call the jobs service (:class:`~trimtab.jobs.service.JobsService`);
 its refusals are :class:`~trimtab.jobs.objects.ApiProblem`, answered in OpenAI's error shape by
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Annotated, Any, BinaryIO
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, UploadFile
@@ -22,6 +23,9 @@ from starlette.concurrency import run_in_threadpool
 
 from trimtab.jobs.objects import ApiProblem
 from trimtab.server.common import jobs_service, query_int
+
+if TYPE_CHECKING:
+    from trimtab.jobs.reports import FileReports
 
 router = APIRouter()
 CHUNK_BYTES = 1 << 20
@@ -77,6 +81,15 @@ async def file_content(file_id: str, http: HTTPRequest) -> StreamingResponse:
     return StreamingResponse(
         _chunks(stream), media_type="application/octet-stream", headers=headers
     )
+
+
+@router.get("/v1/files/{file_id}/report")
+async def file_report(file_id: str, http: HTTPRequest) -> JSONResponse:
+    """Prepare's checks on the file (nothing fixed, nothing written); ``model``: a model id
+    whose tokenizer counts the tokens (default: whitespace words)."""
+    reports: FileReports = http.app.state.reports
+    model = http.query_params.get("model") or None
+    return JSONResponse(await run_in_threadpool(reports.report, file_id, model))
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
