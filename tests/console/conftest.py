@@ -158,7 +158,9 @@ class PageErrors:
 def context(browser: Any, console: Console) -> Iterator[Any]:
     """A browser context with the API key already kept (as after the key dialog)."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=console.url)
-    ctx.add_init_script(f"localStorage.setItem('trimtab.apiKey', {json.dumps(API_KEY)})")
+    # In the top page only: a sandboxed frame (the evaluation report) has no localStorage.
+    key = json.dumps(API_KEY)
+    ctx.add_init_script(f"if (window === window.top) localStorage.setItem('trimtab.apiKey', {key})")
     ctx.set_default_timeout(30_000)
     yield ctx
     ctx.close()

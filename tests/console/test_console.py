@@ -1,6 +1,7 @@
 """The web console in a real browser over a live server: data reports, jobs training live,
-cancelling, the Playground's streaming and token view, comparing models, the API key dialog,
-the keyboard, and the layout at desktop and phone widths."""
+cancelling, pausing and resuming, the curves' smoothing, the Playground's streaming, token view
+and chat, comparing models, evaluations, comparing runs, the API key dialog, the keyboard, and
+the layout at desktop and phone widths."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ from tests.server.conftest import API_KEY
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 JSONL = "".join(json.dumps(r) + "\n" for r in TRAIN_ROWS).encode()
+# A test set: new reviews of both labels (the evaluation reads its first 8).
+TEST_JSONL = "".join(
+    json.dumps(
+        {
+            "prompt": f"review {i}: {'love it great' if i % 3 else 'broke awful'}\n\n###\n\n",
+            "completion": " 5" if i % 3 else " 1",
+        }
+    )
+    + "\n"
+    for i in range(100, 112)
+).encode()
+# Long enough to be paused while it runs, short enough to finish soon after it resumes.
+PAUSE_CONFIG = "precision=fp32\nmax_steps=300\nlog_every=5\nsave_every=100000"
 
 
 def upload_file(page: Any, name: str, content: bytes) -> None:
@@ -70,6 +84,49 @@ def fine_tuned_model(console: Console) -> str:
 
 def points(page: Any) -> int:
     return int(page.get_by_test_id("chart").get_attribute("data-points") or 0)
+
+
+def wait_for_points(page: Any, timeout: float = 30_000) -> None:
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=\"chart\"]')?.dataset.points) > 0",
+        timeout=timeout,
+    )
+
+
+def job_status(page: Any, status: str, timeout: float = 60_000) -> None:
+    """Wait until the job page's status badge reads ``status``."""
+    page.locator(".job-head [data-testid=status]", has_text=status).wait_for(timeout=timeout)
+
+
+def metric_steps(page: Any) -> list[int]:
+    """The steps of the metrics events the job page lists (one per logged step)."""
+    texts = page.locator('[data-testid="event"][data-type="metrics"]').all_inner_texts()
+    return [int(m.group(1)) for t in texts if (m := re.search(r"Step (\d+)/", t))]
+
+
+def legend_values(page: Any, fraction: float = 0.8) -> dict[str, str]:
+    """The chart legend's values at the cursor, with the mouse ``fraction`` across the plot."""
+    box = page.locator(".u-over").bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
+    rows = page.locator(".u-legend .u-series")
+    return {
+        rows.nth(i).locator(".u-label").inner_text(): rows.nth(i).locator(".u-value").inner_text()
+        for i in range(rows.count())
+    }
+
+
+def fmt(x: Any) -> str:
+    """A number as the console shows it (ui.js's fmt)."""
+    if x is None:
+        return "—"
+    if isinstance(x, float) and not x.is_integer():
+        return f"{x:.3f}"
+    return str(int(x)) if isinstance(x, float) else str(x)
+
+
+def cells(row: Any) -> list[str]:
+    return row.locator("th, td").all_inner_texts()
 
 
 # --- (a) data ---------------------------------------------------------------------------------
@@ -172,6 +229,71 @@ def test_cancel_a_long_job_from_its_page(page: Any, console: Console) -> None:
     assert console.call("GET", f"/v1/fine_tuning/jobs/{job_id}")["status"] == "cancelled"
 
 
+# --- (d') pause and resume, smoothing --------------------------------------------------------
+
+
+def test_pause_then_resume_a_running_job_keeps_its_curve_and_succeeds(
+    page: Any, console: Console
+) -> None:
+    job_id = create_job(page, console, PAUSE_CONFIG, "paused")
+    page.goto(f"/#/jobs/{job_id}")
+    pause, resume = page.get_by_test_id("job-pause"), page.get_by_test_id("job-resume")
+    cancel = page.get_by_test_id("job-cancel")
+    wait_for_points(page, timeout=90_000)
+    job_status(page, "running")
+    assert not pause.is_disabled() and resume.is_disabled()
+    pause.click()
+    job_status(page, "paused")
+    assert pause.is_disabled() and not resume.is_disabled() and not cancel.is_disabled()
+    assert console.call("GET", f"/v1/fine_tuning/jobs/{job_id}")["status"] == "paused"
+    before = metric_steps(page)
+    assert before and max(before) < 300, before  # paused part way
+    assert points(page) == len(set(before))
+
+    resume.click()
+    page.locator(".job-head [data-testid=status]", has_text=re.compile("queued|running")).wait_for()
+    assert resume.is_disabled() and not cancel.is_disabled()
+    job_status(page, "succeeded", timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"chart\"]').dataset.step === '300'"
+    )
+    steps = metric_steps(page)
+    assert len(steps) == len(set(steps)), "a step is listed twice"
+    assert set(before) <= set(steps)  # the earlier points are kept
+    assert max(steps) == 300
+    assert points(page) == len(set(steps))
+    assert pause.is_disabled() and resume.is_disabled() and cancel.is_disabled()
+    messages = page.get_by_test_id("event").all_inner_texts()
+    assert any("Pause requested" in m for m in messages)
+    assert any("resumed" in m for m in messages)
+    console.shared["paused_job"] = job_id
+
+
+def test_smoothing_changes_the_plotted_training_loss_but_not_the_points(
+    page: Any, console: Console
+) -> None:
+    if "job" not in console.shared:
+        pytest.skip("needs the job trained by test_job_curve_grows_live_and_survives_a_reload")
+    page.goto(f"/#/jobs/{console.shared['job']}")
+    job_status(page, "succeeded")
+    wait_for_points(page)
+    count = points(page)
+    raw = legend_values(page)["train loss"]
+    float(raw)  # a number is shown at the cursor
+    smoothing = page.get_by_test_id("smoothing")
+    smoothing.focus()
+    page.keyboard.press("End")
+    assert page.locator("output[for=smoothing]").inner_text() == "0.99"
+    smoothed = legend_values(page)["train loss"]
+    assert float(smoothed) != float(raw)
+    assert points(page) == count
+    smoothing.focus()
+    page.keyboard.press("Home")  # smoothing off again: the raw values
+    assert page.locator("output[for=smoothing]").inner_text() == "0.00"
+    assert legend_values(page)["train loss"] == raw
+    assert points(page) == count
+
+
 # --- (e) the Playground -------------------------------------------------------------------------
 
 
@@ -198,7 +320,12 @@ def test_playground_streams_the_fine_tuned_model_with_a_stop_sequence(
     prompt = "review 3: great love works\n\n###\n\n"
     full = generate(page, prompt)
     assert len(full) >= 4
-    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    # A stop string from the output, but not of U+FFFD: a byte-level model's unfinished
+    # character is only replaced once the completion ends, after the stop check.
+    starts = [i for i in range(1, len(full) - 1) if "\ufffd" not in full[i : i + 2]]
+    assert starts, f"no stop string to take from {full!r}"
+    start = starts[len(starts) // 2]
+    stop = full[start : start + 2]
     # Count the pieces the output arrives in: a stream, not one answer.
     page.evaluate(
         """() => {
@@ -227,6 +354,57 @@ def test_playground_streams_the_fine_tuned_model_with_a_stop_sequence(
     page.wait_for_timeout(200)
     assert page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")
     page.screenshot(path=str(screenshots / "playground-tokens-375.png"), full_page=True)
+
+
+def test_playground_chat_streams_the_reply_into_the_conversation_with_roles(
+    page: Any, console: Console
+) -> None:
+    page.goto("/#/playground")
+    page.get_by_test_id("model-select").wait_for()
+    model = page.get_by_test_id("model-select").input_value()
+    page.get_by_test_id("mode-chat").check()
+    system, user = "You rate reviews from 1 to 5.", "review 3: great love works"
+    page.get_by_test_id("system").fill(system)
+    page.get_by_test_id("message-content").first.fill(user)
+    page.locator("details.more").evaluate("d => { d.open = true; }")
+    page.get_by_test_id("temperature").fill("0")
+    page.get_by_test_id("max-tokens").fill("16")
+    page.evaluate(
+        """() => {
+            window.pieces = 0;  // the pieces of text the assistant's reply arrives in
+            new MutationObserver(rs => rs.forEach(r => {
+                if (r.target.matches?.('[data-role="assistant"] .content'))
+                    window.pieces += r.addedNodes.length;
+            })).observe(
+                document.querySelector('[data-testid="conversation"]'),
+                {childList: true, subtree: true});
+        }"""
+    )
+    page.get_by_test_id("submit").click()
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"stats\"]').textContent.includes('total')"
+    )
+    assert page.get_by_role("alert").count() == 0
+    messages = page.get_by_test_id("chat-message")
+    roles = ["system", "user", "assistant"]
+    assert messages.evaluate_all("ms => ms.map(m => m.dataset.role)") == roles
+    shown = [r.lower() for r in page.get_by_test_id("chat-role").all_text_contents()]
+    assert shown == roles
+    texts = page.get_by_test_id("chat-text").all_text_contents()
+    assert texts[:2] == [system, user]
+    answer = console.call(
+        "POST",
+        "/v1/chat/completions",
+        {
+            "model": model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": 0,
+            "max_tokens": 16,
+        },
+    )
+    assert texts[2] and texts[2] == answer["choices"][0]["message"]["content"]
+    assert page.evaluate("window.pieces") >= 2  # streamed, not one answer
+    assert page.get_by_test_id("output").is_hidden()
 
 
 # --- (f) compare models -------------------------------------------------------------------------
@@ -259,6 +437,122 @@ def test_compare_two_models_side_by_side(page: Any, console: Console, screenshot
         assert re.search(r"\d+ tokens", stats)
         assert columns.nth(i).get_by_test_id("compare-output").inner_text() != ""
     page.screenshot(path=str(screenshots / "compare-1280.png"), full_page=True)
+
+
+# --- (f') evaluations, compare runs -----------------------------------------------------------
+
+
+def test_evaluate_a_fine_tuned_model_shows_its_metrics_confusion_matrix_and_report(
+    page: Any, console: Console, screenshots: Path
+) -> None:
+    model = fine_tuned_model(console)
+    page.goto("/#/data")
+    upload_file(page, "test.jsonl", TEST_JSONL)
+    page.wait_for_url(re.compile(r"#/data/file-"))
+    test_file = page.url.rsplit("/", 1)[1]
+    page.goto("/#/evaluations")
+    page.get_by_test_id("eval-create").wait_for()
+    page.get_by_test_id("eval-model").select_option(model)
+    page.get_by_test_id("eval-file").select_option(test_file)
+    page.get_by_test_id("eval-limit").fill("8")
+    page.get_by_test_id("eval-create").click()
+    page.wait_for_url(re.compile(r"#/evaluations/eval-"))
+    eval_id = page.url.rsplit("/", 1)[1]
+    detail = page.get_by_test_id("evaluation")
+    assert eval_id in detail.get_by_role("heading", level=2).inner_text()
+    detail.get_by_test_id("status").filter(has_text="running").wait_for()
+    assert page.get_by_test_id("eval-cancel").is_visible()
+    detail.get_by_test_id("status").filter(has_text="succeeded").wait_for(timeout=120_000)
+    page.get_by_test_id("eval-report").wait_for()
+    ev = console.call("GET", f"/v1/evaluations/{eval_id}")
+    assert ev["status"] == "succeeded" and ev["limit"] == 8 and ev["model"] == model
+    (result,) = ev["results"]
+    c = result["classification"]
+    assert c["labels"] and c["confusion"]
+
+    def check_results() -> dict[str, list[list[str]]]:
+        """What the page shows, checked against the API's evaluation object."""
+        assert page.get_by_test_id("eval-cancel").count() == 0
+        metrics = page.get_by_test_id("eval-metrics")
+        head = cells(metrics.locator("thead tr"))
+        (row,) = [cells(r) for r in metrics.locator("tbody tr").all()]
+        shown = dict(zip(head, row))
+        assert shown["Model"] == model  # the id, not the server's folder for it
+        assert shown["n"] == fmt(result["n"]) == "8"
+        assert shown["Accuracy"] == fmt(c["accuracy"])
+        assert shown["Macro F1"] == fmt(c["macro_f1"])
+        assert shown["MAE"] == fmt(c.get("mae"))
+        confusion = page.get_by_test_id("eval-confusion")
+        assert cells(confusion.locator("thead tr"))[1:] == c["labels"]
+        body = [cells(r) for r in confusion.locator("tbody tr").all()]
+        assert body == [
+            [label, *map(str, counts)] for label, counts in zip(c["labels"], c["confusion"])
+        ]
+        per_class = [
+            cells(r) for r in page.get_by_test_id("eval-per-class").locator("tbody tr").all()
+        ]
+        assert per_class == [
+            [k, fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]), fmt(v["support"])]
+            for k, v in c["per_class"].items()
+        ]
+        report = page.frame_locator('[data-testid="eval-report"]').locator("body")
+        assert "confusion" in report.inner_text().lower()
+        return {"metrics": [row], "confusion": body, "per_class": per_class}
+
+    seen = check_results()
+    page.screenshot(path=str(screenshots / "evaluation-1280.png"), full_page=True)
+    page.reload()
+    page.wait_for_url(f"**/#/evaluations/{eval_id}")
+    page.get_by_test_id("eval-report").wait_for()
+    assert check_results() == seen
+    item = page.get_by_test_id("evaluation-item").filter(has_text=eval_id)
+    assert "succeeded" in item.inner_text()
+    console.shared["evaluation"] = eval_id
+
+
+def test_compare_runs_plots_two_jobs_loss_curves_and_their_evaluations(
+    page: Any, console: Console
+) -> None:
+    jobs = [console.shared.get("job"), console.shared.get("paused_job")]
+    if None in jobs:
+        pytest.skip("needs the jobs trained by the tests above")
+    page.goto("/#/runs")
+    page.get_by_test_id("run-choice").first.wait_for()
+    # Both chosen at once (quick clicks): the two redraws overlap, the later one wins.
+    page.evaluate(
+        """ids => ids.forEach(i =>
+            document.querySelector(`[data-testid="run-choice"][value="${i}"]`).click())""",
+        jobs,
+    )
+    page.wait_for_function(  # the choice is kept in the address (replaceState, no navigation)
+        "ids => ids.every(i => location.hash.includes(`job=${i}`))", arg=jobs
+    )
+    wait_for_points(page)
+    assert page.get_by_test_id("chart").count() == 1
+    labels = page.locator(".u-legend .u-series .u-label").all_inner_texts()
+    assert sorted(labels[1:]) == ["paused train", "quick train"]  # one each (no validation)
+    steps: set[int] = set()
+    for job_id in jobs:
+        events = console.call("GET", f"/v1/fine_tuning/jobs/{job_id}/events?limit=1000")
+        steps |= {e["data"]["step"] for e in events["data"] if e["type"] == "metrics"}
+    assert points(page) == len(steps)
+    # Both curves have values under the cursor where both jobs logged a step (every 10th).
+    both = (legend_values(page, f / 100) for f in range(5, 40))
+    values = next(v for v in both if v["quick train"] and v["paused train"])
+    assert float(values["quick train"]) > 0 and float(values["paused train"]) > 0
+    evaluation = console.shared.get("evaluation")
+    if evaluation:
+        rows = page.get_by_test_id("run-eval-row")
+        rows.first.wait_for()
+        ev = console.call("GET", f"/v1/evaluations/{evaluation}")
+        c = ev["results"][0]["classification"]
+        row = cells(rows.filter(has_text=evaluation))
+        assert row[0] == jobs[0] and row[2] == ev["model"]
+        assert row[4:7] == [fmt(c["accuracy"]), fmt(c["macro_f1"]), fmt(c.get("mae"))]
+        assert rows.filter(has_text=jobs[1]).count() == 0  # no evaluation of the second
+    page.reload()  # the choice is in the address
+    wait_for_points(page)
+    assert page.locator('[data-testid="run-choice"]:checked').count() == 2
 
 
 # --- (g) the API key ----------------------------------------------------------------------------

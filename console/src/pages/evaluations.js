@@ -91,6 +91,8 @@ function renderEvaluation(ev, cancel) {
   if (ev.error) out.push(h("div", { role: "alert", class: "error", testid: "eval-error" }, `The evaluation failed: ${ev.error.message}`));
   const results = ev.results || [];
   if (!results.length) return out;
+  // The model is the id evaluated: a result's own "model" is the folder path the server gave
+  // trimtab eval (every result is of that one model, by kind: fine-tuned, zero-shot, few-shot).
   out.push(
     h("h3", {}, "Metrics"),
     h(
@@ -100,7 +102,7 @@ function renderEvaluation(ev, cancel) {
         "table",
         { testid: "eval-metrics" },
         h("thead", {}, h("tr", {}, ["Label", "Model", "n", "Seconds", "Accuracy", "Macro F1", "MAE"].map((c) => h("th", { scope: "col" }, c)))),
-        h("tbody", {}, results.map((r) => h("tr", {}, h("td", {}, r.label), h("td", {}, r.model), h("td", {}, fmt(r.n)), h("td", {}, fmt(r.seconds, 1)), h("td", {}, fmt(r.classification && r.classification.accuracy)), h("td", {}, fmt(r.classification && r.classification.macro_f1)), h("td", {}, fmt(r.classification && r.classification.mae))))),
+        h("tbody", {}, results.map((r) => h("tr", {}, h("td", {}, r.label), h("td", {}, ev.model), h("td", {}, fmt(r.n)), h("td", {}, fmt(r.seconds, 1)), h("td", {}, fmt(r.classification && r.classification.accuracy)), h("td", {}, fmt(r.classification && r.classification.macro_f1)), h("td", {}, fmt(r.classification && r.classification.mae))))),
       ),
     ),
   );

@@ -16,6 +16,8 @@ export function playground(main, { query, signal }) {
   const output = h("pre", { class: "output", testid: "output", "aria-live": "polite" });
   const tokens = h("div", { class: "tokens", testid: "token-view", "aria-label": "Generated tokens by probability" });
   const stats = h("p", { class: "stats", testid: "stats" });
+  // Chat mode: the conversation sent, by role, and the assistant's reply streaming into it.
+  const conversation = h("ol", { class: "conversation", testid: "conversation", hidden: true, "aria-label": "Conversation" });
   let running = null;
 
   const form = h(
@@ -51,6 +53,17 @@ export function playground(main, { query, signal }) {
       return;
     }
     output.textContent = "";
+    let target = output;
+    const chat = request.mode === "chat";
+    output.hidden = chat;
+    conversation.hidden = !chat;
+    conversation.replaceChildren();
+    if (chat) {
+      for (const m of request.messages) conversation.append(chatMessage(m.role, m.content));
+      const reply = chatMessage("assistant", "");
+      conversation.append(reply);
+      target = reply.querySelector(".content");
+    }
     tokens.replaceChildren();
     stats.textContent = "Generating…";
     running = new AbortController();
@@ -58,10 +71,10 @@ export function playground(main, { query, signal }) {
     signal.addEventListener("abort", onLeave);
     submit.disabled = true;
     stop.disabled = false;
-    output.setAttribute("aria-busy", "true");
+    target.setAttribute("aria-busy", "true");
     try {
       const result = await generate(request, {
-        onText: (t) => output.append(t),
+        onText: (t) => target.append(t),
         onToken: (t) => tokens.append(tokenSpan(t)),
         signal: running.signal,
       });
@@ -77,7 +90,7 @@ export function playground(main, { query, signal }) {
       running = null;
       submit.disabled = false;
       stop.disabled = true;
-      output.removeAttribute("aria-busy");
+      target.removeAttribute("aria-busy");
     }
   }
 
@@ -93,6 +106,7 @@ export function playground(main, { query, signal }) {
         { class: "result", "aria-labelledby": "out-h" },
         h("h2", { id: "out-h" }, "Output"),
         output,
+        conversation,
         stats,
         h("h3", {}, "Tokens"),
         h("p", { class: "hint" }, "Each token is coloured by its probability (red: unlikely, green: likely). Hover or focus one for its alternatives."),
@@ -109,4 +123,14 @@ export function playground(main, { query, signal }) {
     .catch((e) => {
       if (e.name !== "AbortError") showError(errors, e, "Could not list the models");
     });
+}
+
+/** One message of the conversation: its role, then its text. */
+function chatMessage(role, content) {
+  return h(
+    "li",
+    { class: `message message-${role}`, testid: "chat-message", "data-role": role },
+    h("span", { class: "role", testid: "chat-role" }, role),
+    h("div", { class: "content", testid: "chat-text", "aria-live": role === "assistant" ? "polite" : null }, content),
+  );
 }

@@ -18,8 +18,10 @@ export function runs(main, { query, signal }) {
     h("section", { "aria-labelledby": "re-h" }, h("h2", { id: "re-h" }, "Evaluations"), evals),
   );
   let jobs = [];
+  let shown = 0; // the latest show(): an earlier one still awaiting draws nothing
 
   async function show() {
+    const mine = ++shown;
     const chosen = [...choices.querySelectorAll("input:checked")].map((c) => jobs.find((j) => j.id === c.value));
     const ids = chosen.map((j) => j.id);
     history.replaceState(null, "", `#/runs${ids.length ? `?${ids.map((i) => `job=${encodeURIComponent(i)}`).join("&")}` : ""}`);
@@ -39,25 +41,34 @@ export function runs(main, { query, signal }) {
           return log.metrics();
         }),
       );
-      const series = chosen.flatMap((j, i) => [
-        { label: `${j.user_provided_suffix || j.id} train`, color: COLORS[i % COLORS.length] },
-        { label: `${j.user_provided_suffix || j.id} valid`, color: COLORS[i % COLORS.length], dash: [6, 4] },
-      ]);
-      chart = lineChart(chartBox, { title: "Loss by step", series });
-      const [xs, ys] = align(logs.flatMap((m) => [m.train_loss, m.valid_loss]));
-      chart.set(xs, ys);
+      if (mine !== shown) return;
+      // A job's training curve, and its validation curve when it has one.
+      const curves = chosen.flatMap((j, i) => [
+        { label: `${j.user_provided_suffix || j.id} train`, color: COLORS[i % COLORS.length], points: logs[i].train_loss },
+        { label: `${j.user_provided_suffix || j.id} valid`, color: COLORS[i % COLORS.length], dash: [6, 4], points: logs[i].valid_loss },
+      ]).filter((c) => c.points.size);
+      if (!curves.length) {
+        chartBox.append(h("p", {}, "No training metrics yet for these jobs."));
+      } else {
+        chart = lineChart(chartBox, { title: "Loss by step", series: curves });
+        const [xs, ys] = align(curves.map((c) => c.points));
+        chart.set(xs, ys);
+      }
     } catch (e) {
       if (e.name !== "AbortError") showError(errors, e, "Could not read the jobs' metrics");
     }
     try {
       const list = await all("/v1/evaluations", { signal });
+      if (mine !== shown) return;
       const rows = [];
       for (const j of chosen) {
         const models = new Set([j.fine_tuned_model].filter(Boolean));
-        for (const ev of list.filter((e) => models.has(e.model) || (e.model || "").startsWith(`${j.fine_tuned_model}:`))) {
+        for (const ev of list.filter((e) => models.has(e.model) || (j.fine_tuned_model && (e.model || "").startsWith(`${j.fine_tuned_model}:`)))) {
+          // Every result is of the model evaluated (its kinds aside: zero-shot, few-shot);
+          // a result's own "model" is what the server gave trimtab eval, a folder path.
           for (const r of ev.results || []) {
             const c = r.classification || {};
-            rows.push(h("tr", { testid: "run-eval-row" }, h("td", {}, j.id), h("td", {}, h("a", { href: `#/evaluations/${encodeURIComponent(ev.id)}` }, ev.id)), h("td", {}, r.model || ev.model), h("td", {}, fmt(r.n)), h("td", {}, fmt(c.accuracy)), h("td", {}, fmt(c.macro_f1)), h("td", {}, fmt(c.mae))));
+            rows.push(h("tr", { testid: "run-eval-row" }, h("td", {}, j.id), h("td", {}, h("a", { href: `#/evaluations/${encodeURIComponent(ev.id)}` }, ev.id)), h("td", {}, ev.model), h("td", {}, fmt(r.n)), h("td", {}, fmt(c.accuracy)), h("td", {}, fmt(c.macro_f1)), h("td", {}, fmt(c.mae))));
           }
         }
       }
