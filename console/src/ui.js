@@ -47,6 +47,20 @@ export function field(label, control, hint) {
 }
 
 /** An error box (role=alert) in ``box``, or nothing when error is null. */
+// A form that runs `run` on submit and on Ctrl/Cmd+Enter from any of its fields.
+export function onSubmit(form, run) {
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    run();
+  });
+  form.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      run();
+    }
+  });
+}
+
 export function showError(box, error, prefix) {
   if (!error) {
     box.replaceChildren();

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from trimtab.files import write_json
 from trimtab.jobs import objects as o
@@ -74,7 +74,7 @@ class EvaluationService:
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         """Start evaluating; a 404 for an unknown model or file, a 429 while another runs."""
-        request = _parse(body)
+        request = o.parse_request(EvaluationRequest, body)
         model = self._model_ref(request.model)
         data = self.files.file_path_for(request.file, "file")
         with self._lock:
@@ -254,22 +254,6 @@ def _command(model: str, data: Path, out: Path, request: EvaluationRequest) -> l
     if request.mode not in (None, "auto"):
         argv += ["--mode", str(request.mode)]
     return argv
-
-
-def _parse(body: Any) -> EvaluationRequest:
-    """The request, or a 400 naming the first field at fault."""
-    if not isinstance(body, dict):
-        raise o.ApiProblem(400, "The request body must be a JSON object.")
-    try:
-        return EvaluationRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("literal", "int")))
-        if err["type"] == "extra_forbidden":
-            raise o.ApiProblem(
-                400, f"Unrecognized request argument supplied: {param}", param=param
-            ) from None
-        raise o.ApiProblem(400, f"{param}: {err['msg']}", param=param) from None
 
 
 def _read_record(folder: Path) -> dict[str, Any] | None:

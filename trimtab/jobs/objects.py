@@ -8,9 +8,13 @@ the same JSON.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from trimtab.errors import TrimtabError
+
+Request = TypeVar("Request", bound=BaseModel)
 
 ORG_ID = "org-trimtab"
 
@@ -35,6 +39,23 @@ class ApiProblem(TrimtabError):
             code,
             type,
         )
+
+
+def parse_request(model: type[Request], body: Any) -> Request:
+    """A request body as ``model``, or a 400 naming the first field at fault, in OpenAI's words
+    ("Unrecognized request argument supplied: x" for a field it does not know)."""
+    if not isinstance(body, dict):
+        raise ApiProblem(400, "The request body must be a JSON object.")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("literal", "int")))
+        if err["type"] == "extra_forbidden":
+            raise ApiProblem(
+                400, f"Unrecognized request argument supplied: {param}", param=param
+            ) from None
+        raise ApiProblem(400, f"{param}: {err['msg']}", param=param) from None
 
 
 def not_found(kind: str, ident: str, param: str | None = None) -> ApiProblem:

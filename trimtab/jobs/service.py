@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from trimtab.errors import ConfigError, TrimtabError
 from trimtab.files import write_chunks, write_text
@@ -460,18 +460,7 @@ def validation_error(row: dict[str, Any], service: JobsService) -> dict[str, Any
 
 def _parse(body: dict[str, Any]) -> JobRequest:
     """The request, or a 400 naming the first field at fault (as OpenAI's API does)."""
-    if not isinstance(body, dict):
-        raise o.ApiProblem(400, "The request body must be a JSON object.")
-    try:
-        request = JobRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("literal", "int")))
-        if err["type"] == "extra_forbidden":
-            raise o.ApiProblem(
-                400, f"Unrecognized request argument supplied: {param}", param=param
-            ) from None
-        raise o.ApiProblem(400, f"{param}: {err['msg']}", param=param) from None
+    request = o.parse_request(JobRequest, body)
     if request.method is not None and request.hyperparameters is not None:
         raise o.ApiProblem(
             400,

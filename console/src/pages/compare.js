@@ -2,7 +2,7 @@
 import { api } from "../api.js";
 import { generate, formatStats } from "../gen.js";
 import { promptInput, samplingControls } from "../params.js";
-import { errorBox, h, isBase, showError } from "../ui.js";
+import { errorBox, h, isBase, onSubmit, showError } from "../ui.js";
 
 export function compare(main, { query, signal }) {
   const errors = errorBox();
@@ -15,16 +15,7 @@ export function compare(main, { query, signal }) {
   let running = null;
 
   const form = h("form", {}, choices, input.element, h("details", { class: "more" }, h("summary", {}, "Sampling options"), sampling.element), h("div", { class: "row" }, submit, stop));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    run();
-  });
-  form.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
-      e.preventDefault();
-      run();
-    }
-  });
+  onSubmit(form, run);
   stop.addEventListener("click", () => running && running.abort());
   signal.addEventListener("abort", () => running && running.abort());
 

@@ -2,7 +2,7 @@
 import { api } from "../api.js";
 import { generate, formatStats, tokenSpan } from "../gen.js";
 import { promptInput, samplingControls } from "../params.js";
-import { errorBox, field, h, modelSelect, showError } from "../ui.js";
+import { errorBox, field, h, modelSelect, onSubmit, showError } from "../ui.js";
 
 export function playground(main, { query, signal }) {
   const errors = errorBox();
@@ -28,16 +28,7 @@ export function playground(main, { query, signal }) {
     h("details", { class: "more" }, h("summary", {}, "Sampling options"), sampling.element, field("Top alternatives per token (0–5)", alternatives)),
     h("div", { class: "row" }, submit, stop, h("small", { class: "hint" }, "Ctrl/⌘+Enter submits")),
   );
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    run();
-  });
-  form.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
-      e.preventDefault();
-      run();
-    }
-  });
+  onSubmit(form, run);
   stop.addEventListener("click", () => running && running.abort());
 
   async function run() {
