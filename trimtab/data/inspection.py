@@ -20,7 +20,7 @@ from trimtab.data import checks as c
 from trimtab.data import splits as sp
 from trimtab.data import tokens as tk
 from trimtab.data.examples import Example, Mapping, build_examples, infer_mode
-from trimtab.data.preparation import PrepareOptions, _check_content, _Checks
+from trimtab.data.preparation import Checks, PrepareOptions, check_content
 from trimtab.data.readers import read_records
 from trimtab.models.tasks import ModelKind
 
@@ -35,7 +35,7 @@ FORMATS: dict[str, c.OutputFormat] = {
 _SKIPPED = "skipped: no model given to count tokens with (lengths below are whitespace words)"
 
 
-class _Observed(_Checks):
+class _Observed(Checks):
     """Prepare's sequence of checks, observed only: every result kept, no fix applied, no
     error raised (reusing prepare's own order, so the report cannot drift from it)."""
 
@@ -80,7 +80,7 @@ def inspect_file(
         {"inputs": [path], "out": path.parent, "model": model, "max_length": max_length}
     )
     checks = _Observed(state, options, None)
-    _check_content(checks, None)
+    check_content(checks, None)
     lengths = _check_tokens(checks, tokenizing, max_length)
     # The whole file trains: its class counts are the training split's.
     state.splits = {"train": state.examples, "valid": [], "test": []}

@@ -197,8 +197,8 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
         model_kind=kind,
         unused_fields=unused,
     )
-    checks = _Checks(state, options, ask)
-    _check_content(checks, None if options.task == "auto" else options.task)
+    checks = Checks(state, options, ask)
+    check_content(checks, None if options.task == "auto" else options.task)
     _check_tokens(checks, _load_tokenizer(tokenizer_name, chat=fmt == "chat"))
     splits, balance = _split(checks)
     files = {
@@ -211,7 +211,7 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     return PrepareResult(report, checks.results, options.out)
 
 
-class _Checks:
+class Checks:
     """Runs checks in order: an error stops the stage (naming file and line); a fix offered
     is decided (flag, question or default) and applied before the next check runs."""
 
@@ -239,7 +239,7 @@ class _Checks:
             raise DataError(Problem("no examples left after the fixes; nothing to write"))
 
 
-def _check_content(checks: _Checks, task: c.Task | None) -> None:
+def check_content(checks: Checks, task: c.Task | None) -> None:
     """Cleaning, the task type, repeats and the format conventions (separator, spaces)."""
     state = checks.state
     for cleaning in (
@@ -268,7 +268,7 @@ def _check_content(checks: _Checks, task: c.Task | None) -> None:
         checks.run(check(state))
 
 
-def _check_tokens(checks: _Checks, tokenizer: Any) -> None:
+def _check_tokens(checks: Checks, tokenizer: Any) -> None:
     """Token lengths with the model's tokenizer (if any), labels' tokens, class balance."""
     state, options = checks.state, checks.options
     counts = tk.measure(state, tokenizer, options.max_length) if tokenizer is not None else None
@@ -280,7 +280,7 @@ def _check_tokens(checks: _Checks, tokenizer: Any) -> None:
 
 
 def _split(
-    checks: _Checks,
+    checks: Checks,
 ) -> tuple[dict[str, list[Example]], dict[str, dict[str, int]] | None]:
     """Train/valid/test splits, leakage across them, balancing of train (which replaces the
     train split in the state); the final splits and the balance taken."""
