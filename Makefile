@@ -26,14 +26,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 	    { if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	        apt-get update -q && apt-get install -y -q --no-install-recommends postgresql; \
+	        apt-get update -q && apt-get install -y -q --no-install-recommends postgresql \
+	          || echo "apt-get install postgresql failed: its tests will say what is missing"; \
 	      else echo "PostgreSQL not found: its tests will be skipped (apt-get install postgresql)"; fi; }
 
 # The console's browser tests drive Debian's Chromium with Playwright for Python.
 browser:
 	@command -v chromium >/dev/null || \
 	    { if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	        apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
+	        apt-get update -q && apt-get install -y -q --no-install-recommends chromium \
+	          || echo "apt-get install chromium failed: the browser tests will say what is missing"; \
 	      else echo "Chromium not found: the console's browser tests will be skipped"; fi; }
 
 # The web console: its source is console/ (ES modules, uPlot), bundled by esbuild into
