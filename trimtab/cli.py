@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trimtab.cli_jobs import add_jobs_commands
 
     add_jobs_commands(sub)
+    from trimtab.cli_sweep import add_sweep_command
+
+    add_sweep_command(sub)
     return parser
 
 
@@ -427,6 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `trimtab train a=1 --quiet b=2`: argparse ends a positional list at the first option.
     if extra and args.command == "train" and not any(e.startswith("-") for e in extra):
         args.args += extra
+    elif extra and args.command == "sweep" and not any(e.startswith("-") for e in extra):
+        args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
