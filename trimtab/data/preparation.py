@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from trimtab import __version__
 from trimtab.data import affixes as af
 from trimtab.data import checks as c
+from trimtab.data import diversity as dv
 from trimtab.data import splits as sp
 from trimtab.data import tokens as tk
 from trimtab.data.examples import Example, Mapping, build_examples, infer_mode, template_fields
@@ -255,6 +256,7 @@ def check_content(checks: Checks, task: c.Task | None) -> None:
     later: tuple[Callable[[c.State], c.CheckResult | None], ...] = (
         c.check_duplicates,
         c.check_near_duplicates,
+        dv.check_diversity,
         c.check_contradictions,
         c.check_uppercase,
         af.check_prompt_prefix,

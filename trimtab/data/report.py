@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trimtab.data import diversity
 from trimtab.data.checks import CheckResult
 
 _MARK = {"ok": "[ok]  ", "info": "[info]", "warning": "[warn]", "error": "[err] "}
@@ -94,6 +95,9 @@ def render(report: dict[str, Any], checks: list[CheckResult]) -> str:
             f"  {lengths['over_max_length']:,} examples over --max-length "
             f"{lengths['max_length']}; {tokens}"
         )
+    spread = next((r.details for r in checks if r.id == "diversity" and r.details), None)
+    if spread:
+        out += diversity.render(spread)
     out += ["", f"Wrote {report['options']['out']}/"]
     for name in ("train", "valid", "test"):
         out.append(f"  {name}.jsonl  {counts[name]:,} examples")

@@ -50,6 +50,11 @@ class DataSection(_Section):
     # End each completion with EOS so generation learns to stop; auto: yes unless the
     # completions are a few labels (classification through sft needs no stop).
     add_eos: bool | Literal["auto"] = "auto"
+    # Task classify: cross_entropy, or an ordinal loss (expected, cumulative) for ordered
+    # labels such as star ratings; ordinal losses take the labels' sorted order as their rank
+    # (trimtab.training.loop.classification_loss).
+    loss: Literal["cross_entropy", "expected", "cumulative"] = "cross_entropy"
+    ordinal_weight: float = Field(default=1.0, ge=0)  # loss expected: the weight of its penalty
 
 
 _SPEC = MethodSpec()  # the one set of method defaults: the section takes them from here
@@ -154,6 +159,13 @@ class TrainConfig(_Section):
             out.append("early_stopping_patience needs data.valid")
         if self.data.task == "lm" and self.data.prompt_loss_weight:
             out.append("data.prompt_loss_weight applies to task sft")
+        if self.data.loss != "cross_entropy" and self.data.task != "classify":
+            out.append(
+                f"data.loss: {self.data.loss} applies to task classify (an ordinal loss over "
+                f"the sorted labels); task {self.data.task} trains with cross_entropy"
+            )
+        if self.data.loss != "expected" and self.data.ordinal_weight != 1.0:
+            out.append("data.ordinal_weight applies to data.loss expected")
         return out
 
 

@@ -24,7 +24,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -68,11 +68,20 @@ class Objective(nn.Module):
     so the caller can normalise over the whole global batch.
     """
 
-    def __init__(self, model: nn.Module, causal: bool, trunk: Any = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        causal: bool,
+        trunk: Any = None,
+        loss: ClassifyLoss = "cross_entropy",
+        ordinal_weight: float = 1.0,
+    ):
         super().__init__()
         self.model = model
         self.causal = causal
         self.trunk = trunk
+        self.loss = loss  # classify only: see classification_loss
+        self.ordinal_weight = ordinal_weight
         if causal:
             self.backbone, self.head = backbone_and_head(model)
 
@@ -85,8 +94,7 @@ class Objective(nn.Module):
                 logits = self.model(input_ids=batch["input_ids"], attention_mask=mask).logits
             logits = logits.float()
             labels = batch["label"]
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-            correct = (logits.argmax(-1) == labels).sum()
+            loss, correct = classification_loss(logits, labels, self.loss, self.ordinal_weight)
             return loss, correct, torch.tensor(float(labels.numel()))
         if self.trunk is not None:
             hidden = self.trunk.forward_top(batch["features"], mask, batch["input_ids"])
@@ -98,6 +106,60 @@ class Objective(nn.Module):
             # Accuracy counts the completion (weight 1), not a lightly weighted prompt.
             return (losses * weights).sum(), (hits & (weights >= 1)).sum(), weights.sum()
         return losses.sum(), hits.sum(), torch.tensor(float(losses.numel()))
+
+
+ClassifyLoss = Literal["cross_entropy", "expected", "cumulative"]
+CLASSIFY_LOSSES: tuple[str, ...] = get_args(ClassifyLoss)
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss: str = "cross_entropy",
+    ordinal_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, correct predictions) of a K-way head's ``logits`` (N x K) for ``labels``.
+
+    The ordinal losses assume that the labels' sorted order (the order of the run's labels,
+    class index k = rank k) is their rank: for "1".."5" the star order. All three train the
+    same K-way head, so the model and its serving (softmax over the labels) are unchanged.
+
+    - ``cross_entropy``: ``sum_i CE(z_i, y_i)``; predicts the argmax.
+    - ``expected``: cross-entropy plus ``ordinal_weight * (E[rank] - y)^2`` per example, with
+      ``E[rank] = sum_k softmax(z)_k * k`` (a squared-error penalty on the expected rank, so a
+      far-off wrong prediction costs more than a near one); predicts the argmax.
+    - ``cumulative``: a cumulative-link loss in the form of CORAL (Cao, Mirjalili & Raschka,
+      "Rank consistent ordinal regression for neural networks", Pattern Recognition Letters
+      2020; after the binary decomposition of Frank & Hall 2001 and McCullagh's cumulative
+      link models, 1980): ``sum_{k=0}^{K-2} BCE(sigma(s_k), [y > k])`` with the threshold
+      logits taken from the K logits as ``s_k = log P(y > k) - log P(y <= k)`` under
+      ``P = softmax(z)`` (:func:`cumulative_logits`). ``P(y > k)`` falls with k, so the
+      thresholds are rank-consistent by construction; the prediction is the number of
+      thresholds passed (``s_k > 0``), the median of P. With K = 2 it is the cross-entropy.
+    """
+    if loss == "cross_entropy":
+        return F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(-1) == labels).sum()
+    if loss == "expected":
+        ranks = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+        expected = (logits.softmax(-1) * ranks).sum(-1)
+        penalty = (expected - labels.to(logits.dtype)).square().sum()
+        total = F.cross_entropy(logits, labels, reduction="sum") + ordinal_weight * penalty
+        return total, (logits.argmax(-1) == labels).sum()
+    if loss == "cumulative":
+        s = cumulative_logits(logits)
+        thresholds = torch.arange(s.shape[-1], device=logits.device)
+        targets = (labels.unsqueeze(-1) > thresholds).to(s.dtype)
+        total = F.binary_cross_entropy_with_logits(s, targets, reduction="sum")
+        return total, ((s > 0).sum(-1) == labels).sum()
+    raise ValueError(f"unknown classification loss {loss!r}: one of {', '.join(CLASSIFY_LOSSES)}")
+
+
+def cumulative_logits(logits: torch.Tensor) -> torch.Tensor:
+    """The K-1 threshold logits ``s_k = log P(y > k) - log P(y <= k)``, k = 0..K-2, of the
+    softmax of K logits (N x K -> N x (K-1)), computed stably with log-cumsum-exp."""
+    below = torch.logcumsumexp(logits, -1)[..., :-1]  # log sum_{j<=k} e^z_j
+    above = torch.logcumsumexp(logits.flip(-1), -1).flip(-1)[..., 1:]  # log sum_{j>k} e^z_j
+    return above - below
 
 
 def loss_units(batch: dict[str, torch.Tensor], causal: bool) -> float:

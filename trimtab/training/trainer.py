@@ -236,7 +236,13 @@ def _make_optimizer(s: Session) -> None:
     warmup = config.optim.warmup
     warmup_steps = round(warmup * s.total) if warmup < 1 else int(warmup)
     s.scheduler = make_scheduler(s.optimizer, config.optim.schedule, warmup_steps, s.total)
-    s.objective = Objective(s.model, causal=s.causal, trunk=s.method.top)
+    s.objective = Objective(
+        s.model,
+        causal=s.causal,
+        trunk=s.method.top,
+        loss=config.data.loss,
+        ordinal_weight=config.data.ordinal_weight,
+    )
     s.runner = s.objective
     if s.d.world > 1:
         s.runner = torch.nn.parallel.DistributedDataParallel(s.objective)
