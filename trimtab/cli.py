@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from trimtab import __version__
-from trimtab.errors import TrimtabError
+from trimtab.errors import PAUSED_EXIT, TrimtabError
 
 INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C (128 + SIGINT)
-PAUSED = 75  # TrainingPaused: stopped on request (the jobs API's pause), to be resumed
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
@@ -438,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except TrimtabError as e:
         # an interruption or a pause (TrainingInterrupted, TrainingPaused) is not an error
-        label = "" if e.exit_code in (INTERRUPTED, PAUSED) else "error: "
+        label = "" if e.exit_code in (INTERRUPTED, PAUSED_EXIT) else "error: "
         print(f"{label}{e}".replace("\n", "\n  "), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # each command says what is true of its own outputs

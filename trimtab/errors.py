@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A training process stopped on request (the jobs API's pause), to be resumed: EX_TEMPFAIL.
+# Here, not beside TrainingPaused, so that the CLI and the scheduler read it without torch.
+PAUSED_EXIT = 75
+
 
 class TrimtabError(Exception):
     """Base class for errors that are the user's to fix (bad input, bad options)."""

@@ -38,16 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trimtab.errors import PAUSED_EXIT
 from trimtab.files import write_text
 from trimtab.jobs.executors import RUNNING, UNKNOWN, Executor, Launch, alive
 from trimtab.jobs.service import JobsService, validation_error
 from trimtab.models.runs import RunFolder
 from trimtab.training import checkpoint as ckpt
-from trimtab.training.loop import TrainingPaused
 
 _log = logging.getLogger("trimtab.jobs")
 
-PAUSED_EXIT = TrainingPaused.exit_code  # 75: stopped on request
 USER_ERROR_EXIT = 2  # a TrimtabError: retrying cannot help
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 

@@ -451,8 +451,7 @@ def validation_error(row: dict[str, Any], service: JobsService) -> dict[str, Any
             continue
         try:
             path = service.file_path_for(file_id, param)
-            name = service.store.get_file(file_id)["filename"]  # type: ignore[index]
-            _check_examples(path, name, param)
+            _check_examples(path, service.get_file(file_id)["filename"], param)
         except o.ApiProblem as exc:
             return {"code": f"invalid_{param}", "message": exc.message, "param": param}
     return None

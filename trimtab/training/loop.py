@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from trimtab.errors import TrimtabError
+from trimtab.errors import PAUSED_EXIT, TrimtabError
 from trimtab.models.batching import IGNORE, autocast, chunks
 from trimtab.models.scoring import backbone_and_head, next_token_losses
 from trimtab.training.batches import collate
@@ -55,7 +55,7 @@ class TrainingPaused(TrimtabError):
     """The run was asked to pause (its pause file): a checkpoint was written and the process
     stops; ``trimtab train --resume`` continues from it."""
 
-    exit_code = 75  # EX_TEMPFAIL: stopped on request, to be continued
+    exit_code = PAUSED_EXIT
 
 
 # --- the objective -------------------------------------------------------------------------

@@ -23,15 +23,16 @@ import torch.distributed as dist
 from trimtab.data.prepared import label_names
 from trimtab.errors import TrimtabError
 from trimtab.files import staged_dir, write_text
-from trimtab.methods import TrainingMethod, method_for, save_trainable, trainable_parameters
+from trimtab.methods import TrainingMethod, method_for, trainable_parameters
 from trimtab.models import resolve_model
 from trimtab.models.batching import autocast, bf16_available
 from trimtab.models.loading import Adapter, load_model
-from trimtab.models.runs import RunFolder, write_meta
+from trimtab.models.runs import RunFolder
 from trimtab.models.scoring import score_labels
 from trimtab.models.tasks import is_generative
 from trimtab.training import batches as b
 from trimtab.training import checkpoint as ckpt
+from trimtab.training import saving
 from trimtab.training.config import BatchPlan, TrainConfig, dump_config, load_config, plan_batches
 from trimtab.training.dataset import Data, encode_splits, read_splits
 from trimtab.training.loop import (
@@ -40,7 +41,6 @@ from trimtab.training.loop import (
     Progress,
     TrainingDiverged,
     TrainingInterrupted,
-    TrainingPaused,
     all_reduce,
     clip_gradients,
     device_for,
@@ -334,37 +334,12 @@ def _train_steps(s: Session) -> None:
                 if _evaluate_and_save(s):
                     return
             elif config.save_every and state.step % config.save_every == 0 and s.d.main:
-                _checkpoint(s)
-            if state.step < s.total and _pause_requested(s):
-                _pause(s)
+                saving.checkpoint(s)
+            if state.step < s.total and saving.pause_requested(s):
+                saving.pause(s)
         if state.batch_in_epoch >= len(batches):
             state.epoch += 1
             state.batch_in_epoch = 0
-
-
-def _pause_requested(s: Session) -> bool:
-    """The run's pause file exists (every rank agrees: one stat per step, then a reduce)."""
-    asked = float(s.run.pause_file.exists()) if s.d.main else 0.0
-    if s.d.world > 1:
-        asked = all_reduce([asked], s.d, s.device)[0]
-    return asked > 0
-
-
-def _pause(s: Session) -> None:
-    """Checkpoint where the loop is, mark the run paused, stop (TrainingPaused)."""
-    step = s.state.step
-    last = ckpt.latest_checkpoint(s.run.path)
-    if s.d.main and (last is None or last != s.run.checkpoint(step)):
-        _checkpoint(s)
-    if s.d.main:
-        s.run.update(status="paused", paused_step=step)
-        s.run.pause_file.unlink(missing_ok=True)
-    if s.d.world > 1:
-        dist.barrier()
-    raise TrainingPaused(
-        f"paused at step {step} of {s.total} (checkpoint {s.run.checkpoint(step).name}); "
-        f"continue with: trimtab train --resume {s.run.path}"
-    )
 
 
 def _step(s: Session, micro_batches: list[dict[str, torch.Tensor]]) -> None:
@@ -506,7 +481,7 @@ def _evaluate_and_save(s: Session) -> bool:
                 f"step {state.step}: valid loss {scores['valid_loss']:.4f}, accuracy {accuracy:.4f}"
             )
             stop = float(_track_best(s, scores["valid_loss"]))
-        _checkpoint(s)
+        saving.checkpoint(s)
     if s.d.world > 1:
         stop = all_reduce([stop], s.d, s.device)[0]
     return stop > 0
@@ -518,7 +493,7 @@ def _track_best(s: Session, loss: float) -> bool:
     if state.best_score is None or loss < state.best_score:
         state.best_score, state.best_step, state.bad_evals = loss, state.step, 0
         if config.keep_best:
-            _export(s, s.run.best)
+            saving.export(s, s.run.best)
         return False
     state.bad_evals += 1
     patience = config.early_stopping_patience
@@ -530,20 +505,6 @@ def _track_best(s: Session, loss: float) -> bool:
         )
         return True
     return False
-
-
-def _checkpoint(s: Session) -> None:
-    s.state.elapsed = time.perf_counter() - s.started
-    step = s.state.step
-    extra = None
-    if s.config.checkpoint_models:
-        model_id = f"{s.config.model_id}:ckpt-step-{step}" if s.config.model_id else None
-
-        def extra(tmp: Path) -> None:
-            _write_model(s, tmp / "model", model_id)
-
-    ckpt.save_checkpoint(s.run.checkpoint(step), s.model, s.optimizer, s.scheduler, s.state, extra)
-    ckpt.prune(s.run.path, s.config.keep_checkpoints, set())
 
 
 def _finish(s: Session) -> TrainResult:
@@ -569,40 +530,12 @@ def _finish(s: Session) -> TrainResult:
             with staged_dir(run.final) as tmp:
                 shutil.copytree(run.best, tmp, dirs_exist_ok=True)
         else:
-            _export(s, run.final)
+            saving.export(s, run.final)
         run.update(status="completed", results=results)
         write_text(run.final / "README.md", model_card(config, run.info()))
     if s.d.world > 1:
         dist.barrier()
     return TrainResult(run.path, run.final, results)
-
-
-def _export(s: Session, folder: Path) -> None:
-    """Write a complete model folder: weights, tokenizer, trimtab.json (all or nothing)."""
-    with staged_dir(folder) as tmp:
-        _write_model(s, tmp, s.config.model_id)
-
-
-def _write_model(s: Session, folder: Path, model_id: str | None) -> None:
-    """The model as it is now into ``folder`` (inside a staged folder): weights, tokenizer,
-    trimtab.json (with the id it is served under, when the config names one)."""
-    config = s.config
-    folder.mkdir(parents=True, exist_ok=True)
-    save_trainable(s.model, folder)
-    s.tokenizer.save_pretrained(folder)
-    write_meta(
-        folder,
-        {
-            "base_model": s.adapter_base or config.model.name,
-            "task": config.data.task,
-            "method": config.method.name,
-            "labels": s.data.labels,
-            "max_length": config.model.max_length,
-            "run": str(s.run.path),
-        }
-        | ({"parent_run": s.parent["parent_run"]} if s.parent else {})
-        | ({"model_id": model_id} if model_id else {}),
-    )
 
 
 __all__ = ["TrainResult", "train"]
