@@ -69,7 +69,7 @@ def test_docs_page_has_each_runs_figures_and_copies_the_plots(tmp_path):
         "| minilm-full | fine-tuned | classification head | 5,000 | 0.561 [0.550, 0.570] | 0.520 |"
         in page
     )
-    assert "— / — | 6.0 min | 2,888 |" in page
+    assert "— / — | 6.0 min | 2,888 | — | — | 120.0 |" in page
     assert (tmp_path / "docs" / "case-study" / "comparison.png").is_file()
     assert "![comparison](case-study/comparison.png)" in page
 

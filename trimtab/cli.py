@@ -307,7 +307,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="evaluate fine-tuned runs and base models on a test file",
         description="Evaluate fine-tuned runs and base models on the same prepared test file "
         "and compare them in one table. A base model is a baseline: zero-shot (an instruction "
-        "before the text) and few-shot (--shots solved training examples as well).",
+        "before the text) and few-shot (--shots solved training examples as well). Every row "
+        "reports its cost: prompt tokens and latency per request, requests/s.",
     )
     p.add_argument(
         "models",
@@ -355,9 +356,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="tokens per example; longer prompts lose their start",
     )
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    p.add_argument("--out", help="write the report folder here (report.html/.md/.json, plots/)")
+    p.add_argument(
+        "--out",
+        help="write the report folder here (report.html/.md/.json, plots/, predictions/)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing report folder")
     p.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot examples")
+    _add_eval_ensembles_and_cost(p)
     from trimtab.generation.sampling import add_sampling_arguments
 
     add_sampling_arguments(p)  # its own group (argparse deprecates nested groups)
@@ -365,6 +370,29 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         handler=_run_eval,
         interrupted="interrupted: no half-written report (the report folder is written whole, "
         "at the end)",
+    )
+
+
+def _add_eval_ensembles_and_cost(p: argparse.ArgumentParser) -> None:
+    """``--ensemble`` and ``--latency-sample`` of ``trimtab eval``."""
+    p.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="[NAME=]MEMBER[:WEIGHT],MEMBER[:WEIGHT]...",
+        help="add a row averaging the members' label distributions (weighted if WEIGHTs are "
+        "given), scored like one model; a MEMBER is a MODEL (a run folder; one not listed is "
+        "evaluated too) or a row's label such as 'smollm2-135m few-shot (k=5)'; NAME labels "
+        "the row (default: ensemble(a+b)). Its cost is the members' added up. Repeatable. "
+        "Example: --ensemble runs/minilm-full,runs/mpnet-full:2",
+    )
+    p.add_argument(
+        "--latency-sample",
+        type=int,
+        default=20,
+        metavar="N",
+        help="time each row answering its first N examples one at a time, after 2 warm-ups "
+        "(the cost's latency per request; 0: skip; default 20)",
     )
 
 
@@ -395,6 +423,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         force=args.force,
         seed=args.shot_seed,
         sampling=sampling or None,
+        ensembles=args.ensemble,
+        latency_sample=args.latency_sample,
     )
     run_eval(options)
     return 0

@@ -170,6 +170,7 @@ def _add_jobs(
     events.set_defaults(handler=_jobs_events, interrupted="stopped following (the job goes on)")
     for name, help_text in (
         ("get", "a job's object"),
+        ("trials", "a sweep job's trials (each a job), in trial order"),
         ("checkpoints", "a job's checkpoints, newest first"),
         ("cancel", "cancel a job (a running one stops with its whole process group)"),
         ("pause", "pause a running job: it checkpoints and stops"),
@@ -222,6 +223,12 @@ def _add_jobs_create(jsub: argparse._SubParsersAction, anywhere: argparse.Argume
         help="any `trimtab train` config key, e.g. --set optim.weight_decay=0.1",
     )
     c.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument(
+        "--sweep",
+        metavar="SPEC.yaml",
+        help="a sweep instead of one run: the spec's sweep: section (trials, metric, search, "
+        "seed, parallel) and any other config keys (as --set); the job's trials are jobs too",
+    )
     c.set_defaults(handler=_jobs_create, interrupted="interrupted: no job was created")
 
 
@@ -257,11 +264,40 @@ def _job_body(args: argparse.Namespace, jobs: Jobs) -> dict[str, Any]:
     extension: dict[str, Any] = {
         k: getattr(args, k) for k in ("method", "task") if getattr(args, k)
     }
+    config: dict[str, Any] = {}
+    if args.sweep:
+        extension["sweep"], config = _sweep_spec(Path(args.sweep))
     if args.set:
-        extension["config"] = _pairs(args.set, "--set")
+        config |= _pairs(args.set, "--set")
+    if config:
+        extension["config"] = config
     if extension:
         body["trimtab"] = extension
     return body
+
+
+def _sweep_spec(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A sweep spec file's ``sweep:`` section, and its other keys as dotted config keys."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise TrimtabError(f"{path}: cannot read the sweep spec: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise TrimtabError(f"{path}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("sweep"), dict):
+        raise TrimtabError(f"{path}: expected a mapping with a sweep: section (trials, search...)")
+    section = spec.pop("sweep")
+
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            name = f"{prefix}{key}"
+            out |= flat(value, f"{name}.") if isinstance(value, dict) else {name: value}
+        return out
+
+    return section, flat(spec)
 
 
 def _file_id(jobs: Jobs, value: str) -> str:
@@ -289,6 +325,7 @@ def _jobs_one(args: argparse.Namespace) -> int:
     with _jobs(args) as jobs:
         call = {
             "get": jobs.get_job,
+            "trials": jobs.list_trials,
             "checkpoints": jobs.list_checkpoints,
             "cancel": jobs.cancel,
             "pause": jobs.pause,
@@ -467,6 +504,12 @@ def _line(obj: dict[str, Any]) -> str:
             f"{ident}  {obj['filename']}  {obj['bytes']} bytes  {obj['purpose']}  "
             f"{obj['status']}  {_when(obj['created_at'])}"
         )
+    if kind == "fine_tuning.job" and (obj.get("trimtab") or {}).get("parent_id"):
+        ext = obj["trimtab"]
+        value = ext.get("value")
+        params = ", ".join(f"{k}={v}" for k, v in (ext.get("params") or {}).items())
+        shown = f"{ext.get('metric')} {value:.6g}" if isinstance(value, float) else "—"
+        return f"trial {ext.get('sweep_trial')}  {ident}  {obj['status']}  {shown}  {params}"
     if kind == "fine_tuning.job":
         parts = [ident, obj["status"], obj["model"], obj["training_file"]]
         parts += [obj["fine_tuned_model"]] if obj.get("fine_tuned_model") else []

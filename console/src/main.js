@@ -1,16 +1,33 @@
 // The console: hash routing over the pages, the header's API key control.
-import { askKey } from "./api.js";
+import { api, askKey, enc } from "./api.js";
 import { h, replace, route } from "./ui.js";
 import { playground } from "./pages/playground.js";
 import { compare } from "./pages/compare.js";
 import { data } from "./pages/data.js";
 import { jobs } from "./pages/jobs.js";
 import { job } from "./pages/job.js";
+import { sweep } from "./pages/sweep.js";
 import { runs } from "./pages/runs.js";
 import { evaluations } from "./pages/evaluations.js";
 
 const pages = { playground, compare, data, jobs, runs, evaluations };
 let cleanup = null;
+
+// #/jobs/ID: a sweep's page or a job's, by the job's kind (the job page reports a failed read).
+function jobOrSweep(main, ctx) {
+  let stop = null;
+  let left = false;
+  api(`/v1/fine_tuning/jobs/${enc(ctx.parts[1])}`, { signal: ctx.signal })
+    .then((j) => j.trimtab && j.trimtab.kind === "sweep")
+    .catch(() => false)
+    .then((isSweep) => {
+      if (!left && !ctx.signal.aborted) stop = (isSweep ? sweep : job)(main, ctx);
+    });
+  return () => {
+    left = true;
+    if (typeof stop === "function") stop();
+  };
+}
 
 function render() {
   const { parts, query } = route();
@@ -19,7 +36,7 @@ function render() {
   cleanup = null;
   const name = parts[0] || "playground";
   let page = pages[name];
-  if (name === "jobs" && parts[1]) page = job;
+  if (name === "jobs" && parts[1]) page = jobOrSweep;
   for (const a of document.querySelectorAll("header nav a")) {
     const current = a.getAttribute("href") === `#/${name}`;
     if (current) a.setAttribute("aria-current", "page");

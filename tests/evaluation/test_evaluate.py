@@ -104,7 +104,7 @@ def test_language_model_loss_is_the_mean_completion_token_loss(reviews, tiny_lla
     for r in data.records:
         prompt = tok(r.fields["prompt"])["input_ids"]
         completion = tok(r.fields["completion"], add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt + completion])
+        ids = torch.tensor([prompt + completion], device=model.model.device)  # CUDA too
         with torch.no_grad():
             logp = F.log_softmax(model.model(input_ids=ids).logits[0].float(), -1)
         for k, t in enumerate(completion):

@@ -316,7 +316,7 @@ def test_duplicate_labels_get_unique_filesystem_safe_slugs(tmp_path):
     write_report(report, tmp_path / "r")
     confusion = {p.name for p in (tmp_path / "r" / "plots").glob("confusion-*.png")}
     assert confusion == {"confusion-cafe-lora-1.png", "confusion-cafe-lora-1-2.png"}
-    assert report_module._slugs(
+    assert report_module.result_slugs(
         [{"label": "a"}, {"label": "A"}, {"label": "a-2"}, {"label": "日本"}]
     ) == ["a", "a-2", "a-2-2", "result"]
 

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, event, update
 
 from trimtab.errors import TrimtabError
+from trimtab.jobs import migrations as migrations_module
 from trimtab.jobs import store as store_module
 from trimtab.jobs.store import LATEST_VERSION, Store, new_id, schema_version_table
 
@@ -309,7 +310,7 @@ def test_heartbeat_and_live_owners_within_ttl(store: Store, monkeypatch: pytest.
     store.forget_owner("sched-unknown")
 
 
-def test_a_fresh_database_is_at_the_latest_version_and_reopening_does_not_migrate(
+def test_a_fresh_database_is_at_the_latest_version_and_reopening_runs_only_newer_migrations(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ):
     first = Store(store_url)
@@ -319,13 +320,22 @@ def test_a_fresh_database_is_at_the_latest_version_and_reopening_does_not_migrat
     ran: list[int] = []
     migrations = [
         (version, lambda conn, v=version, f=fn: (ran.append(v), f(conn)))
-        for version, fn in store_module.MIGRATIONS
+        for version, fn in migrations_module.MIGRATIONS
     ]
-    monkeypatch.setattr(store_module, "MIGRATIONS", migrations)
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", migrations)
     again = Store(store_url)
     assert ran == [] and again.schema_version() == LATEST_VERSION
     assert again.get_job("ftjob-a") is not None
     again.close()
+    # one version back: the store runs the last migration alone (and so the wrapped list)
+    engine = create_engine(store_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(update(schema_version_table).values(version=LATEST_VERSION - 1))
+    engine.dispose()
+    third = Store(store_url)
+    assert ran == [LATEST_VERSION] and third.schema_version() == LATEST_VERSION
+    assert third.get_job("ftjob-a") is not None
+    third.close()
 
 
 def test_a_database_written_by_a_newer_trimtab_is_refused(store_url: str):
@@ -444,9 +454,35 @@ def test_a_version_1_database_is_upgraded_keeping_its_rows_in_creation_order(sto
         conn.execute(update(schema_version_table).values(version=1))
     engine.dispose()
     again = Store(store_url)
-    assert again.schema_version() == LATEST_VERSION == 2
+    assert again.schema_version() == LATEST_VERSION == 3
     again.insert_job(job_row("ftjob-new", created_at=500))  # same second as ftjob-old
     rows, _ = again.list_jobs()
     assert [r["id"] for r in rows] == ["ftjob-new", "ftjob-old", "ftjob-older"]
     assert again.get_job("ftjob-old")["created_ns"] == 500 * 10**9
+    again.close()
+
+
+def test_a_version_2_database_is_upgraded_to_record_a_sweep_s_trials_once(store_url: str):
+    first = Store(store_url)
+    first.insert_job(job_row("ftjob-sweep", created_at=500))
+    first.close()
+    # back to version 2: no parent_id or sweep_trial (their indexes go first: SQLite keeps an
+    # indexed column)
+    engine = create_engine(store_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        for index in ("ux_jobs_parent_trial", "ix_jobs_parent_id"):
+            conn.exec_driver_sql(f"DROP INDEX {index}")
+        for column in ("parent_id", "sweep_trial"):
+            conn.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
+        conn.execute(update(schema_version_table).values(version=2))
+    engine.dispose()
+    again = Store(store_url)
+    assert again.schema_version() == LATEST_VERSION == 3
+    assert again.get_job("ftjob-sweep")["parent_id"] is None
+    trial = job_row(status="running", parent_id="ftjob-sweep", sweep_trial=0)
+    assert again.insert_trial(trial, {"message": "trial 0"})
+    # the same trial recorded again (a second scheduler): nothing written, no event
+    assert not again.insert_trial(job_row(status="running", parent_id="ftjob-sweep", sweep_trial=0))
+    assert [r["id"] for r in again.list_trials("ftjob-sweep")] == [trial["id"]]
+    assert [r["id"] for r in again.list_jobs()[0]] == ["ftjob-sweep"]  # trials are not listed
     again.close()

@@ -52,6 +52,7 @@ def test_known_models_are_listed_first_even_without_runs(tmp_path: Path):
     assert [(e.name, e.kind, e.source) for e in entries] == [
         ("smollm2-135m", "decoder", "package"),
         ("minilm-l6", "encoder", "package"),
+        ("mpnet-base", "encoder", "package"),
     ]
     assert all(e.description for e in entries)
 
@@ -74,7 +75,7 @@ def test_model_whose_package_is_missing_is_listed_as_not_ready(
         raise TrimtabError(f"model '{name}' is shipped by a package that is not installed")
 
     monkeypatch.setattr(catalog, "resolve_model", not_installed)
-    assert [(e.ready, e.path) for e in list_models(tmp_path)] == [(False, None), (False, None)]
+    assert [(e.ready, e.path) for e in list_models(tmp_path)] == [(False, None)] * 3
 
 
 @pytest.mark.real_model
@@ -170,7 +171,7 @@ def test_listing_models_does_not_import_transformers(tmp_path: Path):
     write_run(tmp_path / "runs", "a-run", "completed")
     code = (
         "import sys; from pathlib import Path; from trimtab.models import list_models; "
-        f"assert len(list_models(Path({str(tmp_path / 'runs')!r}))) == 3; "
+        f"assert len(list_models(Path({str(tmp_path / 'runs')!r}))) == 4; "
         "assert 'transformers' not in sys.modules and 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

@@ -110,3 +110,22 @@ def test_progress_off_a_terminal_writes_a_line_every_log_every_steps():
 def test_sgd_config_values_reach_the_optimizer_through_a_namespace():
     optim = SimpleNamespace(optimizer="sgd", momentum=0.0, weight_decay=0.0)
     assert make_optimizer(params(), optim, 0.1).param_groups[0]["momentum"] == 0.0
+
+
+def test_more_processes_per_node_than_gpus_is_refused_saying_how_many_to_start(monkeypatch):
+    from trimtab.errors import TrimtabError
+    from trimtab.training import loop
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(loop.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(loop.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(loop.dist, "is_initialized", lambda: False)
+    joined = []
+    monkeypatch.setattr(loop.dist, "init_process_group", lambda *a, **k: joined.append(a))
+    with pytest.raises(
+        TrimtabError, match=r"2 training processes per node but 1 GPU.*nproc_per_node=1"
+    ):
+        loop.init_distributed()
+    assert joined == []  # refused before joining a group the other process would wait on

@@ -18,9 +18,10 @@ import pytest
 
 from trimtab.cli import main
 from trimtab.errors import ConfigError, TrimtabError
-from trimtab.training import sweep as sweep_module
+from trimtab.training import sweep_study as sweep_module
 from trimtab.training.loop import TrainingDiverged
 from trimtab.training.sweep import SweepInterrupted, load_sweep, run_sweep
+from trimtab.training.sweep_study import study_ref
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,7 +171,7 @@ def test_resume_runs_only_the_missing_trials(tmp_path, reviews, tiny_llama_dir):
         n: (out / "trials" / n / "run.json").stat().st_mtime_ns for n in os.listdir(out / "trials")
     }
     # A crash during the next trial leaves it running in the study: resume must not count it.
-    study = optuna.load_study(study_name="trimtab-sweep", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="trimtab-sweep", storage=study_ref(out).storage())
     study.ask()
     resumed = run_sweep(spec, out, trials=3, resume=True, progress=False)
     assert sorted(os.listdir(out / "trials")) == ["trial-000", "trial-001", "trial-003"]

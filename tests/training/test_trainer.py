@@ -534,7 +534,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
         "max_steps=4",
         "--quiet",
     ]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    # CPU processes (gloo) on any machine: a one-GPU machine cannot hold two processes.
+    env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     one = subprocess.run(
         cli(*common, f"run_dir={tmp_path / 'one'}", "micro_batch_size=8"),
         env=env,

@@ -12,15 +12,18 @@ teaches less than its size suggests. :func:`check_diversity` reports
   to add.
 
 Everything is measured on a seeded sample of at most :data:`SAMPLE` examples.
+:func:`plot_diversity` draws the figure prepare writes to :data:`PLOT`: the sample's vectors in
+two dimensions coloured by cluster, the classes of each cluster, and the prompt lengths per class.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import random
 import re
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -44,13 +47,34 @@ BATCH = 16  # prompts per MiniLM forward pass (in length order: little padding)
 MAX_TOKENS = 128  # MiniLM reads at most this many tokens of a prompt
 VOCAB = 4_096  # bag-of-words dimensions (the most frequent words)
 PAIRS = 5  # near-repeat pairs kept in the details
+PLOT = "plots/diversity.png"  # the figure, relative to prepare's output folder
+MAX_LEGEND = 12  # classes named in the bars' legend (more: the length panel names them)
 
 _WORD = re.compile(r"\w+")
 
 
+@dataclass
+class ClusterMap:
+    """What the figure draws and report.json leaves out: the compared sample's vectors, each
+    row's cluster number (1 is the largest; None when the sample was too small to cluster) and
+    class (None unless classification)."""
+
+    vectors: np.ndarray
+    embeddings: str
+    clusters: np.ndarray | None
+    labels: list[str] | None
+
+
+@dataclass
+class DiversityResult(CheckResult):
+    """The check's result, with the vectors its figure needs (kept out of ``to_json``)."""
+
+    map: ClusterMap | None = field(default=None, repr=False, compare=False)
+
+
 def check_diversity(
     state: State, embedder: Embedder = "auto", sample: int = SAMPLE, seed: int = 0
-) -> CheckResult:
+) -> DiversityResult:
     """Lexical diversity, near-repeats by meaning and clusters of a seeded sample of prompts."""
     examples = _sample(state.examples, sample, seed)
     texts = [_text_of(state, ex) for ex in examples]
@@ -62,7 +86,7 @@ def check_diversity(
         **distinct,
     }
     if len(examples) < 2:
-        return CheckResult(
+        return DiversityResult(
             "diversity", "Diversity", "info", "too few examples to compare", details=details
         )
     vectors, used = _embed(texts, embedder)
@@ -78,10 +102,11 @@ def check_diversity(
     k = min(MAX_CLUSTERS, len(examples) // MIN_CLUSTER)
     thin: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = []
+    numbers = None
+    labels = [state.label_of(ex) for ex in examples] if state.task == "classification" else None
     if k >= 2:
-        assignment = _kmeans(vectors, k, seed)
-        labels = [state.label_of(ex) for ex in examples] if state.task == "classification" else None
-        clusters = _clusters(assignment, k, words, labels)
+        numbers = _numbered(_kmeans(vectors, k, seed))
+        clusters = _clusters(numbers, words, labels)
         if labels is not None:
             thin = _thin(clusters, Counter(labels), len(labels))
     details["clusters"] = clusters
@@ -94,7 +119,7 @@ def check_diversity(
     status: Status = "warning" if narrow or repeated else "info"
     message = _message(details, used, narrow, repeated)
     where = [p["at"][1] for p in pairs]  # the later example of each pair
-    return CheckResult(
+    return DiversityResult(
         "diversity",
         "Diversity",
         status,
@@ -102,6 +127,7 @@ def check_diversity(
         int(near.sum()),
         where[:MAX_LOCATIONS],
         details,
+        map=ClusterMap(vectors, used, numbers, labels),
     )
 
 
@@ -193,18 +219,23 @@ def _kmeans(vectors: np.ndarray, k: int, seed: int, rounds: int = 25) -> np.ndar
     return assignment
 
 
+def _numbered(assignment: np.ndarray) -> np.ndarray:
+    """The k-means clusters renumbered from 1, largest first (ties: the earlier one first)."""
+    found, sizes = np.unique(assignment, return_counts=True)
+    order = sorted(range(len(found)), key=lambda i: -sizes[i])
+    number = {int(found[i]): rank for rank, i in enumerate(order, 1)}
+    return np.array([number[int(j)] for j in assignment], dtype=np.int64)
+
+
 def _clusters(
-    assignment: np.ndarray, k: int, words: list[list[str]], labels: list[str] | None
+    numbers: np.ndarray, words: list[list[str]], labels: list[str] | None
 ) -> list[dict[str, Any]]:
-    """The clusters, largest first, numbered from 1, with their telling words and classes."""
+    """The clusters in number order (largest first) with their telling words and classes."""
     overall = Counter(w for ws in words for w in set(ws))
     n = len(words)
-    order = sorted(
-        (j for j in range(k) if (assignment == j).any()), key=lambda j: -(assignment == j).sum()
-    )
     out: list[dict[str, Any]] = []
-    for number, j in enumerate(order, 1):
-        members = np.flatnonzero(assignment == j)
+    for number in range(1, int(numbers.max()) + 1):
+        members = np.flatnonzero(numbers == number)
         inside = Counter(w for i in members for w in set(words[i]))
         # words much more common in the cluster than in the data: what the cluster is about
         lift = {
@@ -378,29 +409,132 @@ def render(details: dict[str, Any]) -> list[str]:
         for p in pairs:
             out.append(f"  {p['cosine']:.3f}  {p['at'][0]}  {p['texts'][0]}")
             out.append(f"  {'':<5}  {p['at'][1]}  {p['texts'][1]}")
+    if details.get("plot"):
+        out += ["", f"Diversity: plot in {details['plot']} of the output folder"]
     return out
 
 
-def plot_clusters(details: dict[str, Any], path: Path) -> bool:
+def plot_diversity(result: CheckResult, seed: int = 0) -> bytes | None:
+    """The check's figure as PNG bytes, or None when it compared fewer than two examples.
+
+    Panels, left to right: the sample in two dimensions (the vectors' first two principal
+    components) coloured by cluster, or by class when there are no clusters; the examples of
+    each cluster stacked by class; each class's prompt words (p10 to p90, a dot at p50).
+    """
+    cmap = result.map if isinstance(result, DiversityResult) else None
+    if cmap is None:
+        return None
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    clusters = result.details.get("clusters") or []
+    lengths = result.details.get("prompt_words_by_class") or {}
+    classes = sorted({*lengths, *(cmap.labels or [])})
+    # Classes take another palette than the clusters (tab10), so cluster 1 and class "1" differ.
+    palette = matplotlib.colormaps["Dark2" if len(classes) <= 8 else "tab20b"]
+    colour = {label: palette(i % palette.N) for i, label in enumerate(classes)}
+    panels = 1 + bool(clusters) + bool(lengths)
+    wide = 4.5 + (0.35 * len(lengths) if lengths else 0)
+    # Figure, not pyplot: no global state, safe in a server thread, and no backend to switch.
+    fig = Figure(figsize=(min(4.5 * (panels - 1) + wide, 24.0), 4.2))
+    FigureCanvasAgg(fig)
+    axes = list(np.atleast_1d(fig.subplots(1, panels)))
+    _scatter(axes.pop(0), cmap, _project(cmap.vectors, seed), colour)
+    if clusters:
+        _cluster_bars(axes.pop(0), clusters, colour)
+    if lengths:
+        _length_ranges(axes.pop(0), lengths, colour)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _project(vectors: np.ndarray, seed: int, power: int = 4) -> np.ndarray:
+    """The rows' first two principal components (a seeded randomised SVD: a few matrix products
+    where a full SVD of 1,000 x 4,096 bag-of-words rows takes seconds), signs made stable."""
+    x = vectors.astype(np.float64) - vectors.mean(axis=0)
+    k = min(8, *x.shape)
+    q = x @ np.random.default_rng(seed).standard_normal((x.shape[1], k))
+    for _ in range(power):  # power iterations sharpen the leading directions
+        q, _r = np.linalg.qr(x @ (x.T @ q))
+    u, s, _vt = np.linalg.svd(q.T @ x, full_matrices=False)
+    points = (q @ u[:, :2]) * s[:2]
+    if points.shape[1] < 2:  # a single direction (two examples): a flat second axis
+        points = np.column_stack([points, np.zeros(len(points))])
+    # An SVD's signs are arbitrary: make each axis's largest coordinate positive.
+    signs = np.sign(points[np.abs(points).argmax(axis=0), [0, 1]])
+    return points * np.where(signs == 0, 1, signs)
+
+
+def _scatter(ax: Any, cmap: ClusterMap, points: np.ndarray, colour: dict[str, Any]) -> None:
+    from trimtab.evaluation.plots import _tex
+
+    how = "MiniLM" if cmap.embeddings == "minilm" else "bag of words"
+    if cmap.clusters is not None:
+        for number in range(1, int(cmap.clusters.max()) + 1):
+            at = points[cmap.clusters == number]
+            ax.scatter(at[:, 0], at[:, 1], s=9, alpha=0.6, color=f"C{(number - 1) % 10}")
+            # the number at the cluster's middle names it as the bars do
+            middle = (float(at[:, 0].mean()), float(at[:, 1].mean()))
+            ax.annotate(
+                str(number),
+                middle,
+                ha="center",
+                va="center",
+                weight="bold",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.7, "lw": 0},
+            )
+        ax.set_title(f"Clusters ({how}, 2-D projection)")
+    elif cmap.labels is not None:
+        for label in sorted(set(cmap.labels)):
+            at = points[[i for i, got in enumerate(cmap.labels) if got == label]]
+            ax.scatter(at[:, 0], at[:, 1], s=9, alpha=0.6, color=colour[label], label=_tex(label))
+        if len(colour) <= MAX_LEGEND:
+            ax.legend(title="class", fontsize="small")
+        ax.set_title(f"Examples by class ({how}, 2-D projection)")
+    else:
+        ax.scatter(points[:, 0], points[:, 1], s=9, alpha=0.6)
+        ax.set_title(f"Examples ({how}, 2-D projection)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _cluster_bars(ax: Any, clusters: list[dict[str, Any]], colour: dict[str, Any]) -> None:
     """Cluster sizes as bars stacked by class (one colour when not classification)."""
-    clusters = details.get("clusters") or []
-    if not clusters:
-        return False
-    from trimtab.evaluation.plots import _figure, _tex
+    from trimtab.evaluation.plots import _tex
 
     labels = sorted({k for c in clusters for k in c.get("labels", {})})
     names = [str(c["cluster"]) for c in clusters]
-    with _figure(path, (1.5 + 0.7 * len(clusters), 4.0)) as (_, ax):
-        if labels:
-            bottom = np.zeros(len(clusters))
-            for label in labels:
-                counts = np.array([c["labels"].get(label, 0) for c in clusters], dtype=float)
-                ax.bar(names, counts, bottom=bottom, label=_tex(label))
-                bottom += counts
+    if labels:
+        bottom = np.zeros(len(clusters))
+        for label in labels:
+            counts = np.array([c["labels"].get(label, 0) for c in clusters], dtype=float)
+            ax.bar(names, counts, bottom=bottom, color=colour.get(label), label=_tex(label))
+            bottom += counts
+        if len(labels) <= MAX_LEGEND:
             ax.legend(title="class", fontsize="small")
-        else:
-            ax.bar(names, [c["size"] for c in clusters])
-        ax.set_xlabel("cluster")
-        ax.set_ylabel("examples")
-        ax.set_title("Clusters of the prompts, by class")
-    return True
+        ax.set_title("Classes per cluster")
+    else:
+        ax.bar(names, [c["size"] for c in clusters])
+        ax.set_title("Examples per cluster")
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("examples")
+
+
+def _length_ranges(ax: Any, lengths: dict[str, dict[str, int]], colour: dict[str, Any]) -> None:
+    """Each class's prompt words from p10 to p90, with a dot at p50."""
+    from trimtab.evaluation.plots import _tex
+
+    names = sorted(lengths)
+    for x, label in enumerate(names):
+        p = lengths[label]
+        ax.vlines(x, p["p10"], p["p90"], color=colour.get(label), linewidth=6, alpha=0.6)
+        ax.plot([x], [p["p50"]], "o", color=colour.get(label), markeredgecolor="white")
+    ax.set_xticks(range(len(names)), [_tex(n) for n in names], rotation=45 if len(names) > 6 else 0)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("class")
+    ax.set_ylabel("prompt words")
+    ax.set_title("Prompt length per class (p10, p50, p90)")

@@ -4,6 +4,10 @@ Each model given is a fine-tuned run or a base model. A base model is a baseline
 instruction before the text) and few-shot (``shots`` solved examples from the training file as
 well). ``baselines=True`` adds the base model of every fine-tuned decoder run, so a table shows
 what fine-tuning bought. Models are loaded one at a time, so memory holds one model.
+
+Every row carries its ``cost`` (:mod:`trimtab.evaluation.cost`); ``ensembles`` add rows that
+average other rows' label distributions (:mod:`trimtab.evaluation.ensemble`), and the report
+folder keeps each classification row's per-example distribution in ``predictions/``.
 """
 
 from __future__ import annotations
@@ -16,11 +20,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trimtab import __version__
 from trimtab.data.examples import strip_separator
 from trimtab.errors import ConfigError, TrimtabError
+from trimtab.evaluation.cost import DEFAULT_LATENCY_SAMPLE, outcome_cost, parameter_count
+from trimtab.evaluation.ensemble import (
+    EnsembleSpec,
+    Evaluated,
+    build_ensemble,
+    check_ensembles,
+    members_to_evaluate,
+    prediction_files,
+)
 from trimtab.evaluation.evaluate import (
     EvalData,
     EvalModel,
@@ -60,6 +73,17 @@ class EvalOptions(BaseModel):
     force: bool = False
     seed: int = 0
     sampling: dict[str, Any] | None = None  # SamplingParams values for generation
+    # Rows averaging other rows' label distributions ("[NAME=]A[:W],B[:W]" or the fields).
+    ensembles: list[EnsembleSpec] = Field(default_factory=list)
+    # Requests answered one at a time for each row's latency (after 2 warm-ups); 0: skip.
+    latency_sample: int = Field(DEFAULT_LATENCY_SAMPLE, ge=0)
+
+    @field_validator("ensembles", mode="before")
+    @classmethod
+    def _ensembles_from_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [EnsembleSpec.parse_text(v) if isinstance(v, str) else v for v in value]
+        return value
 
     @classmethod
     def parse(cls, **values: Any) -> EvalOptions:
@@ -101,26 +125,32 @@ class Candidate:
 
 def run_eval(options: EvalOptions, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate every model; returns the report (and writes its folder if ``options.out``)."""
-    from trimtab.evaluation.report import comparison_table, write_report
+    from trimtab.evaluation.report import comparison_table, result_slugs, write_report
 
     if options.out is not None:  # checked before an hour of evaluation, not after it
         check_output(options.out, options.force, "report")
-    check_model_refs(options.models)
+    models = options.models + members_to_evaluate(options.ensembles, options.models)
+    check_model_refs(models)
     data = load_eval_data(options.data, limit=options.limit)
+    check_ensembles(options.ensembles, data, options.mode)
     say(
         f"{data.path}: {len(data.records):,} examples, "
         + (f"classification over {', '.join(data.labels)}" if data.labels else data.format)
     )
-    results: list[dict[str, Any]] = []
-    for model_ref in _with_baselines(options, say):
+    evaluated: list[Evaluated] = []
+    for model_ref in _with_baselines(models, options.baselines, say):
         say(f"loading {model_ref}")
         model = load_for_eval(model_ref)
         sample = data
         if not model.fine_tuned and options.baseline_limit:
             sample = replace(data, records=data.records[: options.baseline_limit])
         for candidate in _candidates(model, model_ref, sample, options, say):
-            results += _evaluate(model, candidate, sample, options, say)
+            evaluated += _evaluate(model, candidate, sample, options, say)
         del model
+    for spec in options.ensembles:  # from the members' stored distributions: nothing reruns
+        evaluated.append(build_ensemble(spec, evaluated, data))
+        say(f"  {evaluated[-1].row['label']}: {_summary(evaluated[-1].outcome)}")
+    results = [e.row for e in evaluated]
     report = {
         "trimtab_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -131,15 +161,19 @@ def run_eval(options: EvalOptions, *, say: Callable[[str], None] = print) -> dic
     say("")
     say(comparison_table(report))
     if options.out is not None:
-        write_report(report, options.out, force=True)
-        say(f"\nReport: {options.out / 'report.html'} (and report.md, report.json, plots/)")
+        files = prediction_files(evaluated, result_slugs(results), data.gold)
+        write_report(report, options.out, force=True, files=files)
+        say(
+            f"\nReport: {options.out / 'report.html'} "
+            "(and report.md, report.json, plots/, predictions/)"
+        )
     return report
 
 
-def _with_baselines(options: EvalOptions, say: Callable[[str], None]) -> list[str]:
+def _with_baselines(models: list[str], baselines: bool, say: Callable[[str], None]) -> list[str]:
     """The models to load, base models of the runs first when baselines are asked for."""
-    refs = list(dict.fromkeys(options.models))
-    if not options.baselines:
+    refs = list(dict.fromkeys(models))
+    if not baselines:
         return refs
     bases = []
     for ref in refs:
@@ -208,7 +242,8 @@ def _evaluate(
     data: EvalData,
     options: EvalOptions,
     say: Callable[[str], None],
-) -> list[dict[str, Any]]:
+) -> list[Evaluated]:
+    """The rows of one model asked one way (a row per mode), each with its cost."""
     from trimtab.generation import SamplingParams
 
     sampling = SamplingParams.from_options(options.sampling) if options.sampling else None
@@ -247,15 +282,38 @@ def _evaluate(
     if data.labels is None and len(outcomes) == 2:  # one row: generation and loss together
         gen, lm = outcomes
         gen.language_model, gen.seconds = lm.language_model, gen.seconds + lm.seconds
+        lm.request = None  # the row's requests are generations: its latency is theirs
         outcomes = [gen]
+    return _rows(model, candidate, outcomes, data, options, say)
+
+
+def _rows(
+    model: EvalModel,
+    candidate: Candidate,
+    outcomes: list[Outcome],
+    data: EvalData,
+    options: EvalOptions,
+    say: Callable[[str], None],
+) -> list[Evaluated]:
+    """A row per outcome, each with its cost (measuring the latency runs the model again)."""
     rows = []
+    label = _label(model, candidate)
+    parameters = parameter_count(model.model)
     for outcome in outcomes:
         row_label = label + (
             " [generation]"
             if outcome.mode == "generation" and data.labels is not None and len(outcomes) > 1
             else ""
         )
-        rows.append(_row(model, candidate, row_label, outcome))
+        row = _row(model, candidate, row_label, outcome)
+        row["cost"] = outcome_cost(
+            outcome,
+            model.tokenizer,
+            max_length=options.max_length,
+            latency_sample=options.latency_sample,
+            parameters=parameters,
+        )
+        rows.append(Evaluated(row, outcome))
         say(f"  {row_label}: {_summary(outcome)} ({outcome.examples_per_s:.1f} examples/s)")
     return rows
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +176,14 @@ class Outcome:
     generation: GenerationScores | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)  # a few outputs to read
     predicted: list[str | None] = field(default_factory=list)  # classification, per example
+    # Classification by scores: each example's distribution over ``labels`` (rows sum to 1).
+    probabilities: torch.Tensor | None = None
+    labels: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # the inputs as sent, one per request
+    prompt_tokens: list[int] | None = None  # their token counts, where already known
+    # Answers example ``i`` alone (batch size 1), as the evaluation did: its latency. It holds
+    # the model: dropped once measured (:mod:`trimtab.evaluation.cost`).
+    request: Callable[[int], Any] | None = None
 
     @property
     def examples_per_s(self) -> float:
@@ -227,19 +237,66 @@ def evaluate_classification(
     bf16 = default_bf16(model.model) if bf16 is None else bf16
     gold = data.gold
     start = time.perf_counter()
+    how, labels, prompts, answer = _answerer(
+        model,
+        data,
+        mode=mode,
+        shots=shots,
+        instruction=instruction,
+        sampling=sampling,
+        bf16=bf16,
+        max_length=max_length,
+    )
+    out: Any = answer(prompts, batch_size=batch_size)
+    seconds = time.perf_counter() - start
     samples: list[dict[str, Any]] = []
-    scores = None
+    probabilities = None
+    if how == "generation":
+        predicted: list[str | None] = [parse_label(t, labels) for t in out]
+        samples = [
+            {"prompt_end": p[-80:], "output": t, "gold": g}
+            for p, t, g in zip(prompts[:5], out, gold)
+        ]
+    else:  # log-probabilities: renormalised over the labels, they are the predicted distribution
+        probabilities = torch.softmax(out.float(), dim=-1)
+        predicted = [labels[int(i)] for i in out.argmax(-1)] if len(out) else []
+    report = score_classification(gold, predicted, probabilities, list(labels), data.labels)
+    return Outcome(
+        how,
+        len(gold),
+        seconds,
+        classification=report,
+        samples=samples,
+        predicted=predicted,
+        probabilities=probabilities,
+        labels=list(labels),
+        prompts=prompts,
+        request=lambda i: answer([prompts[i]], batch_size=1),
+    )
+
+
+def _answerer(
+    model: EvalModel,
+    data: EvalData,
+    *,
+    mode: str,
+    shots: list[Shot] | None,
+    instruction: str | None,
+    sampling: Any,
+    bf16: bool,
+    max_length: int,
+) -> tuple[str, list[str], list[str], Callable[..., Any]]:
+    """``(how, labels, prompts, answer)``: ``answer(prompts, batch_size=...)`` is how this model
+    answers, used for the whole file at once and, in the outcome's ``request``, for one example
+    alone (its latency). It returns label log-probabilities, or generated texts."""
+    assert data.labels is not None
+    answer: Callable[..., Any]
     if model.task == "classify":
         labels = model.labels or data.labels
-        scores = classify_logits(
-            model.model,
-            model.tokenizer,
-            [head_text(p) for p in data.prompts],  # as training gave them to the head
-            batch_size=batch_size,
-            max_length=max_length,
-            bf16=bf16,
+        prompts = [head_text(p) for p in data.prompts]  # as training gave them to the head
+        answer = partial(
+            classify_logits, model.model, model.tokenizer, max_length=max_length, bf16=bf16
         )
-        predicted: list[str | None] = [labels[int(i)] for i in scores.argmax(-1)]
         how = "classification head"
     else:
         labels = data.labels
@@ -247,36 +304,39 @@ def evaluate_classification(
             model, data, shots=shots, instruction=instruction
         )
         if mode == "generate":
-            texts = _generate(
+            answer = partial(
+                _generate,
                 model,
-                prompts,
-                _label_sampling(model, label_texts, data, sampling),
-                batch_size=batch_size,
+                sampling=_label_sampling(model, label_texts, data, sampling),
                 max_length=max_length,
                 bf16=bf16,
             )
-            predicted = [parse_label(t, labels) for t in texts]
-            samples = [
-                {"prompt_end": p[-80:], "output": t, "gold": g}
-                for p, t, g in zip(prompts[:5], texts, gold)
-            ]
             how = "generation"
         else:
-            scores = score_labels(
+            answer = partial(
+                score_labels,
                 model.model,
                 model.tokenizer,
-                prompts,
-                label_texts,
-                batch_size=batch_size,
+                labels=label_texts,
                 max_length=max_length,
                 bf16=bf16,
             )
-            predicted = [labels[int(i)] for i in scores.argmax(-1)] if len(scores) else []
             how = "label scoring"
-    seconds = time.perf_counter() - start
-    report = classification_report(gold, predicted, sort_labels(set(labels) | set(data.labels)))
-    if scores is not None and len(scores):
-        median = median_decision(scores, labels)
+    return how, list(labels), prompts, answer
+
+
+def score_classification(
+    gold: list[str],
+    predicted: list[str | None],
+    probabilities: torch.Tensor | None,
+    labels: list[str],
+    data_labels: list[str],
+) -> ClassificationReport:
+    """Every metric of ``predicted``; with the predicted distributions (``[n, len(labels)]``)
+    also the median decision, for numeric labels."""
+    report = classification_report(gold, predicted, sort_labels(set(labels) | set(data_labels)))
+    if probabilities is not None and len(probabilities):
+        median = median_of(probabilities, labels)
         if median is not None:
             by_median = classification_report(gold, list[str | None](median), report.labels)
             report.extra["median_decision"] = {
@@ -284,21 +344,24 @@ def evaluate_classification(
                 "mae": by_median.mae,
                 "off_by_one_accuracy": by_median.off_by_one_accuracy,
             }
-    return Outcome(
-        how, len(gold), seconds, classification=report, samples=samples, predicted=predicted
-    )
+    return report
 
 
 def median_decision(scores: torch.Tensor, labels: list[str]) -> list[str] | None:
     """For numeric labels: the median of each predicted distribution, which minimises the
     expected absolute error (the most likely label maximises accuracy instead). None when the
-    labels are not numbers."""
+    labels are not numbers. ``scores`` are log-probabilities (renormalised here)."""
+    return median_of(torch.softmax(scores.float(), dim=-1), labels)
+
+
+def median_of(probabilities: torch.Tensor, labels: list[str]) -> list[str] | None:
+    """:func:`median_decision` of distributions given as probabilities ``[n, len(labels)]``."""
     try:
         values = [float(label) for label in labels]
     except ValueError:
         return None
     order = sorted(range(len(labels)), key=lambda i: values[i])
-    probs = torch.softmax(scores.float(), dim=-1)[:, order]
+    probs = probabilities.float()[:, order]
     first = (probs.cumsum(-1) >= 0.5).float().argmax(-1)  # first label reaching half the mass
     return [labels[order[int(i)]] for i in first]
 
@@ -375,6 +438,15 @@ def evaluate_generation(
         seconds,
         generation=generation_scores(texts, references),
         samples=samples,
+        prompts=data.prompts,
+        request=lambda i: _generate(
+            model,
+            [data.prompts[i]],
+            sampling,
+            batch_size=1,
+            max_length=max_length,
+            bf16=bf16,
+        ),
     )
 
 
@@ -402,13 +474,9 @@ def evaluate_language_model(
         items = encode_lm(data.records, model.tokenizer, max_length, pack=False)
     else:
         items = encode_sft(data.records, model.tokenizer, max_length)
-    scored = language_model_loss(
-        model.model,
-        [(e.input_ids, e.labels) for e in items],
-        model.tokenizer.pad_token_id,
-        batch_size=batch_size,
-        bf16=bf16,
-    )
+    pairs = [(e.input_ids, e.labels) for e in items]
+    pad = model.tokenizer.pad_token_id
+    scored = language_model_loss(model.model, pairs, pad, batch_size=batch_size, bf16=bf16)
     loss = scored.loss
     return Outcome(
         "loss",
@@ -420,4 +488,9 @@ def evaluate_language_model(
             "tokens": scored.tokens,
             "token_accuracy": scored.token_accuracy,
         },
+        # A request is one whole sequence, as scored (already tokenised: no prompt text).
+        prompt_tokens=[len(ids) for ids, _ in pairs],
+        request=lambda i: language_model_loss(
+            model.model, pairs[i : i + 1], pad, batch_size=1, bf16=bf16
+        ),
     )

@@ -87,8 +87,9 @@ def _pair(section: dict[str, Any] | None, first: str, second: str) -> str:
     return f"{_num(section.get(first))} / {_num(section.get(second))}"
 
 
-def _slugs(results: list[dict[str, Any]]) -> list[str]:
-    """Filesystem-safe, unique slugs of the results' labels (``-2``, ``-3`` on clashes)."""
+def result_slugs(results: list[dict[str, Any]]) -> list[str]:
+    """Filesystem-safe, unique slugs of the results' labels (``-2``, ``-3`` on clashes): the
+    names of each result's files (plots, predictions)."""
     used: set[str] = set()
     slugs = []
     for i, result in enumerate(results):
@@ -117,6 +118,7 @@ def _comparison(report: dict[str, Any]) -> _Table:
     has_lm = any(r.get("language_model") for r in results)
     has_generation = any(r.get("generation") for r in results)
     has_training = any(r.get("training") for r in results)
+    has_cost = any(r.get("cost") for r in results)
     header = [
         "Model",
         "Kind",
@@ -131,7 +133,9 @@ def _comparison(report: dict[str, Any]) -> _Table:
     # Optional columns appear only when some result has them: a table of classifiers should not
     # carry three columns of dashes.
     header += ["Loss / PPL"] * has_lm + ["Exact match / ROUGE-L"] * has_generation
-    header += ["Train time (min)"] * has_training + ["Eval examples/s"]
+    header += ["Train time (min)"] * has_training
+    # With cost figures the throughput is one of them (requests/s: examples/s by another name).
+    header += ["Prompt tokens", "Latency (ms)", "Requests/s"] if has_cost else ["Eval examples/s"]
     rows = []
     for r in results:
         c = r.get("classification") or {}
@@ -153,6 +157,12 @@ def _comparison(report: dict[str, Any]) -> _Table:
         if has_training:
             seconds = (r.get("training") or {}).get("seconds")
             row.append(_num(seconds / 60, 1) if is_num(seconds) else DASH)
+        if has_cost:
+            cost = r.get("cost") or {}
+            row += [
+                _num(cost.get("prompt_tokens_per_request"), 0),
+                _num(cost.get("latency_ms_per_request"), 1),
+            ]
         row.append(_num(r.get("examples_per_s"), 1))
         rows.append(row)
     return _Table(header, rows, left=3)
@@ -188,17 +198,39 @@ def _summary_fields(r: dict[str, Any], run: dict[str, Any] | None) -> list[tuple
     training = r.get("training") or {}
     if training:
         seconds = training.get("seconds")
+        parts = [f"{_num(seconds / 60 if is_num(seconds) else None, 1)} min"]
+        if training.get("tokens_per_s") is not None:  # an ensemble has no speed of its own
+            parts.append(f"{_num(training.get('tokens_per_s'), 0)} tokens/s")
+        if training.get("train_examples") is not None:
+            parts.append(f"{_int(training.get('train_examples'))} examples")
+        fields.append(("Training", ", ".join(parts), False))
+    fields += _cost_fields(r)
+    if run and run.get("path"):
+        fields.append(("Run", str(run["path"]), True))
+    return fields
+
+
+def _cost_fields(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """An ensemble's members and weights, and what a request costs (``cost``)."""
+    fields: list[tuple[str, str, bool]] = []
+    members = [m for m in r.get("members") or [] if isinstance(m, dict)]
+    if members:
+        text = ", ".join(f"{m.get('label')} (weight {_num(m.get('weight'))})" for m in members)
+        fields.append(("Members", text, False))
+    cost = r.get("cost")
+    if isinstance(cost, dict):
+        parameters = cost.get("parameters")
         fields.append(
             (
-                "Training",
-                f"{_num(seconds / 60 if is_num(seconds) else None, 1)} min, "
-                f"{_num(training.get('tokens_per_s'), 0)} tokens/s, "
-                f"{_int(training.get('train_examples'))} examples",
+                "Cost per request",
+                f"{_num(cost.get('prompt_tokens_per_request'), 1)} prompt tokens, "
+                f"{_num(cost.get('latency_ms_per_request'), 1)} ms alone (median of "
+                f"{_int(cost.get('latency_sample'))}), "
+                f"{_num(cost.get('requests_per_s'), 1)} requests/s batched, "
+                f"{f'{parameters:,}' if _int(parameters) != DASH else DASH} parameters",
                 False,
             )
         )
-    if run and run.get("path"):
-        fields.append(("Run", str(run["path"]), True))
     return fields
 
 
@@ -365,7 +397,7 @@ def _blocks(report: dict[str, Any], plots: Path) -> list[_Block]:
         blocks.append(_Image("Validation accuracy by checkpoint", "accuracy-by-checkpoint.png"))
     if results:
         blocks.append(_Heading(2, "Results"))
-    for result, slug in zip(results, _slugs(results)):
+    for result, slug in zip(results, result_slugs(results)):
         blocks += _result_blocks(result, slug, plots)
     return blocks
 
@@ -465,8 +497,11 @@ def _html(blocks: list[_Block], plots: Path) -> str:
     )
 
 
-def write_report(report: dict[str, Any], out: Path, *, force: bool = False) -> Path:
-    """Write the report folder ``out``: report.json, report.md, report.html and plots/*.png.
+def write_report(
+    report: dict[str, Any], out: Path, *, force: bool = False, files: dict[str, str] | None = None
+) -> Path:
+    """Write the report folder ``out``: report.json, report.md, report.html and plots/*.png,
+    and ``files`` (text by relative path, such as ``predictions/<slug>.jsonl``).
 
     The folder is built under a hidden name and moved into place once complete, so ``out`` is
     either the whole new report or left as it was. An existing non-empty ``out`` is replaced
@@ -475,6 +510,9 @@ def write_report(report: dict[str, Any], out: Path, *, force: bool = False) -> P
     out = Path(out)
     check_output(out, force, "report")
     with staged_dir(out) as tmp:
+        for name, text in (files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text, encoding="utf-8")
         (tmp / "report.json").write_text(
             json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )

@@ -112,6 +112,9 @@ class HttpJobs:
         path = f"/fine_tuning/jobs/{_segment(job_id)}/checkpoints"
         return self._call("GET", path, query={"after": after, "limit": limit})
 
+    def list_trials(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/fine_tuning/jobs/{_segment(job_id)}/trials")
+
     # --- HTTP --------------------------------------------------------------------------------
 
     def _call(

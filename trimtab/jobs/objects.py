@@ -101,9 +101,16 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "metadata": row.get("metadata"),
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
         "user_provided_suffix": row.get("suffix"),
-        # trimtab's extension: what the job trains (method, task, config keys) and where.
-        "trimtab": (row.get("extension") or {}) | {"run_dir": row.get("run_dir")},
+        # trimtab's extension: what the job trains (method, task, config keys) and where; a
+        # sweep's (kind "sweep") search and best trial; a trial's sweep, number and params.
+        "trimtab": (row.get("extension") or {}) | {"run_dir": row.get("run_dir")} | _trial(row),
     }
+
+
+def _trial(row: dict[str, Any]) -> dict[str, Any]:
+    if not row.get("parent_id"):
+        return {}
+    return {"parent_id": row["parent_id"], "sweep_trial": row.get("sweep_trial")}
 
 
 def event_object(row: dict[str, Any]) -> dict[str, Any]:

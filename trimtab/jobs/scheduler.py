@@ -42,6 +42,7 @@ from trimtab.errors import PAUSED_EXIT
 from trimtab.files import write_text
 from trimtab.jobs.executors import RUNNING, UNKNOWN, Executor, Launch, alive
 from trimtab.jobs.service import JobsService, validation_error
+from trimtab.jobs.sweeps import SweepFollower, is_sweep, sweep_argv
 from trimtab.models.runs import RunFolder
 from trimtab.training import checkpoint as ckpt
 
@@ -81,6 +82,7 @@ class Scheduler:
         self.owner_ttl, self.max_attempts = owner_ttl, max_attempts
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._progress: dict[str, _Progress] = {}
+        self.sweeps = SweepFollower(self)
         self._beat = -float("inf")  # when the heartbeat was last written (monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,19 +129,26 @@ class Scheduler:
         for row in self.store.jobs_with_status(("validating_files",)):
             self._validate(row)
         live = self.store.live_owners(self.owner_ttl) | {self.owner}
-        running = self.store.jobs_with_status(("running",))
-        for row in running:
+        for row in self._running():
             owner = row.get("owner")
             if owner not in live or (owner != self.owner and _gone_here(owner)):
                 self._adopt(row)
-        mine = [r for r in self.store.jobs_with_status(("running",)) if r["owner"] == self.owner]
-        for row in mine:
+        for row in [r for r in self._running() if r["owner"] == self.owner]:
             self._follow(row)
-        free = self.concurrency - len(
-            [r for r in self.store.jobs_with_status(("running",)) if r["owner"] == self.owner]
-        )
+        free = self.concurrency - len([r for r in self._running() if r["owner"] == self.owner])
         for row in self.store.jobs_with_status(("queued",))[: max(0, free)]:
             self._claim_and_start(row)
+
+    def _running(self) -> list[dict[str, Any]]:
+        """The running jobs a scheduler runs: a sweep's trials are run (and followed) by
+        their sweep, never claimed, adopted or started on their own."""
+        return [r for r in self.store.jobs_with_status(("running",)) if not r.get("parent_id")]
+
+    def _live(self, row: dict[str, Any]) -> bool:
+        """Whether the job's trainer runs now, wherever it is (its run lock is held)."""
+        if is_sweep(row):
+            return self.sweeps.live(row)
+        return RunFolder(Path(row["run_dir"])).is_live()
 
     # --- states ------------------------------------------------------------------------------
 
@@ -176,7 +185,9 @@ class Scheduler:
         job_dir = self.service.jobs_dir / row["id"]
         run = RunFolder(Path(row["run_dir"]))
         run.pause_file.unlink(missing_ok=True)
-        if run.config_file.is_file():
+        if is_sweep(row):
+            argv = sweep_argv(row, job_dir / "sweep.yaml")
+        elif run.config_file.is_file():
             argv = [sys.executable, "-m", "trimtab", "train", "--resume", str(run.path)]
         else:
             from trimtab.training.config import TrainConfig, dump_config
@@ -215,11 +226,14 @@ class Scheduler:
                 "key": f"adopted-{row.get('owner')}",
             },
         )
-        if won and not row.get("handle") and not RunFolder(Path(row["run_dir"])).is_live():
+        if won and not row.get("handle") and not self._live(row):
             self._retry_or_fail(self.store.get_job(row["id"]) or row, None)
 
     def _follow(self, row: dict[str, Any]) -> None:
-        self._sync(row)
+        if is_sweep(row):
+            self.sweeps.sync(row, running=True)
+        else:
+            self._sync(row)
         handle = row.get("handle")
         code = self._poll(row)
         if code is RUNNING:
@@ -237,12 +251,15 @@ class Scheduler:
         scheduler died between starting the job and storing its handle; or a process it did
         not start), the run folder's lock tells: held while a trainer runs, wherever it is."""
         code = self.executor.poll(row["handle"]) if row.get("handle") else UNKNOWN
-        if code == UNKNOWN and RunFolder(Path(row["run_dir"])).is_live():
+        if code == UNKNOWN and self._live(row):
             return RUNNING
         return code
 
     def _ended(self, row: dict[str, Any], code: int) -> None:
         """The job's command ended: what the run folder says decides the job's state."""
+        if is_sweep(row):
+            self.sweeps.ended(row, code)
+            return
         self._sync(row)
         run = RunFolder(Path(row["run_dir"]))
         info = run.info()
@@ -270,6 +287,8 @@ class Scheduler:
         attempts = int(row.get("attempts") or 0)
         last = ckpt.latest_checkpoint(Path(row["run_dir"]))
         where = f"from {last.name}" if last else "from the start"
+        if is_sweep(row):
+            where = "the sweep from its finished trials (a trial cut short runs again)"
         why = f"exit code {code}" if code is not None and code >= 0 else "the process is gone"
         if attempts >= self.max_attempts:
             self._fail(
@@ -293,6 +312,9 @@ class Scheduler:
         )
 
     def _finish_cancel(self, row: dict[str, Any]) -> None:
+        if is_sweep(row):  # trials that ended keep their outcome; the others end with it
+            self.sweeps.sync(row, running=True)
+            self.sweeps.close(row, "Trial cancelled with its sweep")
         self.store.update_job(
             row["id"],
             {
@@ -307,6 +329,8 @@ class Scheduler:
         )
 
     def _fail(self, row: dict[str, Any], code: str, message: str) -> None:
+        if is_sweep(row):
+            self.sweeps.close(row, "Trial stopped: its sweep failed")
         self.store.update_job(
             row["id"],
             {

@@ -90,6 +90,9 @@ class Extension(BaseModel):
     # the trainer under torchrun, one process per GPU. The local executor runs it as it is.
     cpus: float = Field(default=1.0, gt=0)
     gpus: float = Field(default=0.0, ge=0)
+    # A sweep instead of one training run: {trials, metric, search, seed?, parallel?}, checked
+    # whole by trimtab.jobs.sweeps (every problem at once, each naming its key).
+    sweep: dict[str, Any] | None = None
 
 
 class JobRequest(BaseModel):
@@ -266,6 +269,7 @@ class JobsService:
         job_id = new_id("ftjob-")
         config = self._job_config(request, job_id)
         hyper = _hyperparameters(request)
+        extension = request.trimtab.model_dump(exclude={"sweep"})
         row = {
             "id": job_id,
             "created_at": int(time.time()),
@@ -276,7 +280,7 @@ class JobsService:
             "seed": config["seed"],
             "metadata": request.metadata,
             "method": {"type": "supervised"},
-            "extension": request.trimtab.model_dump(),
+            "extension": extension,
             "hyperparameters": hyper.model_dump(),
             "status": "validating_files",
             "fine_tuned_model": config["model_id"],
@@ -285,6 +289,10 @@ class JobsService:
             "config": config,
             "attempts": 0,
         }
+        if request.trimtab.sweep is not None:
+            from trimtab.jobs.sweeps import prepare_sweep
+
+            row |= prepare_sweep(self, request, job_id, config)
         files = request.training_file + (
             f" and validation file: {request.validation_file}" if request.validation_file else ""
         )
@@ -295,7 +303,6 @@ class JobsService:
 
     def _job_config(self, request: JobRequest, job_id: str) -> dict[str, Any]:
         """The ``trimtab train`` config of a job, checked now (every problem at once)."""
-        from trimtab.generation.pool import base_label
         from trimtab.models.registry import resolve_model
         from trimtab.training.config import auto_lr, load_config
 
@@ -318,7 +325,7 @@ class JobsService:
         suffix = request.suffix or ""
         if suffix and not _ID.match(suffix):
             raise o.ApiProblem(400, "suffix: up to 64 letters, digits, '-' or '_'", param="suffix")
-        model_id = f"ft:{base_label(request.model)}:{self.org}:{suffix}:{job_id[6:14]}"
+        model_id = self.model_id(request.model, suffix, job_id)
         values: dict[str, Any] = {
             "model": {"name": request.model},
             "data": {"train": str(train), "valid": str(valid) if valid else None, "task": ext.task},
@@ -351,6 +358,12 @@ class JobsService:
             raise o.ApiProblem(400, "; ".join(exc.problems), param="trimtab") from None
         return config.model_dump(mode="json")
 
+    def model_id(self, model: str, suffix: str | None, job_id: str) -> str:
+        """The fine-tuned model id a job's model is served under (OpenAI's shape)."""
+        from trimtab.generation.pool import base_label
+
+        return f"ft:{base_label(model)}:{self.org}:{suffix or ''}:{job_id[6:14]}"
+
     def file_path_for(self, file_id: str, param: str) -> Path:
         row = self._file_row(file_id, param)
         if row["purpose"] != "fine-tune":
@@ -381,6 +394,7 @@ class JobsService:
         """A job not started (or paused) is cancelled now; a running one on request, which
         its scheduler carries out (it ends the job's whole process group)."""
         row = self.job_row(job_id)
+        _refuse_trial(row, "cancelled")
         if row["status"] in FINISHED:
             raise o.ApiProblem(400, f"Job {job_id} has already {_finished(row['status'])}.")
         now = {"status": "cancelled", "finished_at": int(time.time()), "requested": None}
@@ -399,6 +413,11 @@ class JobsService:
     def pause(self, job_id: str) -> dict[str, Any]:
         """A running job checkpoints and stops (its scheduler asks the trainer)."""
         row = self.job_row(job_id)
+        _refuse_trial(row, "paused")
+        if (row.get("extension") or {}).get("kind") == "sweep":
+            raise o.ApiProblem(
+                400, f"Job {job_id} is a sweep, which cannot be paused; cancel it instead."
+            )
         if row["status"] != "running":
             raise o.ApiProblem(
                 400, f"Job {job_id} is {row['status']}; only a running job can be paused."
@@ -434,6 +453,16 @@ class JobsService:
         _check_limit(limit, 1000)
         rows, more = self.store.list_events(job_id, after=after, limit=limit)
         return o.page([o.event_object(r) for r in rows], more)
+
+    def list_trials(self, job_id: str) -> dict[str, Any]:
+        """A sweep's trials (fine-tuning jobs of their own), in trial order; trimtab's
+        extension. Their ``trimtab`` field holds the trial's number, params, value and state."""
+        row = self.job_row(job_id)
+        if (row.get("extension") or {}).get("kind") != "sweep":
+            raise o.ApiProblem(
+                400, f"Job {job_id} is not a sweep: it has no trials.", param="job_id"
+            )
+        return o.page([o.job_object(r) for r in self.store.list_trials(job_id)], False)
 
     def list_checkpoints(self, job_id: str, *, after: str | None = None, limit: int = 10) -> dict:
         self.job_row(job_id)
@@ -515,6 +544,16 @@ def _where(line: int | None, field: str | None) -> str:
 def _check_limit(limit: int, most: int) -> None:
     if not 1 <= limit <= most:
         raise o.ApiProblem(400, f"limit: between 1 and {most}", param="limit")
+
+
+def _refuse_trial(row: dict[str, Any], done: str) -> None:
+    """A sweep's trial is run by its sweep, not by a scheduler: only the sweep is acted on."""
+    if row.get("parent_id"):
+        raise o.ApiProblem(
+            400,
+            f"Job {row['id']} is trial {row.get('sweep_trial')} of sweep {row['parent_id']}; "
+            f"a trial cannot be {done} on its own: act on the sweep.",
+        )
 
 
 def _finished(status: str) -> str:

@@ -18,8 +18,9 @@ Design:
   writers from several processes queue on ``busy_timeout``; in WAL mode readers never wait.
   Within one process a ``threading.Lock`` admits one writer at a time, so threads queue on
   the lock rather than polling the busy handler.
-* **Versioned migrations.** ``schema_version`` holds the version; ``MIGRATIONS`` run in order,
-  inside one transaction, when a store opens an older database. A newer database is refused.
+* **Versioned migrations.** The tables and the migrations that bring an older database to
+  their version live in :mod:`trimtab.jobs.migrations`; a store runs them, in one write
+  transaction, when it opens a database. A newer database is refused.
 
 Rows are plain dicts keyed by column name; JSON columns come back as Python values.
 """
@@ -31,7 +32,7 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import EllipsisType
 from typing import Any, Literal
@@ -43,135 +44,20 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from trimtab.errors import TrimtabError
+from trimtab.jobs import migrations
+from trimtab.jobs.migrations import (
+    LATEST_VERSION,
+    MIGRATIONS,
+    checkpoints,
+    events,
+    files,
+    jobs,
+    metadata,
+    schedulers,
+    schema_version_table,
+)
 
 Row = dict[str, Any]
-
-metadata = sa.MetaData()
-
-
-def _json() -> sa.JSON:
-    # none_as_null: a Python None is stored as SQL NULL, not the JSON text 'null'.
-    return sa.JSON(none_as_null=True)
-
-
-files = sa.Table(
-    "files",
-    metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("filename", sa.Text, nullable=False),
-    sa.Column("purpose", sa.Text, nullable=False),
-    sa.Column("bytes", sa.BigInteger, nullable=False),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("status", sa.Text, nullable=False),
-    sa.Column("status_details", sa.Text),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("created_ns", sa.BigInteger),  # version 2: creation order within a second
-)
-
-jobs = sa.Table(
-    "jobs",
-    metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("created_at", sa.BigInteger, nullable=False, index=True),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("model", sa.Text, nullable=False),
-    sa.Column("training_file", sa.Text, nullable=False),
-    sa.Column("validation_file", sa.Text),
-    sa.Column("suffix", sa.Text),
-    sa.Column("seed", sa.BigInteger, nullable=False),
-    sa.Column("metadata", _json()),
-    sa.Column("method", sa.JSON, nullable=False),
-    sa.Column("extension", _json()),
-    sa.Column("hyperparameters", _json()),
-    sa.Column("status", sa.Text, nullable=False, index=True),
-    sa.Column("error", _json()),
-    sa.Column("fine_tuned_model", sa.Text),
-    sa.Column("finished_at", sa.BigInteger),
-    sa.Column("trained_tokens", sa.BigInteger),
-    sa.Column("estimated_finish", sa.BigInteger),
-    sa.Column("result_files", sa.JSON, nullable=False, default=lambda: []),
-    sa.Column("run_dir", sa.Text),
-    sa.Column("config", _json()),
-    sa.Column("owner", sa.Text),
-    sa.Column("handle", sa.Text),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("requested", sa.Text),
-    sa.Column("executor", sa.Text),
-    sa.Column("created_ns", sa.BigInteger),  # version 2: creation order within a second
-)
-
-events = sa.Table(
-    "events",
-    metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("id", sa.Text, nullable=False, unique=True),
-    sa.Column("job_id", sa.Text, sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("level", sa.Text, nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("data", _json()),
-    sa.Column("type", sa.Text, nullable=False),
-    sa.Column("key", sa.Text),
-    # NULL keys never collide (both backends treat NULLs as distinct in UNIQUE).
-    sa.UniqueConstraint("job_id", "key"),
-    # AUTOINCREMENT: SQLite never reuses a seq, so seq order stays event order.
-    sqlite_autoincrement=True,
-)
-
-checkpoints = sa.Table(
-    "checkpoints",
-    metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("job_id", sa.Text, sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("step", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("metrics", sa.JSON, nullable=False),
-    sa.Column("model_id", sa.Text, nullable=False),
-    sa.UniqueConstraint("job_id", "step"),
-)
-
-schedulers = sa.Table(
-    "schedulers",
-    metadata,
-    sa.Column("owner", sa.Text, primary_key=True),
-    sa.Column("host", sa.Text, nullable=False),
-    sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("heartbeat", sa.Float, nullable=False),
-)
-
-schema_version_table = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer))
-
-
-def _migrate_v1(conn: sa.Connection) -> None:
-    # Creates the live Table definitions, which are version 1's. When a later migration alters
-    # a table, copy version 1's definitions in here so that this keeps creating version 1.
-    tables = [files, jobs, events, checkpoints, schedulers]
-    metadata.create_all(conn, tables=tables, checkfirst=False)
-
-
-def _migrate_v2(conn: sa.Connection) -> None:
-    # created_at is OpenAI's whole seconds: jobs and files created in one second listed in a
-    # random order. created_ns orders them; rows written before it get their second's start.
-    # (A database created at version 2 already has the column, from the live definitions.)
-    for table in (files, jobs):
-        present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
-        if "created_ns" not in present:
-            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN created_ns BIGINT"))
-        conn.execute(
-            sa.update(table)
-            .where(table.c.created_ns.is_(None))
-            .values(created_ns=table.c.created_at * 1_000_000_000)
-        )
-
-
-MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _migrate_v1),
-    (2, _migrate_v2),
-]
-LATEST_VERSION = MIGRATIONS[-1][0]
-
-# Any constant bigint: the key of the PostgreSQL advisory lock that serialises migrations.
-_PG_MIGRATION_LOCK = 0x7472696D746162
 
 # The optional keys of an event dict (insert_job, update_job) and their defaults.
 _EVENT_DEFAULTS = dict(level="info", type="message", data=None, key=None, created_at=None)
@@ -277,31 +163,12 @@ class Store:
 
     def _migrate(self) -> None:
         with self._write() as conn:
-            if self.kind == "postgresql":
-                # Two processes opening a fresh database at once would both create the tables;
-                # the lock (released at commit) makes the second wait and then see version 1.
-                # On SQLite, BEGIN IMMEDIATE already serialises this transaction.
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
-            schema_version_table.create(conn, checkfirst=True)
-            version = conn.scalar(sa.select(sa.func.max(schema_version_table.c.version))) or 0
-            latest = MIGRATIONS[-1][0]
-            if version > latest:
-                raise TrimtabError(
-                    f"the jobs database {self.url} was written by a newer trimtab (schema "
-                    f"version {version}; this trimtab knows up to {latest}): upgrade "
-                    "trimtab"
-                )
-            for number, migrate in MIGRATIONS:
-                if number > version:
-                    migrate(conn)
-            if version < latest:
-                conn.execute(sa.delete(schema_version_table))
-                conn.execute(schema_version_table.insert().values(version=latest))
+            migrations.migrate(conn, self.url)
 
     def schema_version(self) -> int:
         """The schema version recorded in the database."""
         with self._read() as conn:
-            return conn.scalar(sa.select(sa.func.max(schema_version_table.c.version))) or 0
+            return migrations.current_version(conn)
 
     # files
 
@@ -363,13 +230,32 @@ class Store:
         """A page of jobs, newest first, and whether more follow.
 
         ``after`` is the id of the previous page's last job (unknown: an empty page);
-        ``metadata`` keeps the jobs whose metadata holds every one of its pairs.
+        ``metadata`` keeps the jobs whose metadata holds every one of its pairs. A sweep's
+        trials are left out: they are listed by :meth:`list_trials`.
         """
-        query = sa.select(jobs)
+        query = sa.select(jobs).where(jobs.c.parent_id.is_(None))
         for name, value in (metadata or {}).items():
             query = query.where(self._metadata_has(name, value))
         with self._read() as conn:
             return _keyset_page(conn, query, ("created_at", "created_ns", "id"), True, after, limit)
+
+    def insert_trial(self, row: Row, event: Row | None = None) -> bool:
+        """Insert a sweep's trial (``row`` has parent_id and sweep_trial) and its first event,
+        unless that trial of that sweep is recorded already; whether it was written."""
+        with self._write() as conn:
+            now = {"updated_at": time.time(), "created_ns": time.time_ns()}
+            query = self._insert(jobs).values({**now, **row})
+            query = query.on_conflict_do_nothing(index_elements=["parent_id", "sweep_trial"])
+            written = _inserted(conn, query.returning(jobs.c.id))
+            if written and event is not None:
+                self._insert_event(conn, row["id"], event)
+            return written
+
+    def list_trials(self, parent_id: str) -> list[Row]:
+        """The trials of a sweep job, in trial order."""
+        query = sa.select(jobs).where(jobs.c.parent_id == parent_id).order_by(jobs.c.sweep_trial)
+        with self._read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def _metadata_has(self, name: str, value: str) -> Any:
         column = jobs.c["metadata"]
@@ -586,4 +472,12 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-__all__ = ["LATEST_VERSION", "MIGRATIONS", "Store", "metadata", "new_id"]
+# The schema names callers import from here (defined in migrations.py since it split off).
+__all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "Store",
+    "metadata",
+    "new_id",
+    "schema_version_table",
+]

@@ -21,7 +21,9 @@ norm; BERT has none), reduced to what the head reads:
 * Llama classification: the hidden state of the token that ``LlamaForSequenceClassification``
   pools (the rightmost token that is not ``pad_token_id``), ``[batch, hidden]``;
 * BERT classification: the first token's hidden state (the pooler's input), ``[batch, hidden]``;
-  the pooler trains with the head, so its output cannot be cached.
+  the pooler trains with the head, so its output cannot be cached;
+* MPNet classification: the first token's (``<s>``) hidden state, which its classification head
+  reads, ``[batch, hidden]``.
 
 Per-example caching: with right padding a real token never attends to padding, so the features
 of one example do not depend on the batch it was computed in; the loop may store
@@ -30,13 +32,18 @@ of one example do not depend on the batch it was computed in; the loop may store
 How transformers is reused, and how fragile that is
 ---------------------------------------------------
 Nothing about attention is re-implemented: the blocks are the model's own modules, called the
-way ``LlamaModel.forward`` / ``BertModel.forward`` call them in transformers 5.23. Llama: the
-mask comes from ``transformers.masking_utils.create_causal_mask`` and the rotary position
-embeddings from ``model.model.rotary_emb(hidden, position_ids)``, with the default positions
-``arange(seq)``. BERT: ``model.bert.embeddings(input_ids)`` and
-``masking_utils.create_bidirectional_mask``. These helpers follow
+way ``LlamaModel.forward`` / ``BertModel.forward`` / ``MPNetModel.forward`` call them in
+transformers 5.23. Llama: the mask comes from ``transformers.masking_utils.create_causal_mask``
+and the rotary position embeddings from ``model.model.rotary_emb(hidden, position_ids)``, with
+the default positions ``arange(seq)``. BERT: ``model.bert.embeddings(input_ids)`` and
+``masking_utils.create_bidirectional_mask``. MPNet: the same, plus the relative position bias
+that ``MPNetEncoder.forward`` computes once from the sequence length
+(``encoder.compute_position_bias``) and passes to every block; its table
+(``encoder.relative_attention_bias``) is shared by all blocks, so ``freeze`` keeps it frozen and
+it belongs to the trunk. Padding does not change it for real tokens (it depends on distances
+only), so per-example caching holds. These helpers follow
 ``config._attn_implementation`` (eager, sdpa, flash), as the model's own forward does. What is
-copied is the *glue* of those two ``forward`` methods (which helper builds the mask, which
+copied is the *glue* of those ``forward`` methods (which helper builds the mask, which
 arguments a block takes, how the classification head pools): a transformers release that
 changes it could make the split silently differ from the full model. The pinned version and
 the equivalence tests (``forward_top(features(x))`` against the full model, to 1e-5) guard that;
@@ -63,12 +70,14 @@ def _families() -> dict[type, tuple[str, Kind]]:
         BertForSequenceClassification,
         LlamaForCausalLM,
         LlamaForSequenceClassification,
+        MPNetForSequenceClassification,
     )
 
     return {
         LlamaForCausalLM: ("llama", "causal"),
         LlamaForSequenceClassification: ("llama", "classify"),
         BertForSequenceClassification: ("bert", "classify"),
+        MPNetForSequenceClassification: ("mpnet", "classify"),
     }
 
 
@@ -124,7 +133,7 @@ class FrozenTrunk:
 
     @staticmethod
     def supported(model: torch.nn.Module) -> bool:
-        """True if the trunk of ``model`` can be split off and cached (Llama and BERT)."""
+        """True if the trunk of ``model`` can be split off and cached (Llama, BERT, MPNet)."""
         family = _families().get(type(model))
         if family is None:
             return False
@@ -147,7 +156,7 @@ class FrozenTrunk:
         with torch.no_grad(), self._eval(), self._autocast(input_ids.device):
             if self.family == "llama":
                 return self._llama_features(input_ids, attention_mask)
-            return self._bert_features(input_ids, attention_mask)
+            return self._encoder_features(input_ids, attention_mask)
 
     def forward_top(
         self,
@@ -170,7 +179,7 @@ class FrozenTrunk:
         features = features.to(self._dtype)
         if self.family == "llama":
             return self._llama_top(features, attention_mask, input_ids)
-        return self._bert_top(features, attention_mask)
+        return self._encoder_top(features, attention_mask)
 
     # --- llama ---------------------------------------------------------------------------
 
@@ -232,10 +241,11 @@ class FrozenTrunk:
         positions = torch.arange(input_ids.shape[-1], device=input_ids.device, dtype=torch.int32)
         return (positions * non_pad).argmax(-1)
 
-    # --- bert ----------------------------------------------------------------------------
+    # --- bert, mpnet ----------------------------------------------------------------------
 
-    def _bert_run(self, hidden, attention_mask, blocks):
-        """Run ``blocks`` as BertModel.forward does for an encoder (bidirectional mask)."""
+    def _encoder_run(self, hidden, attention_mask, blocks):
+        """Run ``blocks`` as BertModel.forward / MPNetModel.forward do (bidirectional mask;
+        MPNet adds the relative position bias its encoder computes from the sequence length)."""
         from transformers.masking_utils import create_bidirectional_mask
 
         if len(blocks) == 0:
@@ -243,20 +253,23 @@ class FrozenTrunk:
         mask = create_bidirectional_mask(
             config=self.base.config, inputs_embeds=hidden, attention_mask=attention_mask
         )
+        extra = (self.base.encoder.compute_position_bias(hidden),) if self.family == "mpnet" else ()
         for block in blocks:
-            hidden = block(hidden, mask)
-            if isinstance(hidden, tuple):  # transformers 4 blocks returned tuples
+            hidden = block(hidden, mask, *extra)
+            if isinstance(hidden, tuple):  # MPNet blocks (and transformers 4 BERT) return tuples
                 hidden = hidden[0]
         return hidden
 
-    def _bert_features(self, input_ids, attention_mask):
+    def _encoder_features(self, input_ids, attention_mask):
         hidden = self.base.embeddings(input_ids=input_ids)
-        hidden = self._bert_run(hidden, attention_mask, self.layers[: self.split])
+        hidden = self._encoder_run(hidden, attention_mask, self.layers[: self.split])
         return hidden[:, 0] if self.trainable_layers == 0 else hidden
 
-    def _bert_top(self, features, attention_mask):
+    def _encoder_top(self, features, attention_mask):
         hidden = features.unsqueeze(1) if self.trainable_layers == 0 else features
-        hidden = self._bert_run(hidden, attention_mask, self.layers[self.split :])
+        hidden = self._encoder_run(hidden, attention_mask, self.layers[self.split :])
+        if self.family == "mpnet":
+            return self.model.classifier(hidden)  # its head reads the first token (<s>)
         pooled = self.base.pooler(hidden)  # reads the first token
         return self.model.classifier(self.model.dropout(pooled))
 
@@ -269,7 +282,8 @@ class FrozenTrunk:
 
     def _trunk_parameters(self):
         embeddings = self.base.embed_tokens if self.family == "llama" else self.base.embeddings
-        for module in [embeddings, *self.layers[: self.split]]:
+        shared = [self.base.encoder.relative_attention_bias] if self.family == "mpnet" else []
+        for module in [embeddings, *shared, *self.layers[: self.split]]:
             yield from module.named_parameters()
 
     @property

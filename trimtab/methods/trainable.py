@@ -9,6 +9,8 @@ Three methods, as in torchtune's ``set_trainable_params``:
     (the base model's children after the block list, e.g. Llama's ``model.norm``) and the head:
     every child of the task model outside the base model (``lm_head``, ``score``, ``classifier``)
     plus BERT's ``pooler``. ``trainable_layers=0`` trains the head only (and the final norm).
+    What every block shares stays frozen (MPNet's relative attention bias table,
+    ``encoder.relative_attention_bias``): training it would change the frozen blocks too.
 ``lora``
     LoRA adapters through PEFT (never by hand): ``peft.get_peft_model`` with a ``LoraConfig``
     of task type ``CAUSAL_LM`` or ``SEQ_CLS``. For classification the new, randomly initialised
@@ -179,7 +181,8 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's list of transformer blocks (Llama ``model.layers``, BERT ``encoder.layer``).
+    """The model's list of transformer blocks (Llama ``model.layers``, BERT and MPNet
+    ``encoder.layer``).
 
     Found generically, through a PEFT wrapper too: the ``ModuleList`` of identical blocks that
     holds most of the parameters, preferring one of ``config.num_hidden_layers`` blocks. Raises

@@ -6,6 +6,9 @@ Where the weights are read from (names resolve as in :mod:`trimtab.models.regist
   which takes ~15 s, so it is done once and saved as safetensors, with the tokenizer, into the
   cache part ``model_cache_dir(name)/"weights"``; every load then reads that folder (~1 s);
 - a known model shipped as a Hugging Face folder (``minilm-l6``), or a local folder: read in place;
+- a known model shipped as a zip split across several packages (``mpnet-base``): assembled once
+  into the cache part ``model_cache_dir(name)/"weights"``, its sha256 checked
+  (:func:`trimtab.models.registry.assemble_archive`), then read from there;
 - a hub id ``owner/name``: downloaded once into ``model_cache_dir("owner--name")/"weights"``
   (online users only);
 - a fine-tuned run (its folder or ``final/``): full weights read from ``final/``, or its LoRA
@@ -33,6 +36,7 @@ from trimtab.models.registry import (
     KNOWN_MODELS,
     WEIGHTS_PART,
     ResolvedModel,
+    assemble_archive,
     first_line,
     kind_of_folder,
     load_tokenizer,
@@ -109,7 +113,7 @@ def _load_base(
     try:
         return _load(given, resolved, folder, task, labels)
     except _UnreadableWeights as exc:
-        if folder == resolved.path:  # the user's own folder or a package: not ours to rebuild
+        if weights_part(resolved) is None:  # the user's own folder or a package: not ours
             raise
         # a cache part damaged after it was written (disk trouble, manual edits): rebuild once
         _log.warning("rebuilding the unreadable cached weights in %s: %s", folder, exc)
@@ -174,8 +178,8 @@ def _with_adapter(base: LoadedModel, folder: Path, adapter: Adapter) -> LoadedMo
 def ensure_weights(name_or_path: str) -> Path:
     """The Hugging Face folder (config, safetensors, tokenizer) holding a model's weights.
 
-    Converts a GGUF-packaged model or downloads a hub model into the cache the first time;
-    afterwards it only checks the cache marker.
+    Converts a GGUF-packaged model, assembles a split-archive one or downloads a hub model into
+    the cache the first time; afterwards it only checks the cache marker.
     """
     return _weights_folder(resolve_model(name_or_path))
 
@@ -198,6 +202,8 @@ def _weights_folder(resolved: ResolvedModel, *, rebuild: bool = False) -> Path:
         return resolved.path
     if not rebuild and part.complete:
         return part.folder
+    if resolved.spec is not None and resolved.spec.archive is not None:
+        return assemble_archive(resolved.spec, rebuild=rebuild)  # its own errors say what to do
     if resolved.gguf_file is not None:
         build = functools.partial(_convert_gguf, resolved)
     else:

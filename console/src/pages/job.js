@@ -78,8 +78,9 @@ export function job(main, { parts, signal }) {
     if (j.status === "failed" && j.error) {
       replace(failure, h("div", { role: "alert", class: "error", testid: "job-error" }, h("strong", {}, "The job failed: "), j.error.message || JSON.stringify(j.error), j.error.param ? ` (${j.error.param})` : ""));
     } else failure.replaceChildren();
-    buttons.cancel.disabled = !ACTIVE.includes(j.status);
-    buttons.pause.disabled = j.status !== "running" && j.status !== "queued";
+    const trial = Boolean(j.trimtab && j.trimtab.parent_id); // run by its sweep: act on the sweep
+    buttons.cancel.disabled = trial || !ACTIVE.includes(j.status);
+    buttons.pause.disabled = trial || (j.status !== "running" && j.status !== "queued");
     buttons.resume.disabled = j.status !== "paused";
     const hp = j.hyperparameters || {};
     const rows = [
@@ -91,6 +92,7 @@ export function job(main, { parts, signal }) {
       ["Batch size", fmt(hp.batch_size)],
       ["Learning rate multiplier", fmt(hp.learning_rate_multiplier)],
       ["Seed", fmt(j.seed)],
+      ...(j.trimtab && j.trimtab.parent_id ? [["Sweep", h("span", { testid: "job-sweep" }, `trial ${j.trimtab.sweep_trial} of `, h("a", { href: `#/jobs/${enc(j.trimtab.parent_id)}` }, j.trimtab.parent_id))], ["Trial params", Object.entries(j.trimtab.params || {}).map(([k, v]) => `${k}=${fmt(v, 5)}`).join(", ")]] : []),
       ["Trained tokens", fmt(j.trained_tokens)],
       ["Created", fmtTime(j.created_at)],
       ["Finished", fmtTime(j.finished_at)],

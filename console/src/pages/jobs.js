@@ -98,7 +98,7 @@ function row(j, p) {
   return h(
     "tr",
     { testid: "job-row", "data-id": j.id, "data-status": j.status },
-    h("td", {}, h("a", { href: `#/jobs/${enc(j.id)}` }, j.id), j.user_provided_suffix ? h("small", {}, ` ${j.user_provided_suffix}`) : null),
+    h("td", {}, h("a", { href: `#/jobs/${enc(j.id)}` }, j.id), j.user_provided_suffix ? h("small", {}, ` ${j.user_provided_suffix}`) : null, j.trimtab && j.trimtab.kind === "sweep" ? h("small", { class: "badge", testid: "sweep-mark" }, `sweep · ${(j.trimtab.sweep || {}).trials} trials`) : null),
     h("td", {}, j.model),
     h("td", {}, status(j.status)),
     h("td", { testid: "job-progress" }, bar),
