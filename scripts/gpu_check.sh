@@ -6,7 +6,7 @@
 # Every test picks CUDA by itself when torch sees a GPU (training, eval and the serving pool
 # choose "cuda" when available), so the same suite that CI runs on CPU exercises the CUDA
 # paths here. Python packages the machine lacks may travel as wheels in .whl/ (see
-# docs/benchmarks.md): they are installed into /tmp/site first. The log and a JUnit XML go to
+# docs/gpu.md): they are installed into /tmp/site first. The log and a JUnit XML go to
 # OUT_DIR.
 set -u
 out=${1:?usage: gpu_check.sh OUT_DIR}

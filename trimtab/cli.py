@@ -119,6 +119,12 @@ def _add_prepare_checks_and_splits(p: argparse.ArgumentParser) -> None:
         help="down- or up-sample the training split to equal classes",
     )
     k.add_argument("--sample", type=int, help="keep a random sample of N examples")
+    k.add_argument(
+        "--no-plots",
+        dest="plots",
+        action="store_false",
+        help="write no plots/diversity.png (the diversity check's clusters, classes, lengths)",
+    )
 
 
 def _add_prepare_decisions(p: argparse.ArgumentParser) -> None:
@@ -141,8 +147,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "prepare",
         help="check, fix and split data into fine-tuning files",
         description="Read labelled or raw data, run quality checks (offering fixes), split it "
-        "and write train/valid/test JSONL plus report.json. Backslash escapes (\\n, "
-        "\\t) in templates, separator, stop and system are expanded.",
+        "and write train/valid/test JSONL, report.json and plots/diversity.png. Backslash "
+        "escapes (\\n, \\t) in templates, separator, stop and system are expanded.",
     )
     _add_prepare_inputs(p)
     _add_prepare_mapping(p)

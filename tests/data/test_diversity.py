@@ -139,18 +139,18 @@ def test_without_minilm_it_falls_back_to_bag_of_words_and_says_so(
         dv.check_diversity(supervised([(t, "a") for t in varied(50)]), embedder="minilm")
 
 
-def test_tiny_data_and_the_cluster_plot(tmp_path: Path) -> None:
+def test_tiny_data_and_the_cluster_plot() -> None:
     one = dv.check_diversity(supervised([("just one", "a")]), embedder="bow")
     assert one.status == "info" and "too few" in one.message
     few = dv.check_diversity(supervised([(t, "a") for t in varied(10)]), embedder="bow")
     assert few.details["clusters"] == []  # under 2 * 20 examples: no clustering
-    assert not dv.plot_clusters(few.details, tmp_path / "none.png")
+    assert dv.plot_diversity(one) is None  # nothing compared: nothing to draw
 
     rng = random.Random(2)
     pairs = [(topical(t, rng), str(i % 2)) for t in TOPICS for i in range(30)]
     result = dv.check_diversity(supervised(pairs), embedder="bow")
-    assert dv.plot_clusters(result.details, tmp_path / "clusters.png")
-    assert (tmp_path / "clusters.png").read_bytes().startswith(b"\x89PNG")
+    png = dv.plot_diversity(result)
+    assert png is not None and png.startswith(b"\x89PNG")
     lines = dv.render(result.details)
     assert "Diversity: clusters" in lines
 
@@ -208,3 +208,6 @@ def test_prepare_reports_the_diversity_check(tmp_path: Path) -> None:
     assert check["status"] in ("ok", "info", "warning")
     assert "distinct 1/2/3-grams" in check["message"]
     assert "Diversity" in proc.stdout
+    assert check["details"]["plot"] == "plots/diversity.png"
+    assert (out / "plots" / "diversity.png").read_bytes().startswith(b"\x89PNG")
+    assert "Diversity: plot in plots/diversity.png" in proc.stdout

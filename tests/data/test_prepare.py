@@ -67,7 +67,14 @@ def test_writes_split_files_in_openai_format_with_separator_and_leading_space(tm
     assert all(r["prompt"].endswith("\n\n###\n\n") for r in rows)
     assert {r["completion"] for r in rows} == {" 1", " 3", " 5"}
     assert result.report["counts"] == {"read": 61, "kept": 60, "train": 48, "valid": 6, "test": 6}
-    assert sorted(os.listdir(out)) == ["report.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
+    assert sorted(os.listdir(out)) == [
+        "plots",
+        "report.json",
+        "test.jsonl",
+        "train.jsonl",
+        "valid.jsonl",
+    ]
+    assert os.listdir(out / "plots") == ["diversity.png"]
 
 
 def test_same_input_and_seed_give_byte_identical_outputs(tmp_path, reviews, tiny_tokenizer_dir):
@@ -84,9 +91,11 @@ def test_same_input_and_seed_give_byte_identical_outputs(tmp_path, reviews, tiny
 def test_rerun_of_the_same_command_gives_a_byte_identical_report(tmp_path, reviews):
     opts = options(tmp_path, [reviews], seed=3)
     prepare(opts)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    out = tmp_path / "out"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     prepare(opts.model_copy(update={"force": True}))
-    after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("plots/diversity.png") in before  # the figure too is the same, byte for byte
     assert before == after
 
 

@@ -2,9 +2,10 @@
 
 The stage reads every input, maps records to examples, runs the checks in order (each fix decided
 by a flag, a question in a terminal, or its recommended default), counts tokens with the base
-model's tokenizer, splits, and writes ``train.jsonl``, ``valid.jsonl``, ``test.jsonl`` and
-``report.json`` atomically. The report holds the exact command that reproduces the run, decisions
-included; the same inputs, options and seed give byte-identical files.
+model's tokenizer, splits, and writes ``train.jsonl``, ``valid.jsonl``, ``test.jsonl``,
+``report.json`` and the diversity check's figure ``plots/diversity.png`` (unless ``--no-plots``)
+all at once. The report holds the exact command that reproduces the run, decisions included; the
+same inputs, options and seed give byte-identical files.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from trimtab.data import splits as sp
 from trimtab.data import tokens as tk
 from trimtab.data.examples import Example, Mapping, build_examples, infer_mode, template_fields
 from trimtab.data.readers import detect_format, read_records
-from trimtab.data.writers import check_output_dir, jsonl, to_record, write_atomically
-from trimtab.errors import ConfigError, DataError, Problem
+from trimtab.data.writers import OUTPUT_FILES, _carry_over, check_output_dir, jsonl, to_record
+from trimtab.errors import ConfigError, DataError, Problem, TrimtabError
+from trimtab.files import staged_dir
 
 FIX_IDS = (
     "drop-invalid-utf8",
@@ -50,6 +52,10 @@ FIX_IDS = (
 )
 
 Ask = Callable[[c.CheckResult], bool]
+
+# Every file a run may write: a plot this run does not make is removed with the rest, since an
+# older run's figure would not match the new report.
+OUTPUTS = (*OUTPUT_FILES, dv.PLOT)
 
 
 class PrepareOptions(BaseModel):
@@ -88,6 +94,7 @@ class PrepareOptions(BaseModel):
     fix: list[str] = []
     skip_fix: list[str] = []
     force: bool = False
+    plots: bool = True
 
     @classmethod
     def parse(cls, values: dict[str, Any]) -> PrepareOptions:
@@ -173,7 +180,10 @@ class PrepareResult:
 
 def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
     """Run the whole stage; ``ask`` (a terminal question) decides fixes no flag decides."""
-    check_output_dir(options.out, options.force)
+    check_output_dir(options.out, options.force, OUTPUTS)
+    plots = options.out / Path(dv.PLOT).parent
+    if options.plots and plots.exists() and not plots.is_dir():
+        raise TrimtabError(f"{plots}: exists and is not a folder; move it or use --no-plots")
     from trimtab.models.registry import model_kind
 
     tokenizer_name = None if options.model == "none" else options.model
@@ -206,10 +216,52 @@ def prepare(options: PrepareOptions, ask: Ask | None = None) -> PrepareResult:
         f"{name}.jsonl": jsonl([to_record(ex, mode, fmt, options.system) for ex in splits[name]])
         for name in sp.SPLITS
     }
+    images = _plots(checks.results, options)
     report = _report(options, state, inputs, len(examples), checks.results, balance)
     files["report.json"] = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    write_atomically(options.out, files, options.force)
+    write_outputs(options.out, files, images, options.force)
     return PrepareResult(report, checks.results, options.out)
+
+
+def _plots(results: list[c.CheckResult], options: PrepareOptions) -> dict[str, bytes]:
+    """The diversity check's figure (unless --no-plots), named in its details for the report."""
+    diversity = next((r for r in results if r.id == "diversity"), None)
+    if not options.plots or diversity is None:
+        return {}
+    png = dv.plot_diversity(diversity, options.seed)
+    if png is None:  # too few examples to draw
+        return {}
+    diversity.details["plot"] = dv.PLOT
+    return {dv.PLOT: png}
+
+
+def write_outputs(out: Path, texts: dict[str, str], images: dict[str, bytes], force: bool) -> None:
+    """Write every output or none, as :func:`trimtab.data.writers.write_atomically` does (the
+    whole folder staged beside ``out`` and swapped in, other files carried over), with images
+    under sub-folders too. An output of :data:`OUTPUTS` this run does not write is removed.
+    """
+    check_output_dir(out, force, OUTPUTS)
+    with staged_dir(out) as staging:
+        if out.is_dir():
+            _carry_over(out, staging, skip=set(texts))
+        for name in OUTPUTS:
+            if name not in texts and (staging / name).parent.is_dir():
+                # A carried-over file is a hard link to the old one: unlink, never write into it.
+                (staging / name).unlink(missing_ok=True)
+                if name not in images and (staging / name).parent != staging:
+                    _remove_if_empty((staging / name).parent)
+        for name, content in texts.items():
+            with open(staging / name, "w", encoding="utf-8", newline="\n") as f:
+                f.write(content)
+        for name, data in images.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when nothing is left in it (the plots/ of a stale figure)."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 class Checks:
