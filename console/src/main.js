@@ -14,14 +14,20 @@ const pages = { playground, compare, data, jobs, runs, evaluations };
 let cleanup = null;
 
 // #/jobs/ID: a sweep's page or a job's, by the job's kind (the job page reports a failed read).
+// The page mounts once the job is read: until then a note says so, not a blank page (a busy
+// server may take seconds), and the page's controls are not there yet.
 function jobOrSweep(main, ctx) {
   let stop = null;
   let left = false;
+  const loading = h("p", { class: "hint", role: "status", "aria-busy": "true", testid: "page-loading" }, `Loading job ${ctx.parts[1]}…`);
+  main.append(loading);
   api(`/v1/fine_tuning/jobs/${enc(ctx.parts[1])}`, { signal: ctx.signal })
     .then((j) => j.trimtab && j.trimtab.kind === "sweep")
     .catch(() => false)
     .then((isSweep) => {
-      if (!left && !ctx.signal.aborted) stop = (isSweep ? sweep : job)(main, ctx);
+      if (left || ctx.signal.aborted) return;
+      loading.remove();
+      stop = (isSweep ? sweep : job)(main, ctx);
     });
   return () => {
     left = true;

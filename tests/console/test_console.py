@@ -38,6 +38,11 @@ TEST_JSONL = "".join(
 ).encode()
 # Long enough to be paused while it runs, short enough to finish soon after it resumes.
 PAUSE_CONFIG = "precision=fp32\nmax_steps=300\nlog_every=5\nsave_every=100000"
+# How long a generation's stats may take to read "total". A few tokens of the tiny model take
+# well under a second on an idle machine, but tens of seconds while trainers hold every core
+# (a run with a sweep training beside it took 20-30 s per Playground answer): the 30 s page
+# default would time out on load alone.
+GENERATION_TIMEOUT = 90_000
 
 
 def upload_file(page: Any, name: str, content: bytes) -> None:
@@ -97,8 +102,18 @@ def wait_for_points(page: Any, timeout: float = 30_000) -> None:
 
 
 def job_status(page: Any, status: str, timeout: float = 60_000) -> None:
-    """Wait until the job page's status badge reads ``status``."""
-    page.locator(".job-head [data-testid=status]", has_text=status).wait_for(timeout=timeout)
+    """Wait until the job page's status badge reads ``status``; on a timeout, say what it
+    read and the newest events (a job still running under load is not a stuck one)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    badge = page.locator(".job-head [data-testid=status]")
+    try:
+        badge.filter(has_text=status).wait_for(timeout=timeout)
+    except PlaywrightTimeout:
+        shown = badge.all_inner_texts()
+        events = page.get_by_test_id("event").all_inner_texts()[:3]
+        message = f"status {shown} after {timeout} ms, not {status!r}; newest events: {events}"
+        raise AssertionError(message) from None
 
 
 def metric_steps(page: Any) -> list[int]:
@@ -223,7 +238,11 @@ def test_cancel_a_long_job_from_its_page(page: Any, console: Console) -> None:
     job_id = create_job(page, console, LONG_CONFIG, "long")
     page.goto(f"/#/jobs/{job_id}")
     cancel = page.get_by_test_id("job-cancel")
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"job-cancel\"]').disabled")
+    # The page mounts once the job is read (its kind picks the job or the sweep page): the
+    # button may not be there yet.
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"job-cancel\"]')?.disabled === false"
+    )
     page.locator(".job-head [data-testid=status]", has_text="running").wait_for(timeout=90_000)
     assert page.get_by_test_id("job-resume").is_disabled()
     cancel.click()
@@ -297,6 +316,33 @@ def test_smoothing_changes_the_plotted_training_loss_but_not_the_points(
     assert points(page) == count
 
 
+def test_a_job_page_says_it_is_loading_until_the_job_is_read(page: Any, console: Console) -> None:
+    if "job" not in console.shared:
+        pytest.skip("needs the job trained by test_job_curve_grows_live_and_survives_a_reload")
+    job_id = console.shared["job"]
+    held: list[Any] = []  # the page's first read of the job, held until the note is seen
+
+    def hold_first(route: Any) -> None:
+        if held:
+            route.continue_()  # the job page's own reads, once it is up
+        else:
+            held.append(route)
+
+    page.route(f"**/v1/fine_tuning/jobs/{job_id}", hold_first)
+    page.goto(f"/#/jobs/{job_id}")
+    loading = page.get_by_test_id("page-loading")
+    loading.wait_for()
+    assert job_id in loading.inner_text() and loading.get_attribute("aria-busy") == "true"
+    for _ in range(100):  # the held request reaches the handler once events are processed
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held and page.get_by_test_id("job-cancel").count() == 0
+    held[0].continue_()
+    job_status(page, "succeeded")
+    assert loading.count() == 0 and page.get_by_test_id("job-cancel").is_disabled()
+
+
 # --- (e) the Playground -------------------------------------------------------------------------
 
 
@@ -308,7 +354,8 @@ def generate(page: Any, prompt: str, stop: str = "") -> str:
     page.get_by_test_id("stop-0").fill(stop)
     page.get_by_test_id("submit").click()
     page.wait_for_function(
-        "() => document.querySelector('[data-testid=\"stats\"]').textContent.includes('total')"
+        "() => document.querySelector('[data-testid=\"stats\"]').textContent.includes('total')",
+        timeout=GENERATION_TIMEOUT,
     )
     return page.get_by_test_id("output").inner_text()
 
@@ -385,7 +432,8 @@ def test_playground_chat_streams_the_reply_into_the_conversation_with_roles(
     )
     page.get_by_test_id("submit").click()
     page.wait_for_function(
-        "() => document.querySelector('[data-testid=\"stats\"]').textContent.includes('total')"
+        "() => document.querySelector('[data-testid=\"stats\"]').textContent.includes('total')",
+        timeout=GENERATION_TIMEOUT,
     )
     assert page.get_by_role("alert").count() == 0
     messages = page.get_by_test_id("chat-message")
@@ -429,7 +477,8 @@ def test_compare_two_models_side_by_side(page: Any, console: Console, screenshot
     columns.nth(1).wait_for()
     page.wait_for_function(
         """() => [...document.querySelectorAll('[data-testid="compare-stats"]')]
-            .every(s => s.textContent.includes('total'))"""
+            .every(s => s.textContent.includes('total'))""",
+        timeout=GENERATION_TIMEOUT,
     )
     assert sorted(columns.evaluate_all("cs => cs.map(c => c.dataset.model)")) == sorted(
         [console.base_model, model]
@@ -615,7 +664,8 @@ def test_keyboard_only_reaches_the_playground_and_submits(page: Any, console: Co
     page.keyboard.type("review 1: great\n\n###\n\n")
     page.keyboard.press("Control+Enter")
     page.wait_for_function(
-        "() => document.querySelector('[data-testid=\"stats\"]').textContent.includes('total')"
+        "() => document.querySelector('[data-testid=\"stats\"]').textContent.includes('total')",
+        timeout=GENERATION_TIMEOUT,
     )
     assert page.get_by_role("alert").count() == 0
     # The focus is visible: an outline on the focused control.

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
 import httpx2
 import openai
 import pytest
@@ -41,6 +47,51 @@ def test_deleting_a_run_removes_it(client, spare_run, runs_dir):
         client.models.retrieve(spare_run)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model=spare_run, prompt="x")
+
+
+def _linked_trial(runs_dir: Path, target: Path, child: str) -> str:
+    """A copy of a LoRA run at ``target`` served as a sweep's trial is: linked into the runs
+    folder as ``runs/<child-job-id>``, its model named with the child's id; that id."""
+    shutil.copytree(runs_dir / "lora-a", target)
+    meta_file = target / "final" / "trimtab.json"
+    model_id = f"ft:tiny:trimtab::{child}"
+    meta_file.write_text(json.dumps(json.loads(meta_file.read_text()) | {"model_id": model_id}))
+    os.symlink(target, runs_dir / child, target_is_directory=True)
+    return model_id
+
+
+def test_deleting_a_sweep_trial_s_linked_run_removes_the_link_and_its_folder(
+    client, live, runs_dir, tmp_path, monkeypatch
+):
+    jobs = tmp_path / "home" / "jobs"
+    monkeypatch.setattr(live.pool, "managed_dirs", [jobs])  # as serve() passes its jobs folder
+    trials = jobs / "ftjob-sweep" / "sweep" / "trials"
+    child = f"ftjob-trial{uuid.uuid4().hex[:12]}"
+    model_id = _linked_trial(runs_dir, trials / "trial-000", child)
+    assert client.models.retrieve(model_id).id == model_id
+    answer = httpx2.delete(
+        f"{live.v1}/models/{model_id}", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert answer.status_code == 200
+    assert answer.json() == {"id": model_id, "object": "model", "deleted": True}
+    assert not os.path.lexists(runs_dir / child) and list(trials.iterdir()) == []
+    assert model_id not in [m.id for m in client.models.list().data]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(model_id)
+
+
+def test_deleting_a_run_linked_from_outside_the_server_s_folders_only_unlinks_it(
+    client, live, runs_dir, tmp_path
+):
+    mine = tmp_path / "my-experiments" / "run-1"
+    child = f"mine-{uuid.uuid4().hex[:12]}"
+    model_id = _linked_trial(runs_dir, mine, child)
+    deleted = client.models.delete(model_id)
+    assert deleted.id == model_id and deleted.deleted is True
+    assert not os.path.lexists(runs_dir / child)
+    assert (mine / "final" / "trimtab.json").is_file()  # the folder the link named is kept
+    assert (mine / "final" / "adapter_config.json").is_file()
+    assert model_id not in [m.id for m in client.models.list().data]
 
 
 def test_a_base_model_cannot_be_deleted(client, base_id, tiny_llama_dir):

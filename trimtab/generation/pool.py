@@ -18,6 +18,7 @@ import builtins
 import hashlib
 import json
 import logging
+import secrets
 import shutil
 import threading
 import time
@@ -53,6 +54,9 @@ class Target:
     task: str  # "sft" or "classify"
     adapter: Path | None = None  # a LoRA run's model folder, served on the group's base
     adapter_name: str | None = None
+    # The run as the pool found it (info.path is its real folder): a link in the runs folder
+    # (a sweep's trial) stays a link here, so that deleting the model removes the link too.
+    found: Path | None = None
 
 
 @dataclass
@@ -82,7 +86,12 @@ class ModelPool:
         device: str | None = None,
         dtype: str = "fp32",
         any_folder: bool = False,
+        managed_dirs: Sequence[Path] = (),
     ):
+        """``managed_dirs``: folders besides ``runs_dir`` that the server owns (the jobs API's
+        ``jobs/`` folder, where a sweep trains its trials): a run linked into ``runs_dir`` is
+        deleted with its model only when the link points inside one of them or ``runs_dir``;
+        a link pointing elsewhere is only removed (see :meth:`delete`)."""
         if dtype not in PRECISIONS:
             raise TrimtabError(f"precision: one of {', '.join(PRECISIONS)} (got {dtype!r})")
         if max_adapters < 1 or max_models < 1:
@@ -97,6 +106,7 @@ class ModelPool:
         # A server must not load whatever folder a client names: only listed models. The
         # command line (the user's own files) may name any model or run folder.
         self.any_folder = any_folder
+        self.managed_dirs = [Path(d) for d in managed_dirs]
         self._lock = threading.RLock()
         self._loaded: OrderedDict[str, Loaded] = OrderedDict()  # least recently used first
         self._tokenizers: dict[str, Any] = {}
@@ -137,7 +147,15 @@ class ModelPool:
         return self._base_target(model_id)
 
     def delete(self, model_id: str) -> ModelInfo:
-        """Delete a fine-tuned model's run folder; base models cannot be deleted."""
+        """Delete a fine-tuned model's run folder; base models cannot be deleted.
+
+        A run whose folder in the runs folder is a link (a sweep's trial, linked to its sweep's
+        folder) loses the link and the folder it points to, but only when that folder lies
+        inside the runs folder or a managed folder (``managed_dirs``): a link pointing
+        elsewhere (someone's own run, linked in to serve it) is removed and its folder kept.
+        The model leaves atomically: its folder is renamed away first (a rename is atomic), so
+        a scan sees the whole model or none, never one half deleted.
+        """
         target = self.target(model_id)
         if not target.info.fine_tuned or target.info.path is None:
             raise EngineError(
@@ -148,15 +166,42 @@ class ModelPool:
             loaded = self._loaded.get(target.group)
             if loaded and target.adapter_name and loaded.users.get(target.adapter_name):
                 raise EngineError(f"{model_id} is answering requests now; retry once they end")
+            found = target.found or Path(target.info.path)
+            link, real = found.is_symlink(), Path(target.info.path)
+            owned = self._owned(real)
+            if not link and not owned and self._under_runs(found):
+                raise EngineError(
+                    f"{model_id}: its folder {real} is reached through a link out of the runs "
+                    "folder, so the server does not delete it; remove that link instead",
+                    param="model",
+                )
             name = target.adapter_name
             if loaded and name and name in loaded.adapters:
                 loaded.model.delete_adapter(name)
                 del loaded.adapters[name]
             if target.adapter is None:
                 self._loaded.pop(target.group, None)
-            shutil.rmtree(target.info.path)
+            _remove(found, real if owned or not link else None)
             self._scanned = None
         return target.info
+
+    def _roots(self) -> builtins.list[Path]:
+        """The folders the server owns, resolved: the runs folder and the managed ones."""
+        roots = [self.runs_dir, *self.managed_dirs] if self.runs_dir else self.managed_dirs
+        return [r.resolve() for r in roots]
+
+    def _owned(self, real: Path) -> bool:
+        """Whether ``real`` (resolved) lies strictly inside a folder the server owns and holds
+        none of them (a link to a parent folder must never take the runs folder with it)."""
+        roots = self._roots()
+        inside = any(root in real.parents for root in roots)
+        return inside and not any(real == root or real in root.parents for root in roots)
+
+    def _under_runs(self, path: Path) -> bool:
+        """Whether ``path``, as written (links not followed), lies in the runs folder."""
+        if self.runs_dir is None:
+            return False
+        return self.runs_dir.absolute() in path.absolute().parents
 
     def tokenizer(self, model_id: str) -> Any:
         """The tokenizer of a model (loaded once per loaded model, without its weights)."""
@@ -312,7 +357,9 @@ class ModelPool:
         if self.runs_dir is None or not self.runs_dir.is_dir():
             return {}
         found = {}
-        for folder in sorted(p for p in self.runs_dir.iterdir() if p.is_dir()):
+        # Hidden folders are not runs: delete() renames a run to one before removing it.
+        folders = (p for p in self.runs_dir.iterdir() if p.is_dir() and p.name[0] != ".")
+        for folder in sorted(folders):
             for model in _servable_folders(folder):
                 try:
                     target = self._run_target(model)
@@ -349,10 +396,13 @@ class ModelPool:
             task=task,
             path=str(run_dir),
         )
+        final = folder.name == "final" and folder.resolve() == model_dir  # given as run/final
+        found = folder.parent if final else folder
         lora = (model_dir / "adapter_config.json").is_file()
         if lora and task != "classify" and not _uses_dora(model_dir):
-            return Target(info, self._group(base), base, task, model_dir, f"a{digest}")
-        return Target(info, str(model_dir.resolve()), str(model_dir), task)
+            group = self._group(base)
+            return Target(info, group, base, task, model_dir, f"a{digest}", found=found)
+        return Target(info, str(model_dir.resolve()), str(model_dir), task, found=found)
 
     def _base_target(self, model_id: str) -> Target:
         try:
@@ -409,6 +459,30 @@ def _servable_folders(run: Path) -> builtins.list[Path]:
         if isinstance(meta, dict) and meta.get("model_id"):
             out.append(step)
     return out
+
+
+def _remove(found: Path, real: Path | None) -> None:
+    """Remove a run: the folder ``real`` (None: keep it) and ``found``, the path the pool
+    found it by, when that is a link to it.
+
+    ``real`` is first renamed to a hidden name beside it, which is atomic: from then on no
+    scan sees the model (the runs scan skips hidden names, a link to it dangles), so removing
+    its files one by one, or failing halfway, never leaves a partial model served.
+    """
+    trash = None
+    if real is not None:
+        trash = real.with_name(f".{real.name}.deleting-{secrets.token_hex(4)}")
+        try:
+            real.rename(trash)
+        except OSError as exc:
+            raise TrimtabError(f"cannot delete {real}: {exc}") from exc
+    if found.is_symlink():
+        found.unlink(missing_ok=True)
+    if trash is not None:
+        try:
+            shutil.rmtree(trash)
+        except OSError as exc:  # the model is gone already; only its disk space is left
+            _log.warning("could not remove all of %s (a deleted model): %s", trash, exc)
 
 
 def _find_run(runs: dict[str, Target], model_id: str) -> Target | None:

@@ -319,8 +319,10 @@ def serve(
     run_jobs = make_executor(executor, ray_address)  # a bad choice fails before anything opens
     store = Store(database or home / "jobs.db")
     service = JobsService(store, home, runs, org=org, max_file_bytes=max_file_bytes)
+    # the jobs folder is the server's too: a sweep trial linked into runs/ is deleted whole
     pool = ModelPool(runs, org=org, max_adapters=max_adapters, max_models=max_models,
-                     preload=list(preload), dtype=dtype)  # fmt: skip
+                     preload=list(preload), dtype=dtype,
+                     managed_dirs=[service.jobs_dir])  # fmt: skip
     engine = Engine(pool, max_batch_size=max_batch_size, max_queue=max_queue)
     # Evaluations run as processes of their own, kept under home/evaluations like the jobs'.
     evaluating = EvaluationService(home, pool, service)
