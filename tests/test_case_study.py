@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -161,3 +163,31 @@ def test_the_demo_ends_with_a_serve_command_a_curl_calling_the_fine_tuned_decode
     body = json.loads(words[words.index("-d") + 1])
     assert words[:3] == ["curl", "-s", "http://127.0.0.1:8000/v1/completions"]
     assert body["model"].startswith("ft:tiny-llama") and ":smollm2-lora:" in body["model"]
+
+
+def test_another_language_is_found_as_a_csv_slice_or_as_the_original_json_files(tmp_path):
+    script = load_script()
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "train.csv").write_text("review_body,stars\n")
+    (tmp_path / "en" / "test.csv").write_text("review_body,stars\n")
+    for split in ("train", "test"):
+        (tmp_path / f"dataset_de_{split}.json").write_text("{}\n")
+    assert script.marc_files(tmp_path, "en") == (
+        tmp_path / "en" / "train.csv",
+        tmp_path / "en" / "test.csv",
+    )
+    assert script.marc_files(tmp_path, "de") == (
+        tmp_path / "dataset_de_train.json",
+        tmp_path / "dataset_de_test.json",
+    )
+    assert script.marc_files(tmp_path, "fr") is None  # nothing there: the script says so
+
+
+def test_the_real_marc_fixtures_of_every_language_are_found_by_the_case_study():
+    fixtures = ROOT.parent / "shared" / "data" / "marc" / "fixtures"
+    if not fixtures.is_dir():
+        pytest.skip(f"MARC fixtures not found in {fixtures}")
+    script = load_script()
+    for lang in ("de", "en", "es", "fr", "ja", "zh"):
+        found = script.marc_files(fixtures, lang)
+        assert found is not None and all(f.is_file() for f in found), lang
