@@ -23,6 +23,7 @@ from trimtab.generation.types import (
     Request,
     Result,
 )
+from trimtab.models.registry import cache_dir
 
 LIMIT = 2048
 JSON = {"content-type": "application/json"}
@@ -290,6 +291,8 @@ def test_serve_runs_uvicorn_on_the_engine_and_closes_it_after(monkeypatch, tmp_p
             "max_models": 4,
             "preload": ["tiny"],
             "dtype": "fp32",
+            # the jobs folder is the server's too: a sweep trial linked from it is deletable
+            "managed_dirs": [cache_dir() / "jobs"],
         },
     )
     assert made["engine"] == {"max_batch_size": 4, "max_queue": 9}

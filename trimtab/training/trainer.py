@@ -196,7 +196,8 @@ def _setup(s: Session, records: dict[str, list[Any]], resume: Path | None) -> No
     if resume is None:
         config = config.model_copy(update={"run_dir": s.run.path})
     s.config = config
-    if type(loaded.model)._can_set_attn_implementation():  # MPNet's cannot: it keeps its own
+    can_set = getattr(loaded.model, "_can_set_attn_implementation", None)  # via PEFT too
+    if can_set is None or can_set():  # MPNet's cannot: it keeps its own attention
         loaded.model.set_attn_implementation(_attention(config, s.device, s.data))
     s.method = method
     s.model = method.apply(loaded.model, config.data.task).to(s.device)
