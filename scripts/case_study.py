@@ -1,12 +1,13 @@
 """The Amazon review case study, end to end, through the trimtab command line.
 
-    python scripts/case_study.py demo    # `make demo`: small, about 10 minutes on 2 cores
-    python scripts/case_study.py full    # `make case-study`: every method on both models
+    python scripts/case_study.py demo      # `make demo`: small, about 10 minutes on 2 cores
+    python scripts/case_study.py full      # `make case-study`: MiniLM, MPNet, their ensemble
+    python scripts/case_study.py methods   # `make case-study-methods`: every method, both models
 
 prepare the MARC English data → fine-tune (one run per config) → evaluate every run and the base
-decoder zero- and few-shot on the test split → print the table; ``full`` also writes
-``docs/case-study.md`` with the plots. Each step is the command a user would type, printed
-before it runs. A run that already completed is kept, a run that was interrupted is resumed:
+decoder zero- and few-shot on the test split → print the table; ``full`` and ``methods`` also
+write their page (``docs/case-study.md``, ``docs/case-study-methods.md``) with the plots.
+Each step is the command a user would type, printed before it runs. A run that already completed is kept, a run that was interrupted is resumed:
 re-running after a crash redoes only what is missing.
 """
 
@@ -117,6 +118,49 @@ def report_folder(out: Path) -> Path:
 
 
 def main() -> int:
+    args = parse_args()
+    profile = PROFILES[args.profile]
+    out = Path(args.out or DEFAULT_OUT[args.profile])
+    found = marc_files(Path(args.marc), args.lang)
+    if found is None:
+        print(
+            f"MARC data not found in {args.marc} (expected {args.lang}/train.csv and "
+            f"{args.lang}/test.csv, or dataset_{args.lang}_train.json and "
+            f"dataset_{args.lang}_test.json); give --marc PATH",
+            file=sys.stderr,
+        )
+        return 2
+    data = data_folder(out)
+    step(f"1. prepare MARC ({args.lang}; the official test split kept whole as the test set)")
+    train_file, test_file = found
+    trimtab(
+        "prepare", str(train_file), "--test-input", str(test_file),
+        "--prompt-template", "{review_body}", "--completion-field", "stars",
+        "--out", str(data), "--yes", "--force", *profile["prepare"],
+    )  # fmt: skip
+    step("2. fine-tune")
+    runs = [train_run(out, name, config, overrides, data) for name, (config, overrides) in
+            profile["runs"].items()]  # fmt: skip
+    step("3. evaluate every run, and the base decoder zero- and few-shot, on the test split")
+    report = report_folder(out)
+    ensembles = [
+        f"{name}=" + ",".join(str(run_folder(out, member)) for member in members)
+        for name, members in profile.get("ensembles", {}).items()
+    ]
+    trimtab(
+        "eval", *map(str, runs), *profile.get("models", []),
+        *(arg for e in ensembles for arg in ("--ensemble", e)),
+        "--data", str(data), "--baselines", "--instruction", INSTRUCTION,
+        "--out", str(report), "--force", *profile["eval"],
+    )  # fmt: skip
+    if args.docs or "docs" in profile:
+        write_docs(report, ROOT / "docs", profile.get("docs", "case-study.md"))
+    step("4. deploy: serve the fine-tuned models, then call one (from another terminal)")
+    print_serving(runs_folder(out))
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", choices=sorted(PROFILES))
     parser.add_argument(
@@ -134,77 +178,23 @@ def main() -> int:
     parser.add_argument(
         "--docs",
         action="store_true",
-        help="write docs/case-study.md and its plots (default with full)",
+        help="write the profile's docs page and its plots (default for full and methods)",
     )
-    args = parser.parse_args()
-    profile = PROFILES[args.profile]
-    out = Path(args.out or DEFAULT_OUT[args.profile])
-    found = marc_files(Path(args.marc), args.lang)
-    if found is None:
-        print(
-            f"MARC data not found in {args.marc} (expected {args.lang}/train.csv and "
-            f"{args.lang}/test.csv, or dataset_{args.lang}_train.json and "
-            f"dataset_{args.lang}_test.json); give --marc PATH",
-            file=sys.stderr,
-        )
-        return 2
-    train_file, test_file = found
-    data = data_folder(out)
-    step(f"1. prepare MARC ({args.lang}; the official test split kept whole as the test set)")
-    trimtab(
-        "prepare",
-        str(train_file),
-        "--test-input",
-        str(test_file),
-        "--prompt-template",
-        "{review_body}",
-        "--completion-field",
-        "stars",
-        "--out",
-        str(data),
-        "--yes",
-        "--force",
-        *profile["prepare"],
-    )
-    step("2. fine-tune")
-    runs = []
-    for name, (config, overrides) in profile["runs"].items():
-        run = run_folder(out, name)
-        runs.append(run)
-        if _completed(run):
-            print(f"{run}: completed earlier, kept")
-        elif _checkpointed(run):
-            trimtab("train", "--resume", str(run))
-        else:
-            if run.exists():  # started but never checkpointed: nothing worth keeping
-                shutil.rmtree(run)
-            trimtab("train", config, "--data", str(data), f"run_dir={run}", *overrides)
-    step("3. evaluate every run, and the base decoder zero- and few-shot, on the test split")
-    report = report_folder(out)
-    ensembles = [
-        f"{name}=" + ",".join(str(run_folder(out, member)) for member in members)
-        for name, members in profile.get("ensembles", {}).items()
-    ]
-    trimtab(
-        "eval",
-        *map(str, runs),
-        *profile.get("models", []),
-        *(arg for e in ensembles for arg in ("--ensemble", e)),
-        "--data",
-        str(data),
-        "--baselines",
-        "--instruction",
-        INSTRUCTION,
-        "--out",
-        str(report),
-        "--force",
-        *profile["eval"],
-    )
-    if args.docs or "docs" in profile:
-        write_docs(report, ROOT / "docs", profile.get("docs", "case-study.md"))
-    step("4. deploy: serve the fine-tuned models, then call one (from another terminal)")
-    print_serving(runs_folder(out))
-    return 0
+    return parser.parse_args()
+
+
+def train_run(out: Path, name: str, config: str, overrides: list[str], data: Path) -> Path:
+    """Train one run of the case study: a completed run is kept, an interrupted one resumed."""
+    run = run_folder(out, name)
+    if _completed(run):
+        print(f"{run}: completed earlier, kept")
+    elif _checkpointed(run):
+        trimtab("train", "--resume", str(run))
+    else:
+        if run.exists():  # started but never checkpointed: nothing worth keeping
+            shutil.rmtree(run)
+        trimtab("train", config, "--data", str(data), f"run_dir={run}", *overrides)
+    return run
 
 
 def print_serving(runs: Path) -> None:

@@ -354,6 +354,20 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="evaluate base models (zero/few-shot) on the first N examples only",
     )
+    _add_eval_output_options(p)
+    _add_eval_ensembles_and_cost(p)
+    from trimtab.generation.sampling import add_sampling_arguments
+
+    add_sampling_arguments(p)  # its own group (argparse deprecates nested groups)
+    p.set_defaults(
+        handler=_run_eval,
+        interrupted="interrupted: no half-written report (the report folder is written whole, "
+        "at the end)",
+    )
+
+
+def _add_eval_output_options(p: argparse.ArgumentParser) -> None:
+    """How ``trimtab eval`` runs (batch, length, precision) and where its report goes."""
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument(
         "--max-length",
@@ -368,15 +382,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace an existing report folder")
     p.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot examples")
-    _add_eval_ensembles_and_cost(p)
-    from trimtab.generation.sampling import add_sampling_arguments
-
-    add_sampling_arguments(p)  # its own group (argparse deprecates nested groups)
-    p.set_defaults(
-        handler=_run_eval,
-        interrupted="interrupted: no half-written report (the report folder is written whole, "
-        "at the end)",
-    )
 
 
 def _add_eval_ensembles_and_cost(p: argparse.ArgumentParser) -> None:
