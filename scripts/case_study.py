@@ -7,8 +7,9 @@
 prepare the MARC English data → fine-tune (one run per config) → evaluate every run and the base
 decoder zero- and few-shot on the test split → print the table; ``full`` and ``methods`` also
 write their page (``docs/case-study.md``, ``docs/case-study-methods.md``) with the plots.
-Each step is the command a user would type, printed before it runs. A run that already completed is kept, a run that was interrupted is resumed:
-re-running after a crash redoes only what is missing.
+Each step is the command a user would type, printed before it runs. A run that already
+completed is kept, a run that was interrupted is resumed: re-running after a crash redoes only
+what is missing.
 """
 
 from __future__ import annotations
