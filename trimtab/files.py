@@ -113,7 +113,7 @@ def recover(target: Path) -> None:
     if target.parent.is_dir():
         for tmp in target.parent.glob(f".{target.name}.tmp-*"):
             pid = tmp.name.removeprefix(f".{target.name}.tmp-").split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 _remove(tmp)
 
 
@@ -167,14 +167,22 @@ def _backup_name(target: Path) -> Path:
     return target.parent / f".{target.name}.old"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, ended but not yet reaped, is not running).
+
+    The one liveness check of trimtab: temp files of dead writers, jobs' trainers and sweep
+    workers all ask it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (or the process is gone): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # someone else's process: alive
+            return True
         return True
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _remove(path: Path) -> None:

@@ -31,34 +31,43 @@ from trimtab.files import check_output, staged_dir
 DASH = "—"  # a missing value, in tables and fields
 
 
-# --- blocks: what the report says, independent of Markdown or HTML ----------------------------
+# --- blocks: what the report says, independent of Markdown or HTML (public: the sweep report
+# is drawn with them too) ---------------------------------------------------------------------
 
 
 @dataclass
-class _Heading:
+class Heading:
+    """A section title."""
+
     level: int
     text: str
 
 
 @dataclass
-class _Fields:
+class Fields:
+    """Name: value lines."""
+
     items: list[tuple[str, str, bool]]  # (name, value, shown as code: paths and commands)
 
 
 @dataclass
-class _Table:
+class Table:
+    """A table; its number columns are right-aligned."""
+
     header: list[str]
     rows: list[list[str]]
     left: int = 1  # leading text columns; the rest are numbers, right-aligned
 
 
 @dataclass
-class _Image:
+class Image:
+    """A plot of the report's plots/ folder."""
+
     alt: str
     name: str  # file name under plots/
 
 
-_Block = _Heading | _Fields | _Table | _Image
+Block = Heading | Fields | Table | Image
 
 
 # --- formatting ---------------------------------------------------------------------------
@@ -113,7 +122,7 @@ def _results(report: dict[str, Any]) -> list[dict[str, Any]]:
 # --- the comparison table -------------------------------------------------------------------
 
 
-def _comparison(report: dict[str, Any]) -> _Table:
+def _comparison(report: dict[str, Any]) -> Table:
     results = _results(report)
     has_lm = any(r.get("language_model") for r in results)
     has_generation = any(r.get("generation") for r in results)
@@ -165,7 +174,7 @@ def _comparison(report: dict[str, Any]) -> _Table:
             ]
         row.append(_num(r.get("examples_per_s"), 1))
         rows.append(row)
-    return _Table(header, rows, left=3)
+    return Table(header, rows, left=3)
 
 
 def comparison_table(report: dict[str, Any]) -> str:
@@ -234,10 +243,10 @@ def _cost_fields(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return fields
 
 
-def _classification_fields(c: dict[str, Any]) -> list[_Block]:
+def _classification_fields(c: dict[str, Any]) -> list[Block]:
     """The headline classification metrics, plus the median decision for ordinal labels."""
-    blocks: list[_Block] = [
-        _Fields(
+    blocks: list[Block] = [
+        Fields(
             [
                 ("Accuracy [95% CI]", _accuracy(c), False),
                 ("Macro-F1", _num(c.get("macro_f1")), False),
@@ -250,7 +259,7 @@ def _classification_fields(c: dict[str, Any]) -> list[_Block]:
     median = (c.get("extra") or {}).get("median_decision")
     if isinstance(median, dict):  # ordinal labels: the decision that minimises MAE
         blocks.append(
-            _Fields(
+            Fields(
                 [
                     (
                         "Median of the predicted distribution",
@@ -267,7 +276,7 @@ def _classification_fields(c: dict[str, Any]) -> list[_Block]:
     return blocks
 
 
-def _per_class_blocks(c: dict[str, Any], labels: list[str]) -> list[_Block]:
+def _per_class_blocks(c: dict[str, Any], labels: list[str]) -> list[Block]:
     """The per-class precision/recall/F1 table, in label order, if there is one."""
     per_class = c.get("per_class") or {}
     order = labels + [k for k in per_class if k not in labels]
@@ -284,45 +293,45 @@ def _per_class_blocks(c: dict[str, Any], labels: list[str]) -> list[_Block]:
     ]
     if not rows:
         return []
-    return [_Table(["Label", "Precision", "Recall", "F1", "Support"], rows)]
+    return [Table(["Label", "Precision", "Recall", "F1", "Support"], rows)]
 
 
 def _confusion_blocks(
     c: dict[str, Any], labels: list[str], label: str, slug: str, plots: Path
-) -> list[_Block]:
+) -> list[Block]:
     """The confusion matrix as a table and, if it can be drawn, as a plot."""
-    blocks: list[_Block] = []
+    blocks: list[Block] = []
     matrix = c.get("confusion") or []
     if labels and len(matrix) == len(labels):
-        blocks.append(_Heading(4, "Confusion matrix (rows: true, columns: predicted)"))
+        blocks.append(Heading(4, "Confusion matrix (rows: true, columns: predicted)"))
         blocks.append(
-            _Table(
+            Table(
                 ["true \\ predicted", *labels],
                 [[true, *map(str, row)] for true, row in zip(labels, matrix)],
             )
         )
     name = f"confusion-{slug}.png"
     if plot_confusion(c, f"Confusion matrix: {label}", plots / name):
-        blocks.append(_Image(f"Confusion matrix of {label}", name))
+        blocks.append(Image(f"Confusion matrix of {label}", name))
     return blocks
 
 
-def _classification_blocks(c: dict[str, Any], label: str, slug: str, plots: Path) -> list[_Block]:
+def _classification_blocks(c: dict[str, Any], label: str, slug: str, plots: Path) -> list[Block]:
     """The classification section of one result."""
     labels = [str(x) for x in c.get("labels") or []]
     return [
-        _Heading(4, "Classification"),
+        Heading(4, "Classification"),
         *_classification_fields(c),
         *_per_class_blocks(c, labels),
         *_confusion_blocks(c, labels, label, slug, plots),
     ]
 
 
-def _language_model_blocks(lm: dict[str, Any]) -> list[_Block]:
+def _language_model_blocks(lm: dict[str, Any]) -> list[Block]:
     """The language-modelling section of one result."""
     return [
-        _Heading(4, "Language modelling"),
-        _Fields(
+        Heading(4, "Language modelling"),
+        Fields(
             [
                 ("Loss", _num(lm.get("loss")), False),
                 ("Perplexity", _num(lm.get("perplexity")), False),
@@ -332,11 +341,11 @@ def _language_model_blocks(lm: dict[str, Any]) -> list[_Block]:
     ]
 
 
-def _generation_blocks(generation: dict[str, Any]) -> list[_Block]:
+def _generation_blocks(generation: dict[str, Any]) -> list[Block]:
     """The generation section of one result."""
     return [
-        _Heading(4, "Generation"),
-        _Fields(
+        Heading(4, "Generation"),
+        Fields(
             [
                 ("Exact match", _num(generation.get("exact_match")), False),
                 ("ROUGE-L", _num(generation.get("rouge_l")), False),
@@ -348,19 +357,19 @@ def _generation_blocks(generation: dict[str, Any]) -> list[_Block]:
 
 def _training_curve_blocks(
     run: dict[str, Any] | None, label: str, slug: str, plots: Path
-) -> list[_Block]:
+) -> list[Block]:
     """The training-loss plot of one result, if its run logged one."""
     name = f"loss-{slug}.png"
     if run and plot_loss(run, f"Training loss: {label}", plots / name):
-        return [_Heading(4, "Training curve"), _Image(f"Training loss of {label}", name)]
+        return [Heading(4, "Training curve"), Image(f"Training loss of {label}", name)]
     return []
 
 
-def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
+def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[Block]:
     """Every block of one result: its summary, then a section per kind of metric it has."""
     label = str(r.get("label") or r.get("model") or slug)
     run = r.get("run") if isinstance(r.get("run"), dict) else None
-    blocks: list[_Block] = [_Heading(3, label), _Fields(_summary_fields(r, run))]
+    blocks: list[Block] = [Heading(3, label), Fields(_summary_fields(r, run))]
     c = r.get("classification")
     if isinstance(c, dict):
         blocks += _classification_blocks(c, label, slug, plots)
@@ -374,7 +383,7 @@ def _result_blocks(r: dict[str, Any], slug: str, plots: Path) -> list[_Block]:
     return blocks
 
 
-def _blocks(report: dict[str, Any], plots: Path) -> list[_Block]:
+def _blocks(report: dict[str, Any], plots: Path) -> list[Block]:
     """Every block of the report, drawing its plots into ``plots`` on the way."""
     results = _results(report)
     fields = [
@@ -385,18 +394,18 @@ def _blocks(report: dict[str, Any], plots: Path) -> list[_Block]:
         fields.append(("Command", str(report["command"]), True))
     if report.get("trimtab_version"):
         fields.append(("trimtab", str(report["trimtab_version"]), False))
-    blocks: list[_Block] = [
-        _Heading(1, "Evaluation report"),
-        _Fields(fields),
-        _Heading(2, "Comparison"),
+    blocks: list[Block] = [
+        Heading(1, "Evaluation report"),
+        Fields(fields),
+        Heading(2, "Comparison"),
         _comparison(report),
     ]
     if plot_comparison(results, plots / "comparison.png"):
-        blocks.append(_Image("Accuracy per model, with 95% intervals", "comparison.png"))
+        blocks.append(Image("Accuracy per model, with 95% intervals", "comparison.png"))
     if plot_accuracy_by_checkpoint(results, plots / "accuracy-by-checkpoint.png"):
-        blocks.append(_Image("Validation accuracy by checkpoint", "accuracy-by-checkpoint.png"))
+        blocks.append(Image("Validation accuracy by checkpoint", "accuracy-by-checkpoint.png"))
     if results:
-        blocks.append(_Heading(2, "Results"))
+        blocks.append(Heading(2, "Results"))
     for result, slug in zip(results, result_slugs(results)):
         blocks += _result_blocks(result, slug, plots)
     return blocks
@@ -414,7 +423,7 @@ def _md_code(text: str) -> str:
     return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
-def _md_table(table: _Table) -> str:
+def _md_table(table: Table) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(_md_cell(c) for c in cells) + " |"
 
@@ -422,19 +431,19 @@ def _md_table(table: _Table) -> str:
     return "\n".join([line(table.header), line(align), *map(line, table.rows)])
 
 
-def _markdown(blocks: list[_Block]) -> str:
+def _markdown(blocks: list[Block]) -> str:
     parts = []
     for block in blocks:
-        if isinstance(block, _Heading):
+        if isinstance(block, Heading):
             parts.append(f"{'#' * block.level} {block.text}")
-        elif isinstance(block, _Fields):
+        elif isinstance(block, Fields):
             parts.append(
                 "\n".join(
                     f"- **{name}:** {_md_code(value) if code else value}"
                     for name, value, code in block.items
                 )
             )
-        elif isinstance(block, _Table):
+        elif isinstance(block, Table):
             parts.append(_md_table(block))
         else:
             parts.append(f"![{block.alt}](plots/{block.name})")
@@ -454,20 +463,21 @@ figcaption { color: #666; font-size: .9em; }
 """
 
 
-def _html(blocks: list[_Block], plots: Path) -> str:
+def render_html(blocks: list[Block], plots: Path) -> str:
+    """One self-contained HTML page of ``blocks``, the PNGs of ``plots`` embedded."""
     e = html.escape
     parts = []
     for block in blocks:
-        if isinstance(block, _Heading):
+        if isinstance(block, Heading):
             parts.append(f"<h{block.level}>{e(block.text)}</h{block.level}>")
-        elif isinstance(block, _Fields):
+        elif isinstance(block, Fields):
             items = "".join(
                 f"<li><strong>{e(name)}:</strong> "
                 f"{f'<code>{e(value)}</code>' if code else e(value)}</li>"
                 for name, value, code in block.items
             )
             parts.append(f'<ul class="fields">{items}</ul>')
-        elif isinstance(block, _Table):
+        elif isinstance(block, Table):
             head = "".join(f"<th>{e(h)}</th>" for h in block.header)
             body = "".join(
                 "<tr>"
@@ -487,7 +497,7 @@ def _html(blocks: list[_Block], plots: Path) -> str:
                 f'<figure><img alt="{e(block.alt)}" src="data:image/png;base64,{data}">'
                 f"<figcaption>{e(block.alt)}</figcaption></figure>"
             )
-    title = next((b.text for b in blocks if isinstance(b, _Heading)), "Evaluation report")
+    title = next((b.text for b in blocks if isinstance(b, Heading)), "Evaluation report")
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -520,5 +530,5 @@ def write_report(
         plots.mkdir()
         blocks = _blocks(report, plots)
         (tmp / "report.md").write_text(_markdown(blocks), encoding="utf-8")
-        (tmp / "report.html").write_text(_html(blocks, plots), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(blocks, plots), encoding="utf-8")
     return out

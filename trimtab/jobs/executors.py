@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from trimtab.files import pid_alive
+
 RUNNING = None  # poll() while the command runs
 UNKNOWN = -1  # poll() of a command whose outcome cannot be known (not our child, or gone)
 
@@ -92,7 +94,7 @@ class LocalExecutor:
             del self._children[pid]
             # A signal death is -N from Popen: report it as a shell would (128 + N).
             return code if code >= 0 else 128 - code
-        return RUNNING if alive(pid) else UNKNOWN
+        return RUNNING if pid_alive(pid) else UNKNOWN
 
     def stop(self, handle: str, grace: float = 10.0) -> None:
         """SIGTERM to the whole group, SIGKILL to whatever is left after ``grace`` seconds."""
@@ -117,21 +119,6 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, ended but not yet reaped, is not running)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def group_members(pgid: int) -> list[int]:
     """Live processes of process group ``pgid`` (from /proc; zombies left out)."""
     out = []
@@ -151,4 +138,4 @@ def _group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
 
 
-__all__ = ["RUNNING", "UNKNOWN", "Executor", "Launch", "LocalExecutor", "alive", "group_members"]
+__all__ = ["RUNNING", "UNKNOWN", "Executor", "Launch", "LocalExecutor", "group_members"]

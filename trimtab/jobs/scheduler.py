@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from trimtab.errors import PAUSED_EXIT
-from trimtab.files import write_text
-from trimtab.jobs.executors import RUNNING, UNKNOWN, Executor, Launch, alive
+from trimtab.files import pid_alive, write_text
+from trimtab.jobs.executors import RUNNING, UNKNOWN, Executor, Launch
 from trimtab.jobs.service import JobsService, validation_error
 from trimtab.jobs.sweeps import SweepFollower, is_sweep, sweep_argv
 from trimtab.models.runs import RunFolder
@@ -466,7 +466,7 @@ def _gone_here(owner: str | None) -> bool:
     for its heartbeat to age (a server restarted after a kill takes its jobs back in a tick)."""
     host, _, rest = (owner or "").partition(":")
     pid = rest.partition(":")[0]
-    return host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
 
 def _metrics_event(store: Any, job_id: str, record: dict[str, Any], total: Any) -> None:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from trimtab.evaluation.report import _Fields, _Heading, _html, _Image, _Table
+from trimtab.evaluation.report import Fields, Heading, Image, Table, render_html
 from trimtab.files import write_chunks, write_text
 from trimtab.training.sweep_spec import Param, SweepSpec
 
@@ -116,7 +116,7 @@ def write_results(study: Any, spec: SweepSpec, out_dir: Path) -> None:
     _plot_metric(rows, spec, plots / PLOTS[0])
     _plot_importance(study, plots / PLOTS[1])
     _plot_parallel(rows, spec, plots / PLOTS[2])
-    write_text(out_dir / "report.html", _html(_blocks(rows, spec, best, plots), plots))
+    write_text(out_dir / "report.html", render_html(_blocks(rows, spec, best, plots), plots))
 
 
 # --- report.html -----------------------------------------------------------------------------
@@ -137,23 +137,23 @@ def _blocks(
         fields.append(("Best run", str(best["run_dir"]), True))
     # Text columns first (the renderer right-aligns the rest as numbers).
     keys = ["trial", "state", *spec.sweep.search, metric, "seconds"]
-    table = _Table(keys, [[cell(r[k]) for k in keys] for r in rows], left=2)
+    table = Table(keys, [[cell(r[k]) for k in keys] for r in rows], left=2)
     blocks: list[Any] = [
-        _Heading(1, f"Sweep report: {metric}"),
-        _Fields(fields),
-        _Heading(2, "Trials"),
+        Heading(1, f"Sweep report: {metric}"),
+        Fields(fields),
+        Heading(2, "Trials"),
         table,
     ]
     errors = [(f"trial {r['trial']}", str(r["error"]), False) for r in rows if r.get("error")]
     if errors:
-        blocks += [_Heading(3, "Errors"), _Fields(errors)]
+        blocks += [Heading(3, "Errors"), Fields(errors)]
     captions = (
         f"{metric} by trial (the best so far as a line)",
         "Parameter importance (Optuna's fANOVA)",
         f"Parallel coordinates: each complete trial's parameters and {metric}",
     )
-    images = [_Image(c, n) for c, n in zip(captions, PLOTS) if (plots / n).is_file()]
-    return blocks + ([_Heading(2, "Plots"), *images] if images else [])
+    images = [Image(c, n) for c, n in zip(captions, PLOTS) if (plots / n).is_file()]
+    return blocks + ([Heading(2, "Plots"), *images] if images else [])
 
 
 def _describe(p: Param) -> str:

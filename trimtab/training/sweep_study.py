@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trimtab.errors import TrimtabError
-from trimtab.files import write_json
+from trimtab.files import pid_alive, write_json
 from trimtab.models.runs import RunFolder
 from trimtab.training.config import TrainConfig
 from trimtab.training.loop import TrainingInterrupted
@@ -200,22 +200,12 @@ def fail_abandoned(study: Any, *, every_unclaimed: bool) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(t.user_attrs.get("worker") or "")
         name, _, pid = worker.rpartition(":")
-        mine_and_gone = name == host and pid.isdigit() and not _alive(int(pid))
+        mine_and_gone = name == host and pid.isdigit() and not pid_alive(int(pid))
         if mine_and_gone or (not worker and every_unclaimed):
             try:
                 study.tell(t.number, state=TrialState.FAIL)
             except (RuntimeError, ValueError):  # another process ended it meanwhile
                 pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def taken(study: Any) -> int:
