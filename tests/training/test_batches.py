@@ -558,3 +558,26 @@ def test_marc_reviews_encode_and_batch_with_little_padding(tok, marc):
     lengths = [len(e.input_ids) for e in encoded]
     batches = LengthGroupedSampler(lengths, batch_size=16, seed=0).batches(0)
     assert padding_share(batches, lengths) < 0.05
+
+
+def test_split_by_tokens_cuts_long_batches_into_trimmed_row_slices_and_keeps_short_ones():
+    from trimtab.training.batches import split_by_tokens
+
+    lengths = [9, 8, 3, 2, 2]
+    batch = collate(
+        [Encoded(list(range(1, n + 1)), list(range(1, n + 1)), None) for n in lengths], 0
+    )
+    assert split_by_tokens(batch, None) == [batch]
+    assert split_by_tokens(batch, 45) == [batch]  # 5 rows x 9 tokens fit
+    pieces = split_by_tokens(batch, 20)  # 2 rows of the padded width 9 per slice
+    assert [p["input_ids"].shape for p in pieces] == [(2, 9), (2, 3), (1, 2)]
+    start = 0
+    for piece in pieces:
+        rows, width = piece["input_ids"].shape
+        for key in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(piece[key], batch[key][start : start + rows, :width])
+        assert not batch["attention_mask"][start : start + rows, width:].any()  # only padding cut
+        start += rows
+    assert sum(int(p["attention_mask"].sum()) for p in pieces) == sum(lengths)
+    # A budget below one row still makes progress: one row per slice.
+    assert [len(p["input_ids"]) for p in split_by_tokens(batch, 4)] == [1] * 5

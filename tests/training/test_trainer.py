@@ -711,3 +711,41 @@ def test_unknown_model_and_malformed_data_fail_before_anything_is_written(
     with pytest.raises(TrimtabError, match=r"valid.jsonl:2"):
         train(config(bad, tiny_llama_dir, tmp_path / "run", "batch_size=1"), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("full", "micro_batch_tokens=40"),
+        ("lora", "micro_batch_tokens=40"),
+        ("lora", "gradient_checkpointing=true"),
+    ],
+)
+def test_memory_savers_train_the_same_update_as_one_pass(
+    tmp_path, reviews, tiny_llama_dir, method, extra
+):
+    """A token budget (long micro-batches cut into accumulated slices) and gradient
+    checkpointing only change what is kept in memory, not the step's gradients."""
+    common = ("precision=fp32", f"method.name={method}", "method.lora_dropout=0", "max_steps=3")
+    plain = train(config(reviews, tiny_llama_dir, tmp_path / "a", *common), progress=False)
+    saved = train(config(reviews, tiny_llama_dir, tmp_path / "b", *common, extra), progress=False)
+    assert saved.results["tokens"] == plain.results["tokens"]
+    assert saved.results["train_loss"] == pytest.approx(plain.results["train_loss"], rel=1e-4)
+    expected = trainable_tensors(plain.final)
+    got = trainable_tensors(saved.final)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=1e-4, rtol=1e-3)  # summation order
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_a_clear_error(
+    tmp_path, reviews, tiny_llama_dir, monkeypatch
+):
+    from transformers import LlamaForCausalLM
+
+    monkeypatch.setattr(LlamaForCausalLM, "supports_gradient_checkpointing", False)
+    with pytest.raises(TrimtabError, match="gradient_checkpointing: model .* does not support"):
+        train(
+            config(reviews, tiny_llama_dir, tmp_path / "run", "gradient_checkpointing=true"),
+            progress=False,
+        )

@@ -49,13 +49,15 @@ def left_pad(
 
 
 def bf16_available(device: torch.device) -> bool:
-    """True where bf16 autocast is fast: a GPU that supports it, or a CPU with AVX512-BF16."""
-    import torch
+    """True where bf16 is faster than fp32 on ``device``: what precision ``auto`` picks.
 
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    is_supported = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(is_supported and is_supported())
+    A GPU that supports bf16; a CPU where a measured matmul says so (AMX or AVX512-BF16, not
+    AVX2's emulated bf16), once per machine; ``$TRIMTAB_PRECISION`` overrides both. See
+    :mod:`trimtab.models.precision`.
+    """
+    from trimtab.models.precision import fast_precision
+
+    return fast_precision(device) == "bf16"
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[object]:

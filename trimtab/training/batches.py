@@ -142,3 +142,37 @@ def collate(batch: list[Encoded], pad_id: int | None) -> dict[str, torch.Tensor]
             raise ValueError("a batch mixes classification examples with others")
         out["label"] = torch.tensor([e.label for e in batch], dtype=torch.long)
     return out
+
+
+# Per-token tensors of a collated batch (plus any 3-D one: cached per-token features), trimmed
+# to each slice's own longest row when a batch is split.
+_PER_TOKEN = ("input_ids", "attention_mask", "labels", "weights")
+
+
+def split_by_tokens(
+    batch: dict[str, torch.Tensor], max_tokens: int | None
+) -> list[dict[str, torch.Tensor]]:
+    """``batch`` cut into row slices of at most ``max_tokens`` padded tokens each (at least one
+    row per slice), each trimmed to its own longest row; the whole batch when it fits.
+
+    Why: a step's activations grow with rows x longest row, so the few long batches set the
+    peak memory of a run. Their slices are accumulated like micro-batches (the loss is
+    normalised by the step's units, so the update is the same), while short batches, which are
+    most of them, still run as one matmul-friendly piece.
+    """
+    mask = batch["attention_mask"]
+    rows, width = mask.shape
+    if max_tokens is None or rows * width <= max_tokens or rows == 1:
+        return [batch]
+    step = max(1, max_tokens // width)
+    pieces = []
+    for start in range(0, rows, step):
+        piece = {k: v[start : start + step] for k, v in batch.items()}
+        longest = int(piece["attention_mask"].sum(1).max())  # right padding: real tokens first
+        pieces.append(
+            {
+                k: v[:, :longest] if k in _PER_TOKEN or v.dim() == 3 else v
+                for k, v in piece.items()
+            }
+        )
+    return pieces

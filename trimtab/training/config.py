@@ -123,6 +123,13 @@ class TrainConfig(_Section):
     epochs: Positive | Literal["auto"] = "auto"
     batch_size: Positive | Literal["auto"] = "auto"
     micro_batch_size: int | None = Field(default=None, gt=0)
+    # Padded tokens (rows x longest row) one forward pass may hold: longer micro-batches are
+    # cut into row slices and accumulated, which bounds the activations' peak memory. None:
+    # never cut.
+    micro_batch_tokens: int | None = Field(default=None, gt=0)
+    # Recompute each block's activations in the backward pass instead of keeping them: less
+    # memory for about a third more compute.
+    gradient_checkpointing: bool = False
     max_steps: int | None = Field(default=None, gt=0)
     seed: int = 42
     eval_every: int | None = Field(default=None, gt=0)  # steps; None: at the end of every epoch

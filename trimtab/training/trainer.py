@@ -25,8 +25,9 @@ from trimtab.errors import TrimtabError
 from trimtab.files import staged_dir, write_text
 from trimtab.methods import TrainingMethod, method_for, trainable_parameters
 from trimtab.models import resolve_model
-from trimtab.models.batching import autocast, bf16_available
+from trimtab.models.batching import autocast
 from trimtab.models.loading import Adapter, load_model
+from trimtab.models.precision import decide_precision
 from trimtab.models.runs import RunFolder
 from trimtab.models.scoring import score_labels
 from trimtab.models.tasks import is_generative
@@ -201,7 +202,15 @@ def _setup(s: Session, records: dict[str, list[Any]], resume: Path | None) -> No
         loaded.model.set_attn_implementation(_attention(config, s.device, s.data))
     s.method = method
     s.model = method.apply(loaded.model, config.data.task).to(s.device)
-    s.bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_available(s.device))
+    if config.gradient_checkpointing:
+        _checkpoint_activations(s.model, config.model.name)
+    if config.precision == "auto":
+        decision = decide_precision(s.device)
+        s.bf16 = decision.precision == "bf16"
+        if s.d.main:
+            s.say(decision.describe())
+    else:
+        s.bf16 = config.precision == "bf16"
     method.prepare(s.model, bf16=s.bf16)
     said = method.precompute(
         s.model,
@@ -216,6 +225,17 @@ def _setup(s: Session, records: dict[str, list[Any]], resume: Path | None) -> No
     if resume is not None:
         _restore(s)
     _start(s)
+
+
+def _checkpoint_activations(model: Any, name: str) -> None:
+    """Transformers' own gradient checkpointing, non-reentrant: it needs no input that
+    requires grad, so it works with frozen embeddings (LoRA, freeze)."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(hf, "supports_gradient_checkpointing", False):
+        raise TrimtabError(
+            f"gradient_checkpointing: model {name} ({type(hf).__name__}) does not support it"
+        )
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _make_optimizer(s: Session) -> None:
@@ -348,6 +368,9 @@ def _step(s: Session, micro_batches: list[dict[str, torch.Tensor]]) -> None:
     """One optimizer step: forward and backward over the micro-batches, normalised by the
     global loss units of this step, then clip, check, update and log."""
     config, d, state = s.config, s.d, s.state
+    micro_batches = [
+        piece for mb in micro_batches for piece in b.split_by_tokens(mb, config.micro_batch_tokens)
+    ]
     units = sum(loss_units(mb, s.causal) for mb in micro_batches)
     units = all_reduce([units], d, s.device)[0]
     loss_sum = correct = count = tokens = 0.0
