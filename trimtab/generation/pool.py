@@ -303,14 +303,19 @@ class ModelPool:
         return Loaded(model, result.tokenizer, task, labels=result.labels)
 
     def _torch_dtype(self, device: Any) -> Any:
-        """bf16 weights for "bf16", and for "auto" where bf16 is fast (AMX or AVX512-BF16 CPUs,
-        GPUs that support it): half the bytes to read per token, the same rule as training's
-        precision auto. fp32 otherwise."""
+        """bf16 weights for "bf16", and for "auto" where a measured bf16 matmul is faster
+        (GPUs that support it; CPUs with AMX or AVX512-BF16, not AVX2-only ones): half the
+        bytes to read per token, the same rule as training's precision auto. fp32 otherwise."""
         import torch
 
-        from trimtab.models.batching import bf16_available
+        from trimtab.models.precision import decide_precision
 
-        bf16 = self.dtype == "bf16" or (self.dtype == "auto" and bf16_available(device))
+        if self.dtype == "auto":
+            decision = decide_precision(device)
+            _log.info(decision.describe())
+            bf16 = decision.precision == "bf16"
+        else:
+            bf16 = self.dtype == "bf16"
         return torch.bfloat16 if bf16 else torch.float32
 
     def _ensure_adapter(self, loaded: Loaded, name: str, folder: Path) -> None:
