@@ -2,9 +2,11 @@
 
 Each comparison trains the same model (same weights) on the same seeded sample of MARC English
 reviews (`../shared/data/marc/en/train.csv`, written as JSONL to a temp dir) with the same
-hyperparameters, on the CPU in bf16 autocast; each side in a fresh subprocess (2 threads), so
-its peak RSS is its own. Timed: `trainer.train()` vs. trimtab's training loop (+ the frozen-trunk
-feature caching for freeze); model loading excluded. Settings: docs/training-benchmark.md.
+hyperparameters, on the CPU in the machine's fast precision (``--precision auto``: trimtab's
+measured choice, bf16 autocast where a bf16 matmul is faster, else fp32; both sides the same);
+each side in a fresh subprocess (2 threads), so its peak RSS is its own. Timed:
+`trainer.train()` vs. trimtab's training loop (+ the frozen-trunk feature caching for freeze);
+model loading excluded. Settings: docs/training-benchmark.md.
 
     sft       SmolLM2-135M LoRA r=16 all-linear, completion-only loss (TRL SFTTrainer + PEFT)
     classify  MiniLM-L6 full fine-tuning, 5 labels                     (transformers Trainer)
@@ -12,6 +14,11 @@ feature caching for freeze); model loading excluded. Settings: docs/training-ben
 
     .venv/bin/python bench/train.py          # all three, 512 examples; needs '.[bench]'
     .venv/bin/python bench/train.py --only sft --examples 32 --held-out 32   # a quick check
+
+Besides the peers, sft also trains a trimtab variant with micro_batch_tokens=null (each
+micro-batch in one pass, as before the token budget) to show what the budget saves in peak
+memory and costs in speed. The model FLOP/s of sft and classify are printed as a share of the
+matmul rate measured in the same run at the model's own shapes (bench/ceiling.py).
 """
 
 import argparse
@@ -27,6 +34,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ceiling import block_linears, shape_rate, square_rate  # noqa: E402  (beside this file)
+from servers import cpu_features  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SEP, BATCH, MAX_LEN, LORA = "\n\n###\n\n", 16, 512, (16, 32, 0.05)  # LoRA r, alpha, dropout
@@ -50,6 +61,8 @@ CHILD_ENV = {
     "HF_DATASETS_OFFLINE": "1",
 }
 MARK = "@@RESULT "
+# comparison -> (row label, extra trimtab overrides): trimtab variants trained beside the default
+VARIANTS = {"sft": [("trimtab, no token budget", ["micro_batch_tokens=null"])]}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -76,8 +89,9 @@ def peak_rss_mib() -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
 
-def heldout_loss(model, tok, task: str, work: Path) -> float:
-    """Mean loss on the held-out examples, computed the same way for both sides (bf16 autocast):
+def heldout_loss(model, tok, task: str, work: Path, bf16: bool) -> float:
+    """Mean loss on the held-out examples, computed the same way for both sides (the run's
+    precision):
     per completion token (sft: completion + EOS, the prompt cut from its start) or per example."""
     import torch
 
@@ -114,7 +128,7 @@ def heldout_loss(model, tok, task: str, work: Path) -> float:
                 "labels": torch.tensor([pad(y, -100) for _, y in seqs]),
             }
             n = int((batch["labels"][:, 1:] != -100).sum())
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             total += float(model(**batch).loss) * n  # the model's own mean loss of the batch
         count += n
     return total / max(count, 1)
@@ -132,7 +146,7 @@ def peer_training_args(comp: str, side: int, work: Path, a: argparse.Namespace) 
         warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        bf16=True,
+        bf16=a.precision == "bf16",
         use_cpu=True,
         logging_steps=1,
         save_strategy="no",
@@ -231,7 +245,7 @@ def train_peer(trainer, tok, task: str, epochs: int, work: Path, a: argparse.Nam
         "peak_rss_mib": peak_rss_mib(),
     }
     if a.held_out:
-        out["heldout_loss"] = heldout_loss(trainer.model, tok, task, work)
+        out["heldout_loss"] = heldout_loss(trainer.model, tok, task, work, a.precision == "bf16")
     return out
 
 
@@ -282,7 +296,7 @@ def timers() -> dict:
     return spans
 
 
-def child_trimtab(comp: str, work: Path, a: argparse.Namespace) -> dict:
+def child_trimtab(comp: str, work: Path, a: argparse.Namespace, variant: int | None) -> dict:
     import torch
     from transformers import AutoTokenizer
 
@@ -290,7 +304,7 @@ def child_trimtab(comp: str, work: Path, a: argparse.Namespace) -> dict:
     from trimtab.training import load_config, train
 
     name, task, method, epochs, lr, _ = COMPARISONS[comp]
-    run = work / f"run-{comp}"
+    run = work / f"run-{comp}" if variant is None else work / f"run-{comp}-{variant}"
     overrides = [
         f"model.name={name}",
         f"model.max_length={MAX_LEN}",
@@ -304,7 +318,7 @@ def child_trimtab(comp: str, work: Path, a: argparse.Namespace) -> dict:
         "optim.schedule=linear",
         "optim.weight_decay=0",
         "optim.max_grad_norm=1.0",
-        "precision=bf16",
+        f"precision={a.precision}",
         f"seed={a.seed}",
         f"run_dir={run}",
     ]
@@ -317,6 +331,7 @@ def child_trimtab(comp: str, work: Path, a: argparse.Namespace) -> dict:
             "method.target_modules=all-linear",
         ]
     overrides += ["method.trainable_layers=0"] if method == "freeze" else []
+    overrides += VARIANTS[comp][variant][1] if variant is not None else []
     spans = timers()
     result = train(load_config(None, overrides), progress=False).results
     rss = peak_rss_mib()
@@ -350,21 +365,8 @@ def child_trimtab(comp: str, work: Path, a: argparse.Namespace) -> dict:
             else AutoModelForSequenceClassification.from_pretrained(run / "final")
         )
         tok = AutoTokenizer.from_pretrained(run / "final")
-        out["heldout_loss"] = heldout_loss(model, tok, task, work)
+        out["heldout_loss"] = heldout_loss(model, tok, task, work, a.precision == "bf16")
     return out
-
-
-def matmul_gflops(dtype_name: str, n: int = 2048, reps: int = 20) -> float:
-    """The best of ``reps`` timed n x n matmuls (after a warm-up), in GFLOP/s."""
-    import torch
-
-    x, y = (torch.randn(n, n).to(getattr(torch, dtype_name)) for _ in range(2))
-    times = []
-    for _ in range(3 + reps):  # three warm-up runs first
-        started = time.perf_counter()
-        x @ y
-        times.append(time.perf_counter() - started)
-    return 2 * n**3 / min(times[3:]) / 1e9
 
 
 def flops_per_token(comp: str) -> float:
@@ -403,6 +405,8 @@ def run_child(comp: str, side: str, work: Path, a: argparse.Namespace) -> dict:
         str(a.seed),
         "--held-out",
         str(a.held_out),
+        "--precision",
+        a.precision,
     ]
     cmd += ["--peer-gradient-checkpointing"] if a.peer_gradient_checkpointing else []
     log = work / f"{comp}-{side}.log"
@@ -422,22 +426,10 @@ def run_child(comp: str, side: str, work: Path, a: argparse.Namespace) -> dict:
     return json.loads(found[-1][len(MARK) :])
 
 
-def show(rows: list[dict], rate: float) -> None:
+def show(rows: list[dict]) -> None:
     fmt = "{:<9} {:<27} {:>8} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9}"
-    print(
-        fmt.format(
-            "compare",
-            "side",
-            "train s",
-            "ex/s",
-            "last loss",
-            "held-out",
-            "peak MiB",
-            "tokens",
-            "GFLOP/s",
-            "% bf16 mm",
-        )
-    )
+    head = ("compare", "side", "train s", "ex/s", "last loss", "held-out", "peak MiB", "tokens")
+    print(fmt.format(*head, "GFLOP/s", "% ceiling"))
 
     def num(v: float | None, f: str) -> str:
         return "-" if v is None else format(v, f)
@@ -454,9 +446,70 @@ def show(rows: list[dict], rate: float) -> None:
                 num(r["peak_rss_mib"], ".0f"),
                 r["tokens"],
                 num(r.get("gflops"), ".1f"),
-                num(r.get("gflops") and 100 * r["gflops"] / rate, ".1f"),
+                num(r.get("share_of_ceiling") and 100 * r["share_of_ceiling"], ".1f"),
             )
         )
+
+
+def sides(comp: str, a: argparse.Namespace) -> list[tuple[str, str]]:
+    """(child side, row label) of a comparison: its peers, then trimtab and its variants."""
+    peers = COMPARISONS[comp][5][:1] if a.skip_grouped else COMPARISONS[comp][5]
+    out = [(str(i), p) for i, p in enumerate(peers)] + [("trimtab", "trimtab")]
+    if not a.skip_variants:
+        out += [(f"trimtab:{i}", label) for i, (label, _) in enumerate(VARIANTS.get(comp, []))]
+    return out
+
+
+def add_ceiling(rows: list[dict], comp: str, a: argparse.Namespace) -> None:
+    """Model GFLOP/s of each row, and as a share of the matmul rate at the model's own shapes:
+    one block's linears at trimtab's mean tokens per step (one micro-batch of 16 here)."""
+    mine = next(r for r in rows if r["side"] == "trimtab")
+    tokens = max(1, round(mine["tokens"] / max(mine["steps"], 1)))
+    name, _, method, *_ = COMPARISONS[comp]
+    dtype = "bfloat16" if a.precision == "bf16" else "float32"
+    rate = shape_rate(block_linears(name), tokens, dtype, weight_grads=method == "full")
+    per_token = flops_per_token(comp)
+    for r in rows:
+        r["gflops"] = per_token * r["tokens"] / r["seconds"] / 1e9
+        r["ceiling_gflops"], r["ceiling_tokens"] = rate, tokens
+        r["share_of_ceiling"] = r["gflops"] / rate
+
+
+def memory_note(mine: float, other: float) -> str:
+    return f"peak memory {mine:.0f} MiB vs {other:.0f} ({other / mine:.2f}x)"
+
+
+def summary_rows(rows: list[dict], a: argparse.Namespace) -> list[dict]:
+    """One row per (comparison, peer or variant) in the schema bench/report.py collects."""
+    out = []
+    for comp in dict.fromkeys(r["comparison"] for r in rows):
+        group = [r for r in rows if r["comparison"] == comp]
+        mine = next(r for r in group if r["side"] == "trimtab")
+        model, method = COMPARISONS[comp][0], COMPARISONS[comp][2]
+        for other in (r for r in group if r is not mine):
+            variant = other["side"].startswith("trimtab:")
+            ceiling = mine.get("share_of_ceiling")
+            out.append(
+                {
+                    "stage": "training",
+                    "name": f"{comp} ({model} {method})",
+                    "peer": other["label"],
+                    "peer_figure": round(other["examples_per_s"], 2),
+                    "trimtab_figure": round(mine["examples_per_s"], 2),
+                    "unit": "examples/s",
+                    "higher_is_better": True,
+                    "ratio": other["seconds"] / mine["seconds"],
+                    "ceiling": None
+                    if ceiling is None
+                    else f"{100 * ceiling:.0f}% of {mine['ceiling_gflops']:.0f} GFLOP/s "
+                    f"({a.precision} matmul at the model's shapes, {mine['ceiling_tokens']} "
+                    "tokens)",
+                    "precision": a.precision,
+                    "note": memory_note(mine["peak_rss_mib"], other["peak_rss_mib"])
+                    + ("; a trimtab variant, not a peer" if variant else ""),
+                }
+            )
+    return out
 
 
 def compare(a: argparse.Namespace, work: Path) -> dict:
@@ -464,41 +517,38 @@ def compare(a: argparse.Namespace, work: Path) -> dict:
 
     torch.set_num_threads(2)
     machine = {
-        "bf16_matmul_gflops": matmul_gflops("bfloat16"),
-        "fp32_matmul_gflops": matmul_gflops("float32"),
+        **cpu_features(),
+        "bf16_matmul_gflops": square_rate("bfloat16"),
+        "fp32_matmul_gflops": square_rate("float32"),
         "threads": 2,
+        "precision": a.precision,
     }
     print(
-        f"2048x2048 matmul, 2 threads: bf16 {machine['bf16_matmul_gflops']:.0f} GFLOP/s, "
-        f"fp32 {machine['fp32_matmul_gflops']:.0f} GFLOP/s (best of 20)",
+        f"{machine['cpu']} {' '.join(machine['flags'])}; 2048x2048 matmul, 2 threads: "
+        f"bf16 {machine['bf16_matmul_gflops']:.0f} GFLOP/s, fp32 "
+        f"{machine['fp32_matmul_gflops']:.0f} GFLOP/s (best of 20); precision {a.precision}",
         flush=True,
     )
     write_data(a.data, a.examples, a.held_out, a.seed, work)
-    rows, ratios = [], {}
+    rows = []
     for comp in a.only or list(COMPARISONS):
-        epochs, peers = COMPARISONS[comp][3], COMPARISONS[comp][5]
-        peers = peers[:1] if a.skip_grouped else peers
-        per_token = flops_per_token(comp) if comp != "freeze" else None
-        for side, label in [*((str(i), p) for i, p in enumerate(peers)), ("trimtab", "trimtab")]:
+        epochs = COMPARISONS[comp][3]
+        group = []
+        for side, label in sides(comp, a):
             print(f"{comp}: {label} ...", flush=True)
             r = run_child(comp, side, work, a)
-            r.update(
-                comparison=comp,
-                side=side,
-                label=label,
-                examples_per_s=a.examples * epochs / r["seconds"],
-            )
-            if per_token:  # trained (non-pad) tokens x model FLOPs per token
-                r["gflops"] = per_token * r["tokens"] / r["seconds"] / 1e9
-                r["share_of_bf16_matmul"] = r["gflops"] / machine["bf16_matmul_gflops"]
-            rows.append(r)
-        for peer in rows[-len(peers) - 1 : -1]:
-            ratios[f"{comp}: trimtab / {peer['label']}"] = peer["seconds"] / rows[-1]["seconds"]
+            r.update(comparison=comp, side=side, label=label)
+            r["examples_per_s"] = a.examples * epochs / r["seconds"]
+            group.append(r)
+        if comp != "freeze":
+            add_ceiling(group, comp, a)
+        rows += group
+    summary = summary_rows(rows, a)
     print()
-    show(rows, machine["bf16_matmul_gflops"])
-    print("\nspeed ratio (peer seconds / trimtab seconds):")
-    for key, value in ratios.items():
-        print(f"  {key:<48} {value:.2f}x")
+    show(rows)
+    print("\nspeed ratio (other seconds / trimtab seconds):")
+    for r in summary:
+        print(f"  {r['name']}: trimtab / {r['peer']:<30} {r['ratio']:.2f}x  {r['note']}")
     print(
         "trimtab's time includes the checkpoints it writes (the peer saves none): "
         + ", ".join(
@@ -513,7 +563,7 @@ def compare(a: argparse.Namespace, work: Path) -> dict:
         "seed": a.seed,
         "machine": machine,
         "rows": rows,
-        "speed_ratio_trimtab_over_peer": ratios,
+        "summary": summary,
     }
 
 
@@ -532,6 +582,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, runs, logs)")
     ap.add_argument("--skip-grouped", action="store_true", help="no group_by_length peer row")
+    ap.add_argument("--skip-variants", action="store_true", help="no trimtab variant rows")
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="both sides; auto: the faster on this machine, as trimtab measures it",
+    )
     ap.add_argument(
         "--peer-gradient-checkpointing",
         action="store_true",
@@ -546,8 +603,8 @@ def main() -> None:
         torch.set_num_threads(2)
         comp, side = a.child
         out = (
-            child_trimtab(comp, a.work, a)
-            if side == "trimtab"
+            child_trimtab(comp, a.work, a, int(side[8:]) if ":" in side else None)
+            if side.startswith("trimtab")
             else child_peer(comp, int(side), a.work, a)
         )
         print(MARK + json.dumps(out), flush=True)
@@ -561,6 +618,15 @@ def main() -> None:
             if missing
             else f"MARC data not found at {a.data}; pass --data path/to/marc/en/train.csv"
         )
+    if a.precision == "auto":
+        import torch
+
+        from trimtab.models.precision import decide_precision
+
+        torch.set_num_threads(2)  # the probe's figures are per thread count
+        decision = decide_precision(torch.device("cpu"))
+        a.precision = decision.precision
+        print(decision.describe(), flush=True)
     work = Path(tempfile.mkdtemp(prefix="trimtab-bench-train-"))
     try:
         results = compare(a, work)
