@@ -33,7 +33,8 @@ INSTRUCTION = (
 )
 FINDINGS = "<!-- findings: kept when make case-study rewrites this file -->"
 PROFILES = {
-    # Small: 1,500 training reviews, two runs, 500 test reviews.
+    # Small: 1,500 training reviews, two runs, 500 test reviews; sized by sized_demo() to the
+    # machine's measured speed so that it fits --minutes.
     "demo": {
         "prepare": ["--sample", "1500"],
         "runs": {
@@ -118,9 +119,54 @@ def report_folder(out: Path) -> Path:
     return out / "report"
 
 
+# The fast precision's probe rate (trimtab.models.precision, 2 threads) at which the whole demo
+# fits 10 minutes, and the least share of its work a slow CPU still does. Measured: <ref>.
+DEMO_REFERENCE_GFLOPS = 900.0
+DEMO_MIN_SCALE = 0.25
+
+
+def demo_scale(minutes: float) -> tuple[float, str]:
+    """The share of the demo's training and evaluation work that fits ``minutes`` here, from a
+    fresh matmul probe (a cached one may be stale: the demo's time depends on the speed now)."""
+    import torch
+
+    from trimtab.models.precision import measure_cpu
+
+    if torch.cuda.is_available():
+        return 1.0, "a GPU"
+    probe = measure_cpu()
+    rate = probe.bf16_gflops if probe.precision == "bf16" else probe.fp32_gflops
+    scale = min(1.0, max(DEMO_MIN_SCALE, rate / DEMO_REFERENCE_GFLOPS * minutes / 10))
+    return scale, f"{probe.precision} matmul {rate:.0f} GFLOP/s on {probe.threads} threads"
+
+
+def sized_demo(profile: dict, minutes: float) -> dict:
+    """The demo profile with its steps, epochs and test reviews scaled to the measured speed:
+    every stage still runs, on less work where the CPU is slow."""
+    scale, why = demo_scale(minutes)
+    steps = max(10, round(60 * scale))
+    epochs = max(1, round(4 * scale))
+    limit, baseline = max(100, round(500 * scale)), max(50, round(200 * scale))
+    print(
+        f"sized for {minutes:g} minutes: {why} -> {scale:.0%} of the full demo (SmolLM2 "
+        f"{steps} steps, MiniLM {epochs} epochs, {limit} test reviews, {baseline} for baselines)"
+    )
+    eval_args = list(profile["eval"])
+    eval_args[eval_args.index("--limit") + 1] = str(limit)
+    eval_args[eval_args.index("--baseline-limit") + 1] = str(baseline)
+    lora, minilm = profile["runs"]["smollm2-lora"], profile["runs"]["minilm-classify"]
+    runs = {
+        "smollm2-lora": (lora[0], [f"max_steps={steps}", f"eval_every={max(1, steps // 2)}"]),
+        "minilm-classify": (minilm[0], [f"epochs={epochs}", *minilm[1][1:]]),
+    }
+    return {**profile, "runs": runs, "eval": eval_args}
+
+
 def main() -> int:
     args = parse_args()
     profile = PROFILES[args.profile]
+    if args.profile == "demo" and args.minutes:
+        profile = sized_demo(profile, args.minutes)
     out = Path(args.out or DEFAULT_OUT[args.profile])
     found = marc_files(Path(args.marc), args.lang)
     if found is None:
@@ -176,6 +222,12 @@ def parse_args() -> argparse.Namespace:
         help="the MARC language (en, de, es, fr, ja, zh): the same recipe on another language",
     )
     parser.add_argument("--out", help="the case study's folder (default runs/<profile>)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="demo: size the work to fit this on this machine's measured speed (0: full size)",
+    )
     parser.add_argument(
         "--docs",
         action="store_true",

@@ -191,3 +191,35 @@ def test_the_real_marc_fixtures_of_every_language_are_found_by_the_case_study():
     for lang in ("de", "en", "es", "fr", "ja", "zh"):
         found = script.marc_files(fixtures, lang)
         assert found is not None and all(f.is_file() for f in found), lang
+
+
+@pytest.mark.parametrize(
+    ("scale", "steps", "epochs", "limit"), [(1.0, 60, 4, 500), (0.3, 18, 1, 150)]
+)
+def test_the_demo_is_sized_to_the_measured_speed_without_dropping_a_stage(
+    monkeypatch, scale, steps, epochs, limit
+):
+    script = load_script()
+    monkeypatch.setattr(script, "demo_scale", lambda minutes: (scale, "a test"))
+    full = script.PROFILES["demo"]
+    sized = script.sized_demo(full, 10)
+    assert sized["runs"].keys() == full["runs"].keys()
+    assert sized["prepare"] == full["prepare"]
+    lora, minilm = sized["runs"]["smollm2-lora"][1], sized["runs"]["minilm-classify"][1]
+    assert f"max_steps={steps}" in lora and f"epochs={epochs}" in minilm
+    assert sized["eval"][sized["eval"].index("--limit") + 1] == str(limit)
+    assert full["eval"][full["eval"].index("--limit") + 1] == "500"  # the profile is not changed
+
+
+def test_the_demo_scale_follows_the_probe_and_has_a_floor(monkeypatch):
+    from trimtab.models import precision
+
+    script = load_script()
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    fast = precision.PrecisionProbe(fp32_gflops=200, bf16_gflops=1800, threads=2, seconds=0.1)
+    slow = precision.PrecisionProbe(fp32_gflops=20, bf16_gflops=1, threads=2, seconds=0.1)
+    monkeypatch.setattr(precision, "measure_cpu", lambda: fast)
+    assert script.demo_scale(10)[0] == 1.0
+    monkeypatch.setattr(precision, "measure_cpu", lambda: slow)
+    scale, why = script.demo_scale(10)
+    assert scale == script.DEMO_MIN_SCALE and "fp32" in why
