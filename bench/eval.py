@@ -12,8 +12,13 @@ predicts the star rating of the same MARC English test reviews three ways, in on
 and prints reviews/s, the ratios, and how often the predictions agree. Model loading and the
 tokenizer's first call are excluded (a warm-up batch runs first on each side).
 
-    .venv/bin/python bench/eval.py                       # 1,000 reviews, the case study's LoRA run
-    .venv/bin/python bench/eval.py --run runs/demo/runs/smollm2-lora --reviews 200
+    .venv/bin/python bench/eval.py          # 1,000 reviews, make case-study-methods's LoRA run
+    .venv/bin/python bench/eval.py --run runs/demo/runs/smollm2-lora --data runs/demo/data \
+        --reviews 200 --json out.json
+
+--json writes the figures, the machine (CPU, flags, threads, bf16/fp32 2048x2048 matmul rates)
+and bench/report.py's summary rows: each trimtab side against the HF generate loop, with the
+model's FLOP rate on the prompts against the matmul rate as its ceiling.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ceiling import block_linears, square_rate  # noqa: E402  (bench/ceiling.py)
+from report import matmul_ceiling, summary_row  # noqa: E402  (bench/report.py: the schema)
+from servers import cpu_features, forward_rate, linear_weights  # noqa: E402  (bench/servers.py)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -31,12 +41,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--run",
-        default=str(REPO / "runs/case-study/runs/smollm2-lora"),
+        default=str(REPO / "runs/case-study-methods/runs/smollm2-lora"),
         help="a fine-tuned sft run (trimtab train output)",
     )
     parser.add_argument(
         "--data",
-        default=str(REPO / "runs/case-study/data"),
+        default=str(REPO / "runs/case-study-methods/data"),
         help="the prepared MARC folder (its test.jsonl)",
     )
     parser.add_argument("--reviews", type=int, default=1000)
@@ -48,6 +58,7 @@ def parse_args() -> argparse.Namespace:
         help="no bf16 autocast: the three sides then agree exactly (in bf16 a "
         "near-tie between two labels can go either way)",
     )
+    parser.add_argument("--json", type=Path, help="also write the figures and summary here")
     return parser.parse_args()
 
 
@@ -56,7 +67,7 @@ def inputs_exist(args: argparse.Namespace) -> bool:
     for path in (args.run, args.data):
         if not Path(path).exists():
             print(
-                f"{path}: not found. Run `make demo` or `make case-study` first, or give "
+                f"{path}: not found. Run `make demo` or `make case-study-methods` first, or give "
                 "--run and --data.",
                 file=sys.stderr,
             )
@@ -136,10 +147,67 @@ def main() -> int:
     if not inputs_exist(args):
         return 2
     model, data, warm = load_model_and_data(args)
+    machine = {**cpu_features(), "threads": args.threads}
+    machine.update(bf16_matmul_gflops=square_rate("bfloat16"))
+    machine.update(fp32_matmul_gflops=square_rate("float32"))
     results = run_sides(model, data, warm, args)
     print_table(data, *results)
     print_ratios(*results)
+    if args.json:
+        from trimtab.files import write_json
+
+        write_json(args.json, figures(model, data, results, machine, args))
     return 0
+
+
+def figures(model, data, results, machine: dict, args: argparse.Namespace) -> dict:
+    """The --json content: each side's figures, the machine and bench/report.py's rows."""
+    scored, generated, hf_seconds, hf_predicted = results
+    n, precision = len(data.records), "fp32" if args.fp32 else "bf16"
+    prompts = model.tokenizer(data.prompts, truncation=True, max_length=512)["input_ids"]
+    body, _ = linear_weights(model.model)
+    how = "2 FLOPs a block weight a prompt token"
+    # a forward pass runs a batch's tokens (batch x its mean prompt length) through each matmul
+    rows = round(args.batch_size * sum(map(len, prompts)) / max(1, len(prompts)))
+    shapes = block_linears(model.base_model or model.name)
+    rate = forward_rate(shapes, rows, "float32" if args.fp32 else "bfloat16")
+    at = f"{precision} matmul at the model's shapes, {rows} rows"
+    hf_accuracy = _accuracy(hf_predicted, data.gold)
+    sides = {
+        "label scoring (trimtab)": (scored.seconds, scored.classification.accuracy),
+        "generation (trimtab)": (generated.seconds, generated.classification.accuracy),
+        "HF generate loop": (hf_seconds, hf_accuracy),
+    }
+    summary = []
+    for side, mine in (("label scoring", scored), ("generation", generated)):
+        gflops = 2 * body * sum(map(len, prompts)) / mine.seconds / 1e9
+        same = _agree(mine.predicted, hf_predicted)
+        note = f"accuracy {mine.classification.accuracy:.3f} vs the peer's {hf_accuracy:.3f}; "
+        note += f"same prediction on {same:.1%} of {n} test reviews, batch {args.batch_size}"
+        summary.append(
+            summary_row(
+                "evaluation",
+                f"classification by {side}, {model.base_model or model.name} {model.method or ''}"
+                " fine-tuned (merged)",
+                "transformers generate loop (3 new tokens, parsed)",
+                n / hf_seconds,
+                n / mine.seconds,
+                "reviews/s",
+                precision=precision,
+                ceiling=matmul_ceiling(gflops, rate, at, how),
+                note=note,
+            )
+        )
+    return {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "reviews": n,
+        "sides": {
+            k: {"seconds": t, "reviews_per_s": n / t, "accuracy": acc}
+            for k, (t, acc) in sides.items()
+        },
+        "machine": machine,
+        "summary": summary,
+    }
 
 
 def hf_generate_loop(model, data, labels, parse_label, batch_size, bf16):

@@ -65,16 +65,18 @@ import time
 import urllib.request
 from pathlib import Path
 
+from report import matmul_ceiling, summary_row  # noqa: E402  (bench/report.py: the schema)
 from servers import (  # noqa: E402  (bench/servers.py, beside this file)
     BUSY,
     LEVELS,
     MODEL,
+    PEER_NAMES,
     REPO,
     SERVERS,
     Server,
-    cpu_features,
     cpu_seconds,
     free_port,
+    machine_and_cost,
     make_server,
     start,
     stop,
@@ -82,6 +84,12 @@ from servers import (  # noqa: E402  (bench/servers.py, beside this file)
     wait_healthy,
     wait_idle,
 )
+
+# (trimtab variant, peer): (the tok/s ratio to reach at every concurrency, the goal in words)
+GOALS = {
+    ("trimtab", "transformers"): (1.0, "ahead at every concurrency"),
+    ("trimtab", "llama-server"): (0.5, "within 2x (>= 0.5) at every concurrency"),
+}
 
 
 def make_prompts(data: Path, n: int, seed: int) -> tuple[list[str], str]:
@@ -389,6 +397,108 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
+def level_ceiling(row: dict, precision: str, cost: dict) -> str | None:
+    """The model's FLOP rate in one level (2 per weight per token, prompts included) against
+    the forward matmul rate at the model's shapes in trimtab's precision."""
+    body, head = cost["weights"]
+    ptoks = cost["prompt_tokens"]
+    prompt = sum(ptoks[i % len(ptoks)] for i in range(row["requests"]))
+    made = row["completion_tokens"]
+    gflops = (2 * body * (prompt + made) + 2 * head * made) / row["wall_s"] / 1e9
+    how = "2 FLOPs a weight a token, prompt tokens included"
+    at = f"{precision} matmul at the model's shapes, {cost['rows']} rows"
+    return matmul_ceiling(gflops, cost[f"{precision}_step_gflops"], at, how)
+
+
+def pair_note(by: dict, mine: str, peer: str, levels: list[int], agreement: dict) -> str:
+    """The ratios at every level, TTFT at the top one, the goal (if any), greedy agreement."""
+    t, p = by[(mine, levels[-1])], by[(peer, levels[-1])]
+    ratios = [by[(mine, c)]["tok_per_s"] / by[(peer, c)]["tok_per_s"] for c in levels]
+    note = f"tok/s ratio at {' / '.join(map(str, levels))} clients: "
+    note += " / ".join(f"{r:.2f}" for r in ratios)
+    if t["ttft_p50_ms"] and p["ttft_p50_ms"]:
+        note += f"; TTFT p50 {t['ttft_p50_ms']:.0f} vs the peer's {p['ttft_p50_ms']:.0f} ms"
+    if (mine, peer) in GOALS:
+        least, words = GOALS[(mine, peer)]
+        met = [str(c) for c, r in zip(levels, ratios) if r >= least]
+        verdict = "met" if len(met) == len(levels) else f"met at {'/'.join(met) or 'no'} clients"
+        note += f"; goal: {words}: {verdict}"
+    share = agreement.get("share_identical", {}).get(mine)
+    if share is not None:
+        note += f"; greedy text equal to the {agreement['reference']} server's on {share:.0%}"
+    if "not the torch servers' precision class" in p["weights"]:
+        note += f"; the peer computes with {p['weights']}"
+    busy = max(t["others_cpu_share"], p["others_cpu_share"])
+    if busy > BUSY:
+        note += f"; other processes took {busy:.0%} of the cores: timings unreliable"
+    return note
+
+
+def pair_row(by: dict, mine: str, peer: str, context: dict, a) -> dict:
+    """One summary row: a trimtab variant against one peer, at the highest concurrency both
+    reached (the other levels in the note); a row without figures if either failed."""
+    levels = sorted(c for s, c in by if s == mine and (peer, c) in by)
+    precision = "bf16" if mine.endswith("-bf16") else "fp32"
+    top = levels[-1] if levels else max(a.levels)
+    name = f"tok/s at {top} clients, {a.max_tokens} tokens streamed (SmolLM2-135M)"
+    figures, ceiling = (None, None), None
+    if levels:
+        t, p = by[(mine, top)], by[(peer, top)]
+        figures = (p["tok_per_s"], t["tok_per_s"])
+        ceiling = level_ceiling(t, precision, context["cost"]) if top == max(a.levels) else None
+        note = pair_note(by, mine, peer, levels, context["agreement"])
+    else:
+        failed = context["failed"]
+        who = "trimtab" if mine in failed else "the peer"
+        note = (
+            f"{who} failed: {(failed.get(mine) or failed.get(peer) or 'no level in common')[:200]}"
+        )
+    return summary_row(
+        "serving",
+        name,
+        PEER_NAMES.get(peer, peer),
+        *figures,
+        "tok/s",
+        precision=precision,
+        ceiling=ceiling,
+        note=note,
+    )
+
+
+def summary(rows: list[dict], results: dict, cost: dict, a) -> list[dict]:
+    """bench/report.py's rows: each trimtab variant against each peer, and the adapters."""
+    by = {(r["server"], r["concurrency"]): r for r in rows if "failed" not in r}
+    failed = {r["server"]: r["failed"] for r in rows if "failed" in r}
+    names = list(dict.fromkeys(r["server"] for r in rows))
+    context = {"failed": failed, "agreement": results.get("agreement") or {}}
+    context["cost"] = cost
+    out = [
+        pair_row(by, mine, peer, context, a)
+        for mine in names
+        if mine.startswith("trimtab")
+        for peer in names
+        if not peer.startswith("trimtab")
+    ]
+    adapters = results.get("adapters")
+    if adapters:
+        one, many, ratio = adapters["one_adapter"], adapters["eight_adapters"], adapters["ratio"]
+        verdict = "met" if ratio is not None and ratio >= 0.8 else "not met"
+        note = f"16 clients round-robin over 8 adapter ids; goal: within 20% (>= 0.8): {verdict}"
+        note += f"; errors {many['errors']} / {one['errors']}"
+        out.append(
+            summary_row(
+                "serving",
+                "tok/s, 16 clients over 8 LoRA adapters (SmolLM2-135M)",
+                "trimtab serve, 16 clients on 1 adapter",
+                one["tok_per_s"],
+                many["tok_per_s"],
+                "tok/s",
+                note=note,
+            )
+        )
+    return out
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers", default=",".join(SERVERS[:5]), help=",".join(SERVERS))
@@ -453,9 +563,14 @@ def main() -> None:
     def count(text: str) -> int:
         return len(tok.encode(text, add_special_tokens=False).ids)
 
-    cpu = cpu_features()
     prompts, source = make_prompts(a.data, a.prompts, a.seed)
+    machine, cost = machine_and_cost(folder, prompts, count, a)
+    cpu = {k: machine[k] for k in ("cpu", "cores", "flags")}
     print(f"CPU: {cpu['cpu']}, {cpu['cores']} logical cores; flags: {' '.join(cpu['flags'])}")
+    print(
+        f"2048x2048 matmul, {a.threads} threads: fp32 {machine['fp32_matmul_gflops']:.0f}, "
+        f"bf16 {machine['bf16_matmul_gflops']:.0f} GFLOP/s"
+    )
     print(
         f"{MODEL}, {len(prompts)} prompts ({source}), /v1/{a.endpoint}, greedy, "
         f"max_tokens {a.max_tokens}, streaming; {a.threads} threads per server",
@@ -472,6 +587,7 @@ def main() -> None:
         show(rows)
         results.update(rows=rows, ratios=ratios(rows), agreement=agreement(rows))
     if a.json:
+        results.update(summary=summary(rows, results, cost, a), machine=machine)
         results["settings"] = {k: str(v) for k, v in results["settings"].items() if k != "work"}
         a.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -1,8 +1,9 @@
 """The servers bench/serve.py compares: how to start each, wait for it, stop it, and watch its
-processes (CPU time, peak memory), plus the machine's CPU features and idle check.
+processes (CPU time, peak memory), plus the machine's CPU features, idle check and ceiling (its
+matmul rates, what a token costs the model).
 
-Kept apart from the load generator so that each file stays readable; bench/engine.py imports
-the CPU features from here too.
+Kept apart from the load generator so that each file stays readable; the other bench scripts
+import the CPU features and the ceiling helpers from here too.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ SERVERS = (
     "llamacpp-q4",
     "trimtab-bf16",
 )
+# how the summary rows name each peer
+PEER_NAMES = {
+    "transformers": "transformers serve",
+    "transformers-cb": "transformers serve --continuous-batching",
+    "llamacpp": "llama-cpp-python server",
+    "llama-server": "llama.cpp llama-server",
+    "llamacpp-q4": "llama-cpp-python server, Q4_1 GGUF",
+}
 
 
 @dataclass
@@ -68,6 +77,51 @@ def cpu_features() -> dict:
         elif key.strip() == "flags":
             flags |= set(value.split())
     return {"cpu": name, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags]}
+
+
+def linear_weights(model) -> tuple[int, int]:
+    """The weights of the model's matmuls: (in its blocks, in its output head). A token costs
+    about 2 FLOPs per weight it passes through (attention's own products aside), which puts a
+    benchmark's tokens/s beside the machine's matmul rate. Works on a meta-device model."""
+    import torch
+
+    head = model.get_output_embeddings()
+    in_head = head.weight.numel() if head is not None else 0
+    linear = (m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return sum(m.weight.numel() for m in linear) - in_head, in_head
+
+
+def forward_rate(shapes: list[tuple[int, int]], rows: int, dtype_name: str) -> float:
+    """GFLOP/s of a forward pass through one block's matmuls (``shapes``: (in, out) of each
+    ``nn.Linear``, bench/ceiling.py's block_linears) at ``rows`` tokens a step: the ceiling of
+    inference at the model's own shapes (a decoding step of B rows runs them at B rows)."""
+    from ceiling import matmul_seconds  # bench/ceiling.py, beside this file
+
+    flops = sum(2.0 * rows * k * n for k, n in shapes)
+    return flops / sum(matmul_seconds(rows, k, n, dtype_name, reps=20) for k, n in shapes) / 1e9
+
+
+def machine_and_cost(folder: Path, prompts: list[str], count, a) -> tuple[dict, dict]:
+    """The machine (CPU, flags, threads, fp32/bf16 2048² matmul rates with the servers'
+    threads) and what a token costs: the model's matmul weights, each prompt's tokens, and the
+    forward matmul rate at the model's block shapes with as many rows as the top level's
+    clients (a decoding step's), in each precision."""
+    import torch
+    from ceiling import block_linears, square_rate  # bench/ceiling.py, beside this file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.set_num_threads(a.threads)
+    machine = {**cpu_features(), "threads": a.threads}
+    rows, shapes = max(a.levels), block_linears(MODEL)
+    cost: dict = {"rows": rows, "prompt_tokens": [count(p) for p in prompts]}
+    for precision, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        machine[f"{precision}_matmul_gflops"] = square_rate(dtype)
+        cost[f"{precision}_step_gflops"] = forward_rate(shapes, rows, dtype)
+    with torch.device("meta"):
+        cost["weights"] = linear_weights(
+            AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        )
+    return machine, cost
 
 
 def cpu_busy(seconds: float = 1.0) -> float:

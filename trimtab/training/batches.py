@@ -170,9 +170,6 @@ def split_by_tokens(
         piece = {k: v[start : start + step] for k, v in batch.items()}
         longest = int(piece["attention_mask"].sum(1).max())  # right padding: real tokens first
         pieces.append(
-            {
-                k: v[:, :longest] if k in _PER_TOKEN or v.dim() == 3 else v
-                for k, v in piece.items()
-            }
+            {k: v[:, :longest] if k in _PER_TOKEN or v.dim() == 3 else v for k, v in piece.items()}
         )
     return pieces
