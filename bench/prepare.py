@@ -9,6 +9,11 @@ PyPI once; prepare_data itself runs offline). Each tool's whole run is timed (be
 
     .venv/bin/python bench/prepare.py                  # full benchmark, 200,000 rows
     .venv/bin/python bench/prepare.py --skip-trimtab   # the OpenAI peer only
+
+With --json, the results carry ``rows`` (one per trimtab variant: stage, peer, peer_figure,
+trimtab_figure in seconds, unit, ratio = peer seconds / trimtab seconds) and ``machine`` (the
+CPU, its cores and features), the shape bench/report.py collects. /proc/loadavg is printed
+before every timed run: the machine may be shared.
 """
 
 import argparse
@@ -27,7 +32,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import cpu_features  # noqa: E402  (bench/servers.py)
+
 REPO = Path(__file__).resolve().parent.parent
+PEER = "OpenAI CLI 0.28.1 prepare_data"
 OPENAI_VENV = REPO / ".bench" / "openai-venv"
 # The whole dependency closure of openai[datalib]==0.28.1 as of its era (late 2023):
 # pandas 2.1.4 + numpy 1.26.4 have CPython 3.11 wheels and run its validators unchanged.
@@ -156,9 +165,13 @@ def bench(
 ) -> tuple[dict, str, Path]:
     """Best of `repeat` runs, each in a fresh dir; exits with the tool's output if one fails."""
     runs = []
+    loads = []
     for i in range(repeat):
         (cwd := work / f"{tool}-{i}").mkdir()
-        res = run_timed(cmd := cmd_for(cwd), cwd, timeout)
+        cmd = cmd_for(cwd)
+        loads.append(loadavg())
+        print(f"  loadavg before {tool} run {i + 1}: {loads[-1]}")
+        res = run_timed(cmd, cwd, timeout)
         if res["rc"] != 0:
             sys.exit(
                 f"\n{tool} failed ({res['status']}): {' '.join(cmd)}\n--- stdout (tail) ---\n"
@@ -170,8 +183,17 @@ def bench(
         "seconds": min(r["seconds"] for r in runs),
         "runs_s": [round(r["seconds"], 3) for r in runs],
         "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
+        "loadavg_before": loads,
     }
     return timing, runs[-1]["stdout"], cwd
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (how busy others kept the machine)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def parse_openai(stdout: str) -> tuple[list[dict], list[str]]:
@@ -279,16 +301,26 @@ def bench_openai(args: argparse.Namespace, data: Path, work: Path) -> dict:
 
 def trimtab_version(trimtab: Path) -> str:
     """The trimtab version installed next to the executable ("?" if it cannot say)."""
-    version = subprocess.run(
-        [
-            str(trimtab.parent / "python"),
-            "-c",
-            "import importlib.metadata as m; print(m.version('trimtab'))",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    try:
+        version = subprocess.run(
+            [
+                str(trimtab.parent / "python"),
+                "-c",
+                "import importlib.metadata as m; print(m.version('trimtab'))",
+            ],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:  # no Python beside it (a wrapper script)
+        return "?"
     return version.stdout.strip() or "?"
+
+
+def prepare_help(trimtab: Path) -> str:
+    """`trimtab prepare --help`: which options this trimtab has."""
+    return subprocess.run(
+        [str(trimtab), "prepare", "--help"], capture_output=True, text=True
+    ).stdout
 
 
 def bench_trimtab(args: argparse.Namespace, data: Path, work: Path) -> dict[str, dict]:
@@ -296,9 +328,15 @@ def bench_trimtab(args: argparse.Namespace, data: Path, work: Path) -> dict[str,
         sys.exit(f"{args.trimtab} not found: pip install -e . first, or use --skip-trimtab")
     version = trimtab_version(args.trimtab)
     tools: dict[str, dict] = {}
-    # The default run counts tokens with SmolLM2's real tokenizer, which OpenAI's tool
-    # does not do at all; `--model none` shows what the rest of the checks cost.
-    for tool, extra in (("trimtab", []), ("trimtab-notok", ["--model", "none"])):
+    # The default run counts every example's tokens with SmolLM2's real tokenizer and embeds
+    # the diversity check's sample with MiniLM, neither of which OpenAI's tool does;
+    # `--diversity-embedder bow` (where the CLI has it) shows the run without MiniLM, and
+    # `--model none` what the rest costs without token counts.
+    variants = [("trimtab", [])]
+    if "--diversity-embedder" in prepare_help(args.trimtab):
+        variants.append(("trimtab-bow", ["--diversity-embedder", "bow"]))
+    variants.append(("trimtab-notok", ["--model", "none"]))
+    for tool, extra in variants:
 
         def trimtab_cmd(cwd: Path, extra: list[str] = extra) -> list[str]:
             return [
@@ -323,7 +361,8 @@ def bench_trimtab(args: argparse.Namespace, data: Path, work: Path) -> dict[str,
 
 
 def print_speed(tools: dict[str, dict], n_rows: int, results: dict) -> None:
-    """The timing table (adding rows_per_s to each tool) and the ratios to OpenAI's rows/s."""
+    """The timing table (adding rows_per_s to each tool) and the ratios to OpenAI's seconds,
+    one summary row per trimtab variant in results["rows"]."""
     print("\ntool           version       rows   seconds    rows/s   peak RSS")
     for tool, t in tools.items():
         t["rows_per_s"] = round(n_rows / t["seconds"], 1)
@@ -331,12 +370,32 @@ def print_speed(tools: dict[str, dict], n_rows: int, results: dict) -> None:
             f"{tool:<14} {t['version']:<8} {n_rows:>9,} {t['seconds']:>9.2f} "
             f"{t['rows_per_s']:>9,.0f} {t['peak_rss_mb']:>7,.0f} MB"
         )
-    if "openai" in tools:
-        for tool in ("trimtab", "trimtab-notok"):
-            if tool in tools:
-                ratio = tools[tool]["rows_per_s"] / tools["openai"]["rows_per_s"]
-                results[f"ratio_{tool.replace('-', '_')}_over_openai"] = round(ratio, 2)
-                print(f"{tool} rows/s / OpenAI rows/s = {ratio:.2f}x")
+    if "openai" not in tools:
+        return
+    names = {
+        "trimtab": "trimtab prepare",
+        "trimtab-bow": "trimtab prepare --diversity-embedder bow",
+        "trimtab-notok": "trimtab prepare --model none",
+    }
+    for tool, name in names.items():
+        if tool not in tools:
+            continue
+        peer, ours = tools["openai"]["seconds"], tools[tool]["seconds"]
+        ratio = peer / ours  # the same as the ratio of rows/s
+        results[f"ratio_{tool.replace('-', '_')}_over_openai"] = round(ratio, 2)
+        results["rows"].append(
+            {
+                "stage": "prepare",
+                "name": name,
+                "peer": PEER,
+                "peer_figure": round(peer, 3),
+                "trimtab_figure": round(ours, 3),
+                "unit": f"s ({n_rows / 1000:g}k rows)",
+                "higher_is_better": False,
+                "ratio": round(ratio, 3),
+            }
+        )
+        print(f"{tool}: OpenAI seconds / {tool} seconds = {ratio:.2f}x")
 
 
 def print_tool_checks(tools: dict[str, dict]) -> None:
@@ -353,11 +412,17 @@ def print_tool_checks(tools: dict[str, dict]) -> None:
 def run_benchmark(args: argparse.Namespace, work: Path) -> None:
     data, rows, dups = write_bench_file(args, work)
     tools: dict[str, dict] = {}
-    results = {
-        "rows": len(rows),
-        "exact_duplicates": dups,
-        "seed": args.seed,
-        "source": str(args.data),
+    machine = cpu_features()
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {' '.join(machine['flags'])}")
+    results: dict = {
+        "rows": [],  # the summary rows, filled by print_speed
+        "machine": machine,
+        "data": {
+            "rows": len(rows),
+            "exact_duplicates": dups,
+            "seed": args.seed,
+            "source": str(args.data),
+        },
         "tools": tools,
     }
     if not args.skip_openai:

@@ -120,6 +120,13 @@ def _add_prepare_checks_and_splits(p: argparse.ArgumentParser) -> None:
     )
     k.add_argument("--sample", type=int, help="keep a random sample of N examples")
     k.add_argument(
+        "--diversity-embedder",
+        choices=["auto", "minilm", "bow"],
+        default="auto",
+        help="vectors of the diversity check: MiniLM (auto: when installed; topic-level "
+        "clusters, 12-25 s of a core) or bag of words (about 1 s, word-level clusters)",
+    )
+    k.add_argument(
         "--no-plots",
         dest="plots",
         action="store_false",

@@ -418,6 +418,20 @@ def test_mixed_case_is_ok():
     assert r.details["uppercase_share"] < 0.1
 
 
+def test_uppercase_share_counts_every_letter_of_ascii_and_other_text():
+    pairs = [
+        ("Plain ASCII Review", " pos"),
+        ("ÉCOLE très Bien 👍 ΣΑΣ", " neg"),
+        ("it’s fine — Ça Va", " pos"),
+        ("1234 !!", " x"),
+    ]
+    r = check_uppercase(supervised(pairs))
+    letters = "".join(p + c for p, c in pairs)
+    upper = sum(ch.isupper() for ch in letters)
+    lower = sum(ch.islower() for ch in letters)
+    assert r.details["uppercase_share"] == round(upper / (upper + lower), 4)
+
+
 def test_a_few_all_caps_examples_are_info_without_fix():
     state = supervised(
         [

@@ -34,6 +34,24 @@ def build_error(records, mapping, mode) -> DataError:
 # --- infer_mode ---------------------------------------------------------------------------------
 
 
+def test_bare_columns_take_text_as_is_and_other_values_as_their_templates_would():
+    records = [
+        rec(1, prompt="hello", completion="yes"),
+        rec(2, prompt="count", completion=5),
+        rec(3, prompt=True, completion=2.0),
+        rec(4, prompt="again", completion="no", bad_utf8=True),
+    ]
+    examples, unused = build_examples(records, Mapping(), "supervised", split="valid")
+    assert [(ex.prompt, ex.completion) for ex in examples] == [
+        ("hello", "yes"),
+        ("count", "5"),
+        ("true", "2"),
+        ("again", "no"),
+    ]
+    assert [ex.bad_utf8 for ex in examples] == [False, False, False, True]
+    assert {ex.split for ex in examples} == {"valid"} and unused == []
+
+
 @pytest.mark.parametrize(
     ("fields", "mode"),
     [

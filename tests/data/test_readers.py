@@ -458,6 +458,39 @@ def test_invalid_json_line_is_reported_with_file_and_line(tmp_path):
     assert "column" in str(error)
 
 
+def test_json_lines_are_read_as_json_loads_reads_each_line(tmp_path):
+    # CRLF ends, white space around a value, a BOM-less UTF-8 value: what json.loads accepts
+    path = write(tmp_path, "d.jsonl", '{"a": 1}\r\n  {"a": 2}  \n\t{"a": "\u00e9"}\n')
+    assert fields_of(read_records(path)) == [{"a": 1}, {"a": 2}, {"a": "é"}]
+    assert lines_of(read_records(path)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "line", ['{"a": 1} {"b": 2}', '{"a": 1}\x0b', '{"a": 1}]', '\ufeff{"a": 1}', "{'a': 1}"]
+)
+def test_json_lines_errors_are_json_loads_own_messages(tmp_path, line):
+    path = write(tmp_path, "d.jsonl", '{"ok": 1}\n' + line + "\n")
+    with pytest.raises(json.JSONDecodeError) as info:
+        json.loads(line)
+    error = read_error(path)
+    assert [str(p) for p in error.problems] == [
+        f"{path}:2: invalid JSON: {info.value.msg} (column {info.value.colno})"
+    ]
+
+
+def test_read_file_gives_the_sha256_of_the_file_as_stored(tmp_path):
+    import hashlib
+
+    from trimtab.data.readers import read_file
+
+    plain = write(tmp_path, "d.jsonl", '{"a": 1}\n')
+    packed = write(tmp_path, "p.jsonl.gz", gzip.compress(b'{"a": 1}\n'))
+    for path in (plain, packed):
+        records, digest = read_file(path)
+        assert fields_of(records) == [{"a": 1}]
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_json_lines_line_that_is_not_an_object_is_reported(tmp_path):
     path = write(tmp_path, "d.jsonl", '{"a": 1}\n[1, 2]\n"text"\n')
     error = read_error(path)

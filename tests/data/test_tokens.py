@@ -300,35 +300,22 @@ def test_token_lengths_skipped_without_tokenizer():
     assert r.message == "skipped: no tokenizer (--model none)"
 
 
-def test_large_data_samples_percentiles_but_finds_every_long_example(tok, monkeypatch):
-    import trimtab.data.tokens as tokens
-
-    monkeypatch.setattr(tokens, "SAMPLE_SIZE", 50)
+def test_large_data_counts_every_example_exactly(tok):
     long_text = "Terrible. It broke after one day and the seller never answered. " * 3
     pairs = [(f"short {i}", " 5") for i in range(300)]
-    for i in (7, 123, 299):  # long ones, most of them outside any sample of 50
+    for i in (7, 123, 299):
         pairs[i] = (long_text + str(i), " 1")
     state = supervised(pairs, "classification")
     limit = 20
     counts = measure(state, tok, limit)
-    exact = TokenCounts.exact(state.examples, *example_lengths(state, tok), max_length=limit)
-    assert counts.sampled == 50 and len(counts.prompt) == 50
-    assert [ex.line for ex, _ in counts.long] == [ex.line for ex, _ in exact.long] == [8, 124, 300]
-    assert counts.max_total == exact.max_total
+    assert counts.prompt == [n_tokens(tok, p) for p, _ in pairs]
+    assert counts.completion == [n_tokens(tok, c) for _, c in pairs]
+    assert [ex.line for ex, _ in counts.long] == [8, 124, 300]
+    assert counts.sampled is None
     r = check_token_lengths("tiny", limit, counts)
-    assert r.details["sampled"] == 50 and "tokens_estimated" in r.details
-    assert "random sample of 50" in r.message and r.count == 3
-
-
-def test_tokenizer_breaking_the_byte_bound_gets_every_example_counted(tok, monkeypatch):
-    import trimtab.data.tokens as tokens
-
-    monkeypatch.setattr(tokens, "SAMPLE_SIZE", 10)
-    real = tokens.count_tokens
-    monkeypatch.setattr(tokens, "count_tokens", lambda t, texts: [n * 100 for n in real(t, texts)])
-    state = supervised([(f"p {i}", " 5") for i in range(40)], "classification")
-    counts = measure(state, tok, 512)
-    assert counts.sampled is None and len(counts.prompt) == 40
+    assert r.details["sampled"] is None and "tokens_estimated" not in r.details
+    assert r.details["tokens"] == sum(n_tokens(tok, p) + n_tokens(tok, c) for p, c in pairs)
+    assert "sample" not in r.message and r.count == 3
 
 
 # --- check_long_examples ---------------------------------------------------------------------

@@ -276,3 +276,15 @@ def test_marc_original_format_title_and_body_with_the_real_tokenizer(tmp_path, m
     assert report["counts"] == {"read": 15, "kept": 15, "train": 5, "valid": 5, "test": 5}
     first = json.loads((tmp_path / "out" / "test.jsonl").read_text().splitlines()[0])
     assert first["completion"] == " 1" and "\n\n" in first["prompt"]
+
+
+def test_diversity_embedder_flag_reaches_the_check_and_the_report(tmp_path, data):
+    result = run(
+        "prepare", str(data), "--prompt-template", r"{title}\n\n{body}",
+        "--completion-field", "stars", "--out", "out", "--model", "none",
+        "--diversity-embedder", "bow", "--no-plots", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["options"]["diversity_embedder"] == "bow"
+    assert "MiniLM" not in json.dumps([c for c in report["checks"] if "divers" in json.dumps(c)])

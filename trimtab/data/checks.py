@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,8 +33,14 @@ MAX_LOCATIONS = 5  # example locations shown per check
 MIN_PER_CLASS = 100  # OpenAI's advice: at least ~100 examples per class
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_PUNCT = re.compile(r"[^\w\s]+")
 _ASCII_PUNCT = string.punctuation.replace("_", "").encode()  # \w keeps the underscore
+# Normalising replaces every character outside [\w\s] by a space: the ASCII ones (punctuation
+# and control characters) by bytes.translate, the others by a regex that skips ASCII quickly.
+_ASCII_OTHER = _ASCII_PUNCT + bytes(range(0x00, 0x09)) + bytes(range(0x0E, 0x1C)) + b"\x7f"
+_ASCII_TO_SPACE = bytes.maketrans(_ASCII_OTHER, b" " * len(_ASCII_OTHER))
+_NON_ASCII_OTHER = re.compile(r"[^\x00-\x7f\w\s]")
+_ASCII_UPPER = string.ascii_uppercase.encode()
+_ASCII_LOWER = string.ascii_lowercase.encode()
 _ASCII_FOLD = bytes.maketrans(
     string.ascii_uppercase.encode() + _ASCII_PUNCT,
     string.ascii_lowercase.encode() + b" " * len(_ASCII_PUNCT),
@@ -107,6 +113,9 @@ class State:
     unused_fields: list[str] = field(default_factory=list)
     splits: dict[str, list[Example]] | None = None  # set once the data is split
     _norm: dict[str, str] = field(default_factory=dict, repr=False)
+    # prompt as held (separator included) -> its key, for the separator the keys were made with
+    _keys: dict[str, str] = field(default_factory=dict, repr=False)
+    _keys_separator: str | None = field(default=None, repr=False)
 
     def prompt_of(self, ex: Example) -> str:
         if self.mode == "text":
@@ -128,10 +137,17 @@ class State:
     def prompt_key(self, ex: Example) -> str:
         """The normalised prompt: equal keys mean the same input for dedupe, splits, leakage."""
         prompt = self.prompt_of(ex)
-        if self.separator and self.mode == "supervised":
-            # Without the separator the key is the one already cached before it was appended.
-            prompt = prompt.removesuffix(self.separator)
-        return self.normalized(prompt)
+        if self._keys_separator != self.separator:
+            self._keys.clear()  # a key depends on the separator taken off
+            self._keys_separator = self.separator
+        key = self._keys.get(prompt)  # the prompt's hash is cached: no copy, no rehash
+        if key is None:
+            bare = prompt
+            if self.separator and self.mode == "supervised":
+                # Without the separator the key is the one already cached before it was appended.
+                bare = prompt.removesuffix(self.separator)
+            key = self._keys[prompt] = self.normalized(bare)
+        return key
 
     def normalized(self, text: str) -> str:
         """Lower case, no punctuation, single spaces: the key for near-duplicates."""
@@ -139,8 +155,11 @@ class State:
         if norm is None:
             if text.isascii():  # bytes.translate does the same as the regex, twice as fast
                 norm = " ".join(text.encode().translate(_ASCII_FOLD).decode().split())
-            else:
-                norm = " ".join(_PUNCT.sub(" ", text.lower()).split())
+            else:  # the regex for the non-ASCII characters only, bytes.translate for the rest
+                low = text.lower().encode("utf-8", "surrogatepass").translate(_ASCII_TO_SPACE)
+                norm = " ".join(
+                    _NON_ASCII_OTHER.sub(" ", low.decode("utf-8", "surrogatepass")).split()
+                )
             self._norm[text] = norm
         return norm
 
@@ -371,16 +390,22 @@ def check_duplicates(state: State) -> CheckResult:
 
 
 def check_near_duplicates(state: State) -> CheckResult:
-    seen: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    first: dict[tuple[str, str], tuple[str, str]] = {}  # key -> its first exact text
+    variants: dict[tuple[str, str], set[tuple[str, str]]] = {}  # only for keys seen twice
     near: list[Example] = []
+    norm = state.normalized
     for ex in _held_out_first(state.examples):
         exact = (state.prompt_of(ex), state.completion_of(ex))
-        key = (state.normalized(exact[0]), state.normalized(exact[1]))
-        variants = seen.setdefault(key, set())
+        key = (norm(exact[0]), norm(exact[1]))
+        seen = first.setdefault(key, exact)
+        if seen is exact:
+            continue
+        if (texts := variants.get(key)) is None:
+            texts = variants[key] = {seen}
         # An exact repeat belongs to the duplicates check (and may have been kept on purpose).
-        if variants and exact not in variants and not ex.split:
+        if exact not in texts and not ex.split:
             near.append(ex)
-        variants.add(exact)
+        texts.add(exact)
     if not near:
         return CheckResult(
             "near-duplicates",
@@ -409,13 +434,17 @@ def check_contradictions(state: State) -> CheckResult:
         return CheckResult(
             "contradictions", "Contradictions", "ok", "not applicable: no prompts to contradict"
         )
-    groups: dict[str, list[Example]] = defaultdict(list)
+    first: dict[str, Example] = {}
+    groups: dict[str, list[Example]] = {}  # only prompts seen more than once
     for ex in state.examples:
-        groups[state.prompt_key(ex)].append(ex)
+        key = state.prompt_key(ex)
+        if (seen := first.setdefault(key, ex)) is not ex:
+            groups.setdefault(key, [seen]).append(ex)
     conflicting = [
-        g
-        for g in groups.values()
-        if len({state.normalized(state.completion_of(ex)) for ex in g}) > 1
+        groups[key]
+        for key in first  # in the order the prompts first appear
+        if key in groups
+        and len({state.normalized(state.completion_of(ex)) for ex in groups[key]}) > 1
     ]
     if not conflicting:
         return CheckResult(
@@ -439,21 +468,32 @@ def check_contradictions(state: State) -> CheckResult:
     )
 
 
+def _shouts(text: str) -> bool:
+    return len(text) >= 8 and text.isupper()
+
+
+def _letter_cases(texts: list[str]) -> tuple[int, int]:
+    """Upper- and lower-case letters in the texts: ASCII ones counted in bulk by bytes.translate
+    (the same letters as str.isupper and str.islower), the others one by one."""
+    ascii_bytes = "".join(t for t in texts if t.isascii()).encode()
+    upper = len(ascii_bytes) - len(ascii_bytes.translate(None, _ASCII_UPPER))
+    lower = len(ascii_bytes) - len(ascii_bytes.translate(None, _ASCII_LOWER))
+    for text in texts:
+        if not text.isascii():
+            upper += sum(map(str.isupper, text))
+            lower += sum(map(str.islower, text))
+    return upper, lower
+
+
 def check_uppercase(state: State) -> CheckResult:
-    shouting = [
-        ex for ex in state.examples if any(len(t) >= 8 and t.isupper() for t in _texts(state, ex))
-    ]
+    if state.mode == "supervised":  # the common case without a list per example
+        shouting = [ex for ex in state.examples if _shouts(ex.prompt) or _shouts(ex.completion)]
+    else:
+        shouting = [ex for ex in state.examples if any(map(_shouts, _texts(state, ex)))]
     # The dataset-wide share is estimated on an even sample: counting every character of a
     # large file in Python would dominate the run time, and the advice only needs the ratio.
     step = max(1, len(state.examples) // 20_000)
-    upper = lower = 0
-    for ex in state.examples[::step]:
-        for t in _texts(state, ex):
-            for c in t:
-                if c.isupper():
-                    upper += 1
-                elif c.islower():
-                    lower += 1
+    upper, lower = _letter_cases([t for ex in state.examples[::step] for t in _texts(state, ex)])
     share = upper / max(1, upper + lower)
     details = {"uppercase_share": round(share, 4), "all_caps_examples": len(shouting)}
     if share <= 1 / 3:

@@ -11,7 +11,8 @@ teaches less than its size suggests. :func:`check_diversity` reports
   class's prompt lengths and the classes that are thin in a cluster, so that the advice names what
   to add.
 
-Everything is measured on a seeded sample of at most :data:`SAMPLE` examples.
+Everything is measured on a seeded sample of at most :data:`SAMPLE` examples (the report says
+how many of how many), so the check costs the same on any size of data.
 :func:`plot_diversity` draws the figure prepare writes to :data:`PLOT`: the sample's vectors in
 two dimensions coloured by cluster, the classes of each cluster, and the prompt lengths per class.
 """
@@ -20,10 +21,17 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import pickle
 import random
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,8 +41,9 @@ from trimtab.data.examples import Example
 
 Embedder = Literal["auto", "minilm", "bow"]
 
-# Examples embedded and compared: 1,000 MiniLM embeddings take about 12 s on 2 CPU cores (and
-# load torch), a cost every prepare pays; shares and clusters are stable well below that.
+# Examples embedded and compared, on any size of data: 1,000 MiniLM embeddings take about 12 s
+# on 2 CPU cores (and load torch), which prepare spends in a worker process meanwhile (see
+# PendingDiversity); shares and clusters are stable well below that.
 SAMPLE = 1_000
 NEAR = 0.95  # cosine from which two prompts are near-repeats by meaning
 NEAR_WARN = 0.20  # warn when more than this share of examples has a near-repeat
@@ -47,6 +56,7 @@ BATCH = 16  # prompts per MiniLM forward pass (in length order: little padding)
 MAX_TOKENS = 128  # MiniLM reads at most this many tokens of a prompt
 VOCAB = 4_096  # bag-of-words dimensions (the most frequent words)
 PAIRS = 5  # near-repeat pairs kept in the details
+BACKGROUND = 256  # from this many prompts, prepare runs the check in a worker process
 PLOT = "plots/diversity.png"  # the figure, relative to prepare's output folder
 MAX_LEGEND = 12  # classes named in the bars' legend (more: the length panel names them)
 
@@ -70,65 +80,196 @@ class DiversityResult(CheckResult):
     """The check's result, with the vectors its figure needs (kept out of ``to_json``)."""
 
     map: ClusterMap | None = field(default=None, repr=False, compare=False)
+    png: bytes | None = field(default=None, repr=False, compare=False)  # drawn by a worker
 
 
 def check_diversity(
     state: State, embedder: Embedder = "auto", sample: int = SAMPLE, seed: int = 0
 ) -> DiversityResult:
     """Lexical diversity, near-repeats by meaning and clusters of a seeded sample of prompts."""
-    examples = _sample(state.examples, sample, seed)
-    texts = [_text_of(state, ex) for ex in examples]
-    words = [_WORD.findall(t.lower()) for t in texts]
-    distinct = {f"distinct_{n}": _distinct(words, n) for n in (1, 2, 3)}
-    details: dict[str, Any] = {
-        "sampled": len(examples),
-        "of": len(state.examples),
-        **distinct,
-    }
-    if len(examples) < 2:
+    seen = _Sampled.of(state, sample, seed)
+    if len(seen.examples) < 2:
+        return seen.too_few()
+    return seen.result(*_embed(seen.texts, embedder), seed, embedder)
+
+
+@dataclass
+class _Sampled:
+    """The compared sample as the check saw it, and the figures that need no vectors. Kept
+    apart from the examples, which later fixes change, so the vectors may come later."""
+
+    examples: list[Example]
+    texts: list[str]
+    words: list[list[str]]
+    labels: list[str] | None  # each example's class (classification only)
+    lengths: dict[str, dict[str, int]] | None  # each class's prompt words
+    details: dict[str, Any]
+
+    @classmethod
+    def of(cls, state: State, sample: int, seed: int) -> _Sampled:
+        examples = _sample(state.examples, sample, seed)
+        texts = [_text_of(state, ex) for ex in examples]
+        words = [_WORD.findall(t.lower()) for t in texts]
+        details: dict[str, Any] = {
+            "sampled": len(examples),
+            "of": len(state.examples),
+            **{f"distinct_{n}": _distinct(words, n) for n in (1, 2, 3)},
+        }
+        if state.task != "classification":
+            return cls(examples, texts, words, None, None, details)
+        labels = [state.label_of(ex) for ex in examples]
+        return cls(examples, texts, words, labels, _lengths_by_class(labels, texts), details)
+
+    def too_few(self) -> DiversityResult:
         return DiversityResult(
-            "diversity", "Diversity", "info", "too few examples to compare", details=details
+            "diversity", "Diversity", "info", "too few examples to compare", details=self.details
         )
-    vectors, used = _embed(texts, embedder)
-    details["embeddings"] = used
-    nearest, similarity = _nearest(vectors)
-    near = similarity >= NEAR
-    near_share = float(near.mean())
-    pairs = _pairs(examples, texts, nearest, similarity, near)
-    details["near_repeats"] = int(near.sum())
-    details["near_repeat_share"] = round(near_share, 4)
-    details["near_repeat_pairs"] = pairs
 
-    k = min(MAX_CLUSTERS, len(examples) // MIN_CLUSTER)
-    thin: list[dict[str, Any]] = []
-    clusters: list[dict[str, Any]] = []
-    numbers = None
-    labels = [state.label_of(ex) for ex in examples] if state.task == "classification" else None
-    if k >= 2:
-        numbers = _numbered(_kmeans(vectors, k, seed))
-        clusters = _clusters(numbers, words, labels)
-        if labels is not None:
-            thin = _thin(clusters, Counter(labels), len(labels))
-    details["clusters"] = clusters
-    if state.task == "classification":
-        details["prompt_words_by_class"] = _lengths_by_class(state)
-    details["thin"] = thin
+    def result(
+        self, vectors: np.ndarray, used: str, seed: int, asked: Embedder = "auto"
+    ) -> DiversityResult:
+        """The check's result from the sample's normalised vectors (made by ``used``, where
+        ``asked`` was asked for)."""
+        details = {**self.details, "embeddings": used}
+        nearest, similarity = _nearest(vectors)
+        near = similarity >= NEAR
+        near_share = float(near.mean())
+        pairs = _pairs(self.examples, self.texts, nearest, similarity, near)
+        details["near_repeats"] = int(near.sum())
+        details["near_repeat_share"] = round(near_share, 4)
+        details["near_repeat_pairs"] = pairs
+        k = min(MAX_CLUSTERS, len(self.examples) // MIN_CLUSTER)
+        thin: list[dict[str, Any]] = []
+        clusters: list[dict[str, Any]] = []
+        numbers = None
+        if k >= 2:
+            numbers = _numbered(_kmeans(vectors, k, seed))
+            clusters = _clusters(numbers, self.words, self.labels)
+            if self.labels is not None:
+                thin = _thin(clusters, Counter(self.labels), len(self.labels))
+        details["clusters"] = clusters
+        if self.lengths is not None:
+            details["prompt_words_by_class"] = self.lengths
+        details["thin"] = thin
+        narrow = details["distinct_3"] < NGRAM_WARN
+        repeated = near_share > NEAR_WARN
+        status: Status = "warning" if narrow or repeated else "info"
+        where = [p["at"][1] for p in pairs]  # the later example of each pair
+        return DiversityResult(
+            "diversity",
+            "Diversity",
+            status,
+            _message(details, _how(used, asked), narrow, repeated),
+            int(near.sum()),
+            where[:MAX_LOCATIONS],
+            details,
+            map=ClusterMap(vectors, used, numbers, self.labels),
+        )
 
-    narrow = distinct["distinct_3"] < NGRAM_WARN
-    repeated = near_share > NEAR_WARN
-    status: Status = "warning" if narrow or repeated else "info"
-    message = _message(details, used, narrow, repeated)
-    where = [p["at"][1] for p in pairs]  # the later example of each pair
-    return DiversityResult(
-        "diversity",
-        "Diversity",
-        status,
-        message,
-        int(near.sum()),
-        where[:MAX_LOCATIONS],
-        details,
-        map=ClusterMap(vectors, used, numbers, labels),
-    )
+
+class PendingDiversity:
+    """:func:`check_diversity` finished meanwhile in a worker process, figure included.
+
+    Embedding the sample is the check's one big cost (about 12 s for 1,000 prompts with MiniLM
+    on 2 CPU cores, torch's import and MiniLM's loading included; the figure, matplotlib's
+    import included, about 1 s) and nothing later depends on it. So from :data:`BACKGROUND`
+    prompts a worker makes the vectors, the result and the figure on another core while prepare
+    counts tokens, splits and serialises, and :meth:`result` waits for it. A process, not a
+    thread: torch's Python-side code would queue for the GIL behind prepare's own Python work.
+    The figures are those of the in-process check.
+    """
+
+    def __init__(
+        self,
+        state: State,
+        embedder: Embedder = "auto",
+        sample: int = SAMPLE,
+        seed: int = 0,
+        plot_seed: int | None = None,
+    ) -> None:
+        self.seen, self.embedder, self.seed = _Sampled.of(state, sample, seed), embedder, seed
+        self.placeholder = DiversityResult("diversity", "Diversity", "info", "not yet measured")
+        self.folder: Path | None = None  # the worker's job, result and log
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.vectors: tuple[np.ndarray, str] | None = None
+        if len(self.seen.examples) < 2:
+            return
+        if len(self.seen.texts) < BACKGROUND:  # a few: now, with the model this process holds
+            self.vectors = _embed(self.seen.texts, embedder)
+        else:
+            self.folder = Path(tempfile.mkdtemp(prefix="trimtab-diversity-"))
+            job = (self.seen, embedder, seed, plot_seed)
+            self.worker = _start_worker(self.folder, job)
+
+    def result(self) -> DiversityResult:
+        """Wait for the worker and fill in the placeholder (the object prepare's list holds);
+        its ``png`` is the figure when the worker drew it."""
+        try:
+            final = self._final()
+        finally:
+            self.cancel()
+        vars(self.placeholder).update(vars(final))
+        return self.placeholder
+
+    def _final(self) -> DiversityResult:
+        if len(self.seen.examples) < 2:
+            return self.seen.too_few()
+        if self.vectors is not None:
+            return self.seen.result(*self.vectors, self.seed, self.embedder)
+        assert self.worker is not None and self.folder is not None
+        if self.worker.wait() == 0:
+            with open(self.folder / "result.pickle", "rb") as f:
+                final: DiversityResult = pickle.load(f)
+            return final
+        log = (self.folder / "log").read_text(encoding="utf-8", errors="replace")[-2000:]
+        if self.embedder == "minilm":  # asked for by name: no quiet fallback
+            raise RuntimeError(f"the diversity check's worker process failed:\n{log}")
+        return self.seen.result(_bag_of_words(self.seen.texts), "bow", self.seed, self.embedder)
+
+    def cancel(self) -> None:
+        """Stop the worker if it still runs (prepare failed before it was needed); clean up."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.kill()
+            self.worker.wait()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.worker = self.folder = None
+
+
+def _start_worker(folder: Path, job: tuple[Any, ...]) -> subprocess.Popen[bytes]:
+    """A child Python running :func:`run_job` on ``job`` (passed through ``folder``)."""
+    import trimtab
+
+    with open(folder / "job.pickle", "wb") as f:
+        pickle.dump(job, f)
+    root = str(Path(trimtab.__file__).resolve().parents[1])  # importable from a source tree too
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    # torch's threads (unless set): the cores prepare leaves free. More wait on each other at
+    # every step (three times slower on 2 cores, where prepare keeps one busy).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS") or str(max(1, (cores or 1) - 1))
+    code = "import sys; from trimtab.data.diversity import run_job; run_job(sys.argv[1])"
+    with open(folder / "log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(folder)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ | env,
+        )
+
+
+def run_job(folder: str) -> None:
+    """The worker's body: the result of the check (and its figure, when a seed for it is given)
+    for the job :class:`PendingDiversity` left in ``folder``, left there as result.pickle."""
+    with open(Path(folder) / "job.pickle", "rb") as f:
+        seen, embedder, seed, plot_seed = pickle.load(f)
+    result = seen.result(*_embed(seen.texts, embedder), seed, embedder)
+    if plot_seed is not None:
+        result.png = plot_diversity(result, plot_seed)
+    result.map = None  # drawn already (or not wanted): the vectors need not travel back
+    with open(Path(folder) / "result.pickle", "wb") as f:
+        pickle.dump(result, f)
 
 
 # --- the figures ----------------------------------------------------------------------------
@@ -266,10 +407,11 @@ def _thin(clusters: list[dict[str, Any]], labels: Counter[str], n: int) -> list[
     return out
 
 
-def _lengths_by_class(state: State) -> dict[str, dict[str, int]]:
+def _lengths_by_class(labels: list[str], texts: list[str]) -> dict[str, dict[str, int]]:
+    """Each class's prompt words (p10, p50, p90) in the sample."""
     lengths: dict[str, list[int]] = {}
-    for ex in state.examples:
-        lengths.setdefault(state.label_of(ex), []).append(len(_text_of(state, ex).split()))
+    for label, text in zip(labels, texts):
+        lengths.setdefault(label, []).append(len(text.split()))
     return {
         label: dict(
             zip(("p10", "p50", "p90"), map(int, np.percentile(v, [10, 50, 90])), strict=True)
@@ -278,10 +420,16 @@ def _lengths_by_class(state: State) -> dict[str, dict[str, int]]:
     }
 
 
-def _message(details: dict[str, Any], used: str, narrow: bool, repeated: bool) -> str:
+def _how(used: str, asked: Embedder) -> str:
+    """How the vectors were made, as the message says it."""
+    if used == "minilm":
+        return "MiniLM"
+    return "bag of words" if asked == "bow" else "bag of words; MiniLM is not installed"
+
+
+def _message(details: dict[str, Any], how: str, narrow: bool, repeated: bool) -> str:
     d1, d2, d3 = (details[f"distinct_{n}"] for n in (1, 2, 3))
     share = details["near_repeat_share"]
-    how = "MiniLM" if used == "minilm" else "bag of words; MiniLM is not installed"
     sampled = details["sampled"]
     of = f" of {details['of']:,}" if details["of"] > sampled else ""
     parts = [
@@ -468,9 +616,14 @@ def _project(vectors: np.ndarray, seed: int, power: int = 4) -> np.ndarray:
     return points * np.where(signs == 0, 1, signs)
 
 
-def _scatter(ax: Any, cmap: ClusterMap, points: np.ndarray, colour: dict[str, Any]) -> None:
-    from trimtab.evaluation.plots import _tex
+def _tex(text: Any) -> str:
+    """A label matplotlib shows as written: two "$" would make it parse mathtext. (The same as
+    trimtab.evaluation.plots._tex, which cannot be imported here: its package imports torch,
+    a second of start-up that the figure does not need.)"""
+    return str(text).replace("$", r"\$")
 
+
+def _scatter(ax: Any, cmap: ClusterMap, points: np.ndarray, colour: dict[str, Any]) -> None:
     how = "MiniLM" if cmap.embeddings == "minilm" else "bag of words"
     if cmap.clusters is not None:
         for number in range(1, int(cmap.clusters.max()) + 1):
@@ -503,8 +656,6 @@ def _scatter(ax: Any, cmap: ClusterMap, points: np.ndarray, colour: dict[str, An
 
 def _cluster_bars(ax: Any, clusters: list[dict[str, Any]], colour: dict[str, Any]) -> None:
     """Cluster sizes as bars stacked by class (one colour when not classification)."""
-    from trimtab.evaluation.plots import _tex
-
     labels = sorted({k for c in clusters for k in c.get("labels", {})})
     names = [str(c["cluster"]) for c in clusters]
     if labels:
@@ -525,8 +676,6 @@ def _cluster_bars(ax: Any, clusters: list[dict[str, Any]], colour: dict[str, Any
 
 def _length_ranges(ax: Any, lengths: dict[str, dict[str, int]], colour: dict[str, Any]) -> None:
     """Each class's prompt words from p10 to p90, with a dot at p50."""
-    from trimtab.evaluation.plots import _tex
-
     names = sorted(lengths)
     for x, label in enumerate(names):
         p = lengths[label]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -177,45 +178,79 @@ def build_examples(
                     Example(r.file, r.line, text=value, bad_utf8=r.bad_utf8, split=split)
                 )
     else:
-        prompt_template = mapping.prompt_template or "{prompt}"
-        if mapping.completion_template is not None:
-            completion_template = mapping.completion_template
-        else:
-            completion_template = "{" + (mapping.completion_field or "completion") + "}"
-        prompt_fields = template_fields(prompt_template)
-        completion_fields = template_fields(completion_template)
-        _check_columns(records, prompt_fields, "--prompt-template")
-        completion_option = (
-            "--completion-template"
-            if mapping.completion_template is not None
-            else "--completion-field"
-        )
-        _check_columns(records, completion_fields, completion_option)
-        used = set(prompt_fields) | set(completion_fields)
-        for r in records:
-            prompt = _render(r, prompt_template, prompt_fields, problem)
-            completion = _render(r, completion_template, completion_fields, problem)
-            if prompt is not None and completion is not None:
-                examples.append(
-                    Example(
-                        r.file,
-                        r.line,
-                        prompt=prompt,
-                        completion=completion,
-                        bad_utf8=r.bad_utf8,
-                        split=split,
-                    )
-                )
+        used = _build_supervised(records, mapping, split, problem, examples)
     problems.raise_if_any()
-    unused = sorted({k for r in records for k in r.fields} - used)
+    unused = sorted(_columns(records) - used)
     return examples, unused
 
 
-def _check_columns(records: list[Record], names: list[str], option: str) -> None:
-    """A template column absent from every record is a typo, not a missing value: say so once."""
+def _build_supervised(
+    records: list[Record],
+    mapping: Mapping,
+    split: str | None,
+    problem: Callable[[Problem], None],
+    examples: list[Example],
+) -> set[str]:
+    """Append the prompt/completion examples of ``records``; return the fields they use."""
+    prompt_template = mapping.prompt_template or "{prompt}"
+    if mapping.completion_template is not None:
+        completion_template = mapping.completion_template
+    else:
+        completion_template = "{" + (mapping.completion_field or "completion") + "}"
+    prompt_fields = template_fields(prompt_template)
+    completion_fields = template_fields(completion_template)
+    present = _columns(records)
+    _check_columns(records, prompt_fields, "--prompt-template", present)
+    completion_option = (
+        "--completion-template" if mapping.completion_template is not None else "--completion-field"
+    )
+    _check_columns(records, completion_fields, completion_option, present)
+    # Two bare columns holding text (the usual prompt/completion file): no template to fill.
+    bare = [
+        fields[0]
+        for t, fields in (
+            (prompt_template, prompt_fields),
+            (completion_template, completion_fields),
+        )
+        if len(fields) == 1 and t == "{" + fields[0] + "}"
+    ]
+    for r in records:
+        if len(bare) == 2:
+            prompt, completion = r.fields.get(bare[0]), r.fields.get(bare[1])
+            if type(prompt) is str and type(completion) is str:
+                examples.append(
+                    Example(r.file, r.line, prompt, completion, None, "", r.bad_utf8, split)
+                )
+                continue
+        prompt = _render(r, prompt_template, prompt_fields, problem)
+        completion = _render(r, completion_template, completion_fields, problem)
+        if prompt is not None and completion is not None:
+            examples.append(
+                Example(
+                    r.file,
+                    r.line,
+                    prompt=prompt,
+                    completion=completion,
+                    bad_utf8=r.bad_utf8,
+                    split=split,
+                )
+            )
+    return set(prompt_fields) | set(completion_fields)
+
+
+def _columns(records: list[Record]) -> set[str]:
+    """Every field name any record has."""
     present: set[str] = set()
     for r in records:
         present.update(r.fields)
+    return present
+
+
+def _check_columns(
+    records: list[Record], names: list[str], option: str, present: set[str] | None = None
+) -> None:
+    """A template column absent from every record is a typo, not a missing value: say so once."""
+    present = _columns(records) if present is None else present
     for name in names:
         if name not in present:
             first = records[0]

@@ -15,8 +15,10 @@ from __future__ import annotations
 import bisect
 import csv
 import gzip
+import hashlib
 import io
 import json
+import json.scanner
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,10 @@ FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "xlsx", "txt")
 
 # Line-oriented decoding is expensive for huge CSV fields; Python's default limit is 128 KiB.
 csv.field_size_limit(1 << 28)
+
+# One JSON value from a position, in C: (value, end). (typeshed types the argument wrongly.)
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_JSON_SPACE = " \t\n\r"  # the white space JSON allows around a value
 
 
 @dataclass(slots=True)
@@ -65,14 +71,21 @@ def detect_format(path: Path) -> tuple[str, bool]:
 
 def read_records(path: str | Path) -> list[Record]:
     """Read every record of one input file, raising DataError on anything unreadable."""
+    return read_file(path)[0]
+
+
+def read_file(path: str | Path) -> tuple[list[Record], str]:
+    """Every record of one input file and the SHA-256 of its bytes (read once for both)."""
     path = Path(path)
     name = str(path)
     fmt, gzipped = detect_format(path)
-    data = _read_bytes(path, gzipped)
+    data, digest = _read_bytes(path, gzipped)
     if fmt == "parquet":
         records = _read_parquet(data, name)
     elif fmt == "xlsx":
         records = _read_xlsx(data, name)
+    elif fmt == "jsonl":  # one value per line: the lines need no line ends
+        records = _read_json_lines(*_decode_lines(data, name, ends=False), name)
     else:
         lines, bad = _decode_lines(data, name)
         if fmt == "txt":
@@ -94,10 +107,11 @@ def read_records(path: str | Path) -> list[Record]:
             records = _read_json_lines(lines, bad, name)
     if not records:
         raise DataError(Problem("no examples found in the file", file=name))
-    return records
+    return records, digest
 
 
-def _read_bytes(path: Path, gzipped: bool) -> bytes:
+def _read_bytes(path: Path, gzipped: bool) -> tuple[bytes, str]:
+    """The file's contents (uncompressed) and the SHA-256 of its bytes as stored."""
     name = str(path)
     if not path.exists():
         raise DataError(Problem("file not found", file=name))
@@ -107,6 +121,7 @@ def _read_bytes(path: Path, gzipped: bool) -> bytes:
         data = path.read_bytes()
     except OSError as e:
         raise DataError(Problem(f"cannot read: {e.strerror or e}", file=name)) from e
+    digest = hashlib.sha256(data).hexdigest()
     if gzipped:
         try:
             data = gzip.decompress(data)
@@ -114,11 +129,12 @@ def _read_bytes(path: Path, gzipped: bool) -> bytes:
             raise DataError(Problem(f"not a valid gzip file: {e}", file=name)) from e
     if not data.strip():
         raise DataError(Problem("file is empty", file=name))
-    return data
+    return data, digest
 
 
-def _decode_lines(data: bytes, name: str) -> tuple[list[str], set[int]]:
-    """Split into lines (keeping line ends) and decode each; return lines and bad line numbers."""
+def _decode_lines(data: bytes, name: str, ends: bool = True) -> tuple[list[str], set[int]]:
+    """Split into lines (keeping line ends unless ``ends`` is False) and decode each; return
+    lines and bad line numbers."""
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise DataError(Problem("file is UTF-16 encoded; save it as UTF-8", file=name))
     if b"\x00" in data[:8192]:
@@ -126,12 +142,12 @@ def _decode_lines(data: bytes, name: str) -> tuple[list[str], set[int]]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:  # fast path: the whole file is valid UTF-8
-        return _split_lines(data.decode("utf-8")), set()
+        return _split_lines(data.decode("utf-8"), ends), set()
     except UnicodeDecodeError:
         pass
     lines: list[str] = []
     bad: set[int] = set()
-    for number, raw in enumerate(_split_lines(data), start=1):
+    for number, raw in enumerate(_split_lines(data, ends), start=1):
         try:
             lines.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -149,11 +165,13 @@ def _decode_lines(data: bytes, name: str) -> tuple[list[str], set[int]]:
     return lines, bad
 
 
-def _split_lines(text):
-    """Split after each ``\n`` only, keeping it: str.splitlines would also break on U+2028,
-    form feeds and other characters that JSON and CSV carry inside a line."""
+def _split_lines(text, ends: bool = True):
+    """Split after each ``\n`` only, keeping it unless ``ends`` is False: str.splitlines would
+    also break on U+2028, form feeds and other characters that JSON and CSV carry in a line."""
     newline = "\n" if isinstance(text, str) else b"\n"
     parts = text.split(newline)
+    if not ends:
+        return parts if parts[-1] else parts[:-1]
     lines = [part + newline for part in parts[:-1]]
     if parts[-1]:
         lines.append(parts[-1])
@@ -178,17 +196,22 @@ def _is_one_object(lines: list[str]) -> bool:
 def _read_json_lines(lines: list[str], bad: set[int], name: str) -> list[Record]:
     records: list[Record] = []
     problems = ProblemList()
-    loads = json.loads
+    scan, loads = _SCAN, json.loads
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not line or line.isspace():
             continue
-        try:
-            value = loads(line)
-        except json.JSONDecodeError as e:
-            problems.add(
-                Problem(f"invalid JSON: {e.msg} (column {e.colno})", file=name, line=number)
-            )
-            continue
+        try:  # the C scanner alone; json.loads for anything else, and for its messages
+            value, end = scan(line, 0)
+            if end != len(line) and line[end:].strip(_JSON_SPACE):
+                raise ValueError("extra data")
+        except (StopIteration, ValueError):
+            try:
+                value = loads(line)
+            except json.JSONDecodeError as e:
+                problems.add(
+                    Problem(f"invalid JSON: {e.msg} (column {e.colno})", file=name, line=number)
+                )
+                continue
         if not isinstance(value, dict):
             problems.add(
                 Problem(f"expected a JSON object, got {_json_type(value)}", file=name, line=number)
