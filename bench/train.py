@@ -271,6 +271,7 @@ def timers() -> dict:
     """Full-precision timers around trimtab's own phases (its results round to 0.1 s): the loop
     (from its progress bar's creation to its close, as ``train_seconds``), the frozen-trunk
     feature caching (before the loop) and the checkpoints it writes inside the loop."""
+    import trimtab.methods.method as mm
     import trimtab.training.trainer as tt
 
     spans: dict[str, float] = {}
@@ -286,12 +287,13 @@ def timers() -> dict:
                 spans[key] = spans.get(key, 0.0) + time.perf_counter() - started
                 spans[key + "_at"] = started
 
-        if fn is not None:
-            setattr(owner, attr, wrapper)
+        if fn is None:  # a renamed phase would silently drop out of the timed span
+            raise SystemExit(f"bench/train.py: {owner.__name__}.{attr} not found; update timers()")
+        setattr(owner, attr, wrapper)
 
     hook(tt.Progress, "close", "close")  # the loop ends by closing its progress bar ...
     hook(tt, "Progress", "bar")  # ... which it creates just before it starts
-    hook(tt, "_cache_features", "cache")
+    hook(mm.Freeze, "precompute", "cache")  # freeze: the trunk's features, cached before the loop
     hook(tt.ckpt, "save_checkpoint", "checkpoint")
     return spans
 
