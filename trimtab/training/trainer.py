@@ -243,7 +243,7 @@ def _checkpoint_activations(model: Any, name: str) -> None:
         raise TrimtabError(
             f"gradient_checkpointing: model {name} ({type(hf).__name__}) does not support it"
         )
-    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _make_optimizer(s: Session) -> None:
