@@ -125,8 +125,8 @@ class TrainConfig(_Section):
     micro_batch_size: int | None = Field(default=None, gt=0)
     # Padded tokens (rows x longest row) one forward pass may hold: longer micro-batches are
     # cut into row slices and accumulated, which bounds the activations' peak memory. None:
-    # never cut; auto: 1024 on a CPU (a third of the peak of SmolLM2 LoRA at 512 tokens, with
-    # matmuls still large enough to run at full rate), None on a GPU.
+    # never cut; auto: 1024 on a CPU (SmolLM2 LoRA at up to 512 tokens peaks at 40% of its
+    # one-pass memory, at the same speed: the matmuls stay large), None on a GPU.
     micro_batch_tokens: Positive | Literal["auto"] | None = "auto"
     # Recompute each block's activations in the backward pass instead of keeping them: less
     # memory for about a third more compute.
