@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from trimtab.data import diversity as dv
+from trimtab.data import diversity_plot as dp
 from trimtab.data.checks import State
 from trimtab.data.examples import Example
 
@@ -144,12 +145,12 @@ def test_tiny_data_and_the_cluster_plot() -> None:
     assert one.status == "info" and "too few" in one.message
     few = dv.check_diversity(supervised([(t, "a") for t in varied(10)]), embedder="bow")
     assert few.details["clusters"] == []  # under 2 * 20 examples: no clustering
-    assert dv.plot_diversity(one) is None  # nothing compared: nothing to draw
+    assert dp.plot_diversity(one) is None  # nothing compared: nothing to draw
 
     rng = random.Random(2)
     pairs = [(topical(t, rng), str(i % 2)) for t in TOPICS for i in range(30)]
     result = dv.check_diversity(supervised(pairs), embedder="bow")
-    png = dv.plot_diversity(result)
+    png = dp.plot_diversity(result)
     assert png is not None and png.startswith(b"\x89PNG")
     lines = dv.render(result.details)
     assert "Diversity: clusters" in lines

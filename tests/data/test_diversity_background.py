@@ -16,6 +16,7 @@ import pytest
 
 from trimtab.data import PrepareOptions, prepare
 from trimtab.data import diversity as dv
+from trimtab.data import diversity_plot as dp
 from trimtab.data.checks import State
 from trimtab.data.examples import Example
 
@@ -43,7 +44,7 @@ def test_the_worker_gives_the_in_process_result_and_figure() -> None:
     here = dv.check_diversity(state, "bow")
     assert background is pending.placeholder  # filled in place: prepare's list holds it
     assert background.to_json() == here.to_json()
-    assert background.png == dv.plot_diversity(here, 7)
+    assert background.png == dp.plot_diversity(here, 7)
     assert pending.folder is None  # its files are gone
 
 

@@ -21,6 +21,7 @@ from tests.data.test_diversity import TOPICS, supervised, topical, varied
 from trimtab.cli import build_parser, main
 from trimtab.data import PrepareOptions, prepare
 from trimtab.data import diversity as dv
+from trimtab.data import diversity_plot as dp
 from trimtab.data.inspection import inspect_file
 from trimtab.errors import OutputExistsError, TrimtabError
 
@@ -85,7 +86,7 @@ def test_the_figure_has_a_lengths_panel_for_classes_and_stays_out_of_the_json() 
     rows = topical_rows()
     classes = dv.check_diversity(supervised([(r["text"], r["label"]) for r in rows]))
     generation = dv.check_diversity(supervised([(r["text"], "x") for r in rows], task=None))
-    with_classes, without = dv.plot_diversity(classes), dv.plot_diversity(generation)
+    with_classes, without = dp.plot_diversity(classes), dp.plot_diversity(generation)
     assert with_classes is not None and without is not None
     assert len(with_classes) > MIN_BYTES and len(without) > MIN_BYTES
     # projection + bars + lengths per class is one panel wider than projection + bars
@@ -96,13 +97,13 @@ def test_the_figure_has_a_lengths_panel_for_classes_and_stays_out_of_the_json() 
 
 def test_the_same_result_draws_the_same_bytes() -> None:
     result = dv.check_diversity(supervised([(t, str(i % 2)) for i, t in enumerate(varied(80))]))
-    assert dv.plot_diversity(result) == dv.plot_diversity(result)
+    assert dp.plot_diversity(result) == dp.plot_diversity(result)
 
 
 def test_the_projection_keeps_topics_apart() -> None:
     rng = random.Random(3)
     texts = [topical(topic, rng) for topic in TOPICS for _ in range(30)]
-    points = dv._project(dv._bag_of_words(texts), seed=0)
+    points = dp._project(dv._bag_of_words(texts), seed=0)
     groups = [points[i * 30 : (i + 1) * 30] for i in range(len(TOPICS))]
     centres = [g.mean(axis=0) for g in groups]
     spread = max(float(np.linalg.norm(g - c, axis=1).mean()) for g, c in zip(groups, centres))

@@ -29,6 +29,7 @@ from trimtab.data import checks as c
 from trimtab.data import diversity as dv
 from trimtab.data import splits as sp
 from trimtab.data import tokens as tk
+from trimtab.data.diversity_plot import plot_diversity
 from trimtab.data.examples import Example, Mapping, build_examples, infer_mode, template_fields
 from trimtab.data.readers import detect_format, read_file
 from trimtab.data.writers import OUTPUT_FILES, _carry_over, check_output_dir, jsonl, to_record
@@ -260,7 +261,7 @@ def _plots(results: list[c.CheckResult], options: PrepareOptions) -> dict[str, b
         return {}
     png = diversity.png if isinstance(diversity, dv.DiversityResult) else None
     if png is None:  # not drawn in the background
-        png = dv.plot_diversity(diversity, options.seed)
+        png = plot_diversity(diversity, options.seed)
     if png is None:  # too few examples to draw
         return {}
     diversity.details["plot"] = dv.PLOT
