@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ceiling import block_linears, shape_rate, square_rate  # noqa: E402  (beside this file)
 from servers import cpu_features  # noqa: E402
+from train_table import show, summary_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SEP, BATCH, MAX_LEN, LORA = "\n\n###\n\n", 16, 512, (16, 32, 0.05)  # LoRA r, alpha, dropout
@@ -428,31 +429,6 @@ def run_child(comp: str, side: str, work: Path, a: argparse.Namespace) -> dict:
     return json.loads(found[-1][len(MARK) :])
 
 
-def show(rows: list[dict]) -> None:
-    fmt = "{:<9} {:<27} {:>8} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9}"
-    head = ("compare", "side", "train s", "ex/s", "last loss", "held-out", "peak MiB", "tokens")
-    print(fmt.format(*head, "GFLOP/s", "% ceiling"))
-
-    def num(v: float | None, f: str) -> str:
-        return "-" if v is None else format(v, f)
-
-    for r in rows:
-        print(
-            fmt.format(
-                r["comparison"],
-                r["label"],
-                num(r["seconds"], ".1f"),
-                num(r["examples_per_s"], ".2f"),
-                num(r["train_loss"], ".4f"),
-                num(r.get("heldout_loss"), ".4f"),
-                num(r["peak_rss_mib"], ".0f"),
-                r["tokens"],
-                num(r.get("gflops"), ".1f"),
-                num(r.get("share_of_ceiling") and 100 * r["share_of_ceiling"], ".1f"),
-            )
-        )
-
-
 def sides(comp: str, a: argparse.Namespace) -> list[tuple[str, str]]:
     """(child side, row label) of a comparison: its peers, then trimtab and its variants."""
     peers = COMPARISONS[comp][5][:1] if a.skip_grouped else COMPARISONS[comp][5]
@@ -475,43 +451,6 @@ def add_ceiling(rows: list[dict], comp: str, a: argparse.Namespace) -> None:
         r["gflops"] = per_token * r["tokens"] / r["seconds"] / 1e9
         r["ceiling_gflops"], r["ceiling_tokens"] = rate, tokens
         r["share_of_ceiling"] = r["gflops"] / rate
-
-
-def memory_note(mine: float, other: float) -> str:
-    return f"peak memory {mine:.0f} MiB vs {other:.0f} ({other / mine:.2f}x)"
-
-
-def summary_rows(rows: list[dict], a: argparse.Namespace) -> list[dict]:
-    """One row per (comparison, peer or variant) in the schema bench/report.py collects."""
-    out = []
-    for comp in dict.fromkeys(r["comparison"] for r in rows):
-        group = [r for r in rows if r["comparison"] == comp]
-        mine = next(r for r in group if r["side"] == "trimtab")
-        model, method = COMPARISONS[comp][0], COMPARISONS[comp][2]
-        for other in (r for r in group if r is not mine):
-            variant = other["side"].startswith("trimtab:")
-            ceiling = mine.get("share_of_ceiling")
-            out.append(
-                {
-                    "stage": "training",
-                    "name": f"{comp} ({model} {method})",
-                    "peer": other["label"],
-                    "peer_figure": round(other["examples_per_s"], 2),
-                    "trimtab_figure": round(mine["examples_per_s"], 2),
-                    "unit": "examples/s",
-                    "higher_is_better": True,
-                    "ratio": other["seconds"] / mine["seconds"],
-                    "ceiling": None
-                    if ceiling is None
-                    else f"{100 * ceiling:.0f}% of {mine['ceiling_gflops']:.0f} GFLOP/s "
-                    f"({a.precision} matmul at the model's shapes, {mine['ceiling_tokens']} "
-                    "tokens)",
-                    "precision": a.precision,
-                    "note": memory_note(mine["peak_rss_mib"], other["peak_rss_mib"])
-                    + ("; a trimtab variant, not a peer" if variant else ""),
-                }
-            )
-    return out
 
 
 def compare(a: argparse.Namespace, work: Path) -> dict:
@@ -540,12 +479,13 @@ def compare(a: argparse.Namespace, work: Path) -> dict:
             print(f"{comp}: {label} ...", flush=True)
             r = run_child(comp, side, work, a)
             r.update(comparison=comp, side=side, label=label)
+            r.update(model=COMPARISONS[comp][0], method=COMPARISONS[comp][2])
             r["examples_per_s"] = a.examples * epochs / r["seconds"]
             group.append(r)
         if comp != "freeze":
             add_ceiling(group, comp, a)
         rows += group
-    summary = summary_rows(rows, a)
+    summary = summary_rows(rows, a.precision)
     print()
     show(rows)
     print("\nspeed ratio (other seconds / trimtab seconds):")
